@@ -1,0 +1,100 @@
+"""Numerical core at 4M elements: variants, seed formulas, reference, finite differences.
+
+    python -m bench.core            (make bench)
+
+Every ratio in a table comes from timings taken in the same run. PyTorch is
+optional: with it installed, its CPU native_batch_norm_backward is timed on
+the same data.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from service.numerics import VARIANTS, check, fd
+from service.numerics import reference as ref
+from service.numerics.layout import Layout
+from service.numerics.precision import make_arith
+from service.numerics.variants import forward_cache
+from tests.numerics import seed_gist
+
+from ._timing import best_ms, machine, table, torch_or_none
+
+SHAPES = [((65536, 64), "(65536, 64)"), ((16, 64, 64, 64), "NCHW (16, 64, 64, 64)")]
+EPS = 1e-5
+
+
+def _data(shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    C = shape[1]
+    return rng.standard_normal(shape) + 1, rng.standard_normal(shape), rng.uniform(0.5, 1.5, C), rng.standard_normal(C)
+
+
+def _variant_ms(name: str, x: np.ndarray, dy: np.ndarray, gamma: np.ndarray, dtype: str) -> float:
+    lay = Layout.of(x.shape, 1)
+    ar = make_arith(dtype, None, R=lay.R, xp=np)
+    x3, dy3 = ar.load(lay.view(x)), ar.load(lay.view(dy))
+    g = ar.param(gamma)
+
+    def run() -> None:
+        cache = forward_cache(x3, g, ar, eps=EPS)
+        VARIANTS[name].fn(dy3, cache, ar)
+
+    return best_ms(run, repeat=3)
+
+
+def _seed_ms(name: str, x: np.ndarray, dy: np.ndarray, gamma: np.ndarray, beta: np.ndarray) -> float:
+    """The gist's functions on a 2-D (R, C) array, float32, as published."""
+    C = x.shape[1]
+    x2 = np.moveaxis(x, 1, -1).reshape(-1, C).astype(np.float32)
+    dy2 = np.moveaxis(dy, 1, -1).reshape(-1, C).astype(np.float32)
+    _, cache = seed_gist.batchnorm_forward(x2, gamma.astype(np.float32), beta.astype(np.float32), np.float32(EPS))
+    return best_ms(lambda: seed_gist.SEED[name](dy2, cache), repeat=3)
+
+
+def main() -> None:
+    torch = torch_or_none()
+    print(f"# bncheck numerical core ({machine()})\n")
+    rows = []
+    for shape, label in SHAPES:
+        x, dy, gamma, beta = _data(shape)
+        lay = Layout.of(shape, 1)
+        x3, dy3 = lay.view(x), lay.view(dy)
+        st = ref.batch_stats(x3, lay, EPS, np)
+        ref_ms = best_ms(lambda: ref.backward(x3, dy3, gamma, st, lay, training=True, xp=np))  # noqa: B023
+        g = ref.backward(x3, dy3, gamma, st, lay, training=True, xp=np)
+        pr = fd.Problem(x3, dy3, gamma, beta, EPS, True, None, lay, np)
+        fd_ms = best_ms(lambda: fd.stats_dx(pr, st, g.dbeta, g.dgamma / st.invstd, 1e-4), repeat=3)  # noqa: B023
+        stats_ms = best_ms(lambda: ref.batch_stats(x3, lay, EPS, np), repeat=3)  # noqa: B023
+        check_ms = best_ms(lambda: check(x, dy, gamma, beta, dtype="float64"), repeat=3)  # noqa: B023
+        rows.append([label, "float64 reference backward (saved stats given)", f"{ref_ms:.1f}", "1.00"])
+        rows.append([label, "float64 batch statistics", f"{stats_ms:.1f}", f"{stats_ms / ref_ms:.2f}"])
+        rows.append([label, "`stats` FD, every element (with Richardson)", f"{fd_ms:.1f}", f"{fd_ms / ref_ms:.2f}"])
+        rows.append([label, "full `check()` float64, FD auto", f"{check_ms:.1f}", f"{check_ms / ref_ms:.2f}"])
+        if torch is not None:
+            t = [torch.from_numpy(a) for a in (dy, x, gamma, st.mean, st.invstd)]
+            t_ms = best_ms(lambda: torch.ops.aten.native_batch_norm_backward(  # noqa: B023
+                t[0], t[1], t[2], None, None, t[3], t[4], True, EPS, [True, True, True]))
+            t32 = [a.float() for a in t]
+            t32_ms = best_ms(lambda: torch.ops.aten.native_batch_norm_backward(  # noqa: B023
+                t32[0], t32[1], t32[2], None, None, t32[3], t32[4], True, EPS, [True, True, True]))
+            rows.append([label, "PyTorch CPU native_batch_norm_backward float64", f"{t_ms:.1f}", f"{t_ms / ref_ms:.2f}"])
+            rows.append([label, "PyTorch CPU native_batch_norm_backward float32", f"{t32_ms:.1f}",
+                         f"{t32_ms / ref_ms:.2f}"])
+        for name in VARIANTS:
+            for dtype in ("float32", "float64"):
+                ms = _variant_ms(name, x, dy, gamma, dtype)
+                rows.append([label, f"variant `{name}` {dtype} (forward + backward)", f"{ms:.1f}", f"{ms / ref_ms:.2f}"])
+            ms = _seed_ms(name, x, dy, gamma, beta)
+            rows.append([label, f"seed `{VARIANTS[name].seed_function}` float32, literal", f"{ms:.1f}",
+                         f"{ms / ref_ms:.2f}"])
+    print(table(["shape", "what", "ms (best)", "÷ reference"], rows))
+    small = _data((128, 64))
+    small_ms = best_ms(lambda: check(*small, dtype="float64", finite_difference=None), repeat=20)
+    print(f"\nfull check of 8,192 elements (128 x 64), float64, FD auto: {small_ms:.2f} ms")
+    if torch is None:
+        print("\n(PyTorch not installed: `pip install torch==2.13.0` adds its rows.)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,467 @@
+"""One entry point: ``check(x, dy, ...) -> CheckReport``.
+
+The flow: validate; float64 statistics and reference; the chosen variant(s)
+in the chosen precision against the reference; finite differences against
+the reference; the caller's candidate outputs against the reference, with
+the variants' own error as a noise floor; saved statistics against x's.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any, ParamSpec, TypeVar
+
+import numpy as np
+
+from . import backend, fd, reference
+from .compare import channel_layout, compare
+from .dtypes import dtype_name
+from .errors import InputError, WorkLimitError
+from .inputs import Inputs, float_dtype, validate
+from .layout import Layout
+from .precision import Arith, make_arith
+from .reference import Stats
+from .report import Block, CheckReport, Checks, CrossCheck, FDBlock, TensorMetrics, VariantsBlock
+from .scales import Scales
+from .tolerance import FLOOR_MARGIN, Tolerance, default_tolerance, fd_tolerance, least_precise, user_tolerance
+from .variants import VARIANTS, Grads, forward_cache, inference_backward
+
+__all__ = ["FD_METHODS", "FDOptions", "Limits", "check"]
+
+FD_METHODS = ("auto", "stats", "brute", "directional", "none")
+GRAD_NAMES = ("dx", "dgamma", "dbeta")
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class FDOptions:
+    method: str = "auto"
+    samples: int | None = None  # brute: positions per channel (all when None and affordable)
+    directions: int = 4  # directional
+    seed: int = 0
+    step: float = 1e-4  # relative to sqrt(var + eps), per channel
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Work the finite differences may do, in forward evaluations times elements."""
+
+    fd_work: int = 1 << 28
+    auto_cross_check: int = 4  # brute positions that 'auto' adds to 'stats'
+
+
+@dataclass
+class _Ctx:
+    inp: Inputs
+    xp: ModuleType
+    x3: Any
+    dy3: Any
+    gamma: Any
+    beta: Any
+    used: Stats  # the statistics the kernel uses: saved, batch or running
+    exact: Stats  # x's own statistics (running in inference mode)
+    ref: Grads  # float64, with `used`
+    scales: Scales
+    timings: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    runs: dict[tuple[str, str, str], tuple[Grads, Any]] = field(default_factory=dict)
+
+    @property
+    def lay(self) -> Layout:
+        return self.inp.layout
+
+
+@contextmanager
+def _timed(timings: dict[str, float], name: str) -> Iterator[None]:
+    start = time.perf_counter()
+    yield
+    timings[name] = timings.get(name, 0.0) + (time.perf_counter() - start) * 1e3
+
+
+def _quiet(fn: Callable[P, T]) -> Callable[P, T]:
+    """Emulated low precision may overflow on purpose: the reports count what is not finite."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        with np.errstate(all="ignore"):
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+@_quiet
+def check(
+    x: Any,
+    dy: Any,
+    gamma: Any = None,
+    beta: Any = None,
+    *,
+    variant: str = "qianfeng",
+    dtype: Any = None,
+    accum_dtype: Any = None,
+    eps: float = 1e-5,
+    channel_axis: int = 1,
+    training: bool = True,
+    running_mean: Any = None,
+    running_var: Any = None,
+    saved_mean: Any = None,
+    saved_invstd: Any = None,
+    candidate: Mapping[str, Any] | None = None,
+    finite_difference: FDOptions | None = None,
+    tolerance: tuple[float, float] | None = None,
+    device: str = "cpu",
+    limits: Limits | None = None,
+) -> CheckReport:
+    """Check a batch-norm backward formula, and optionally a caller's outputs.
+
+    ``tolerance`` is ``(rtol, atol)`` in plain absolute terms; by default the
+    tolerances of ``tolerance.py`` apply. Raises ``InputError`` for bad input.
+    """
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    opts = finite_difference or FDOptions()
+    limits = limits or Limits()
+    with _timed(timings, "validate"):
+        inp = validate(x, dy, gamma, beta, variant=variant, dtype=dtype, accum_dtype=accum_dtype, eps=eps,
+                       channel_axis=channel_axis, training=training, running_mean=running_mean,
+                       running_var=running_var, saved_mean=saved_mean, saved_invstd=saved_invstd,
+                       candidate=candidate)
+        _validate_fd(opts)
+        xp = backend.resolve_device(device)
+        arith = make_arith(inp.dtype, inp.accum_dtype, R=inp.layout.R, xp=xp)
+    with _timed(timings, "reference"):
+        ctx = _context(inp, xp, timings)
+    with _timed(timings, "variant"):
+        runs = [(name, _run(ctx, name, arith)) for name in inp.variants]
+        blocks = {name: _variant_block(ctx, grads, arith) for name, (grads, _) in runs}
+    checks = Checks()
+    if len(blocks) == 1:
+        checks.variant = next(iter(blocks.values()))
+    else:
+        checks.variants = _variants_block(blocks, [g for _, (g, _) in runs])
+    if opts.method != "none":
+        with _timed(timings, "finite_difference"):
+            checks.finite_difference = _fd_block(ctx, opts, limits)
+    if inp.candidate:
+        with _timed(timings, "candidate"):
+            checks.candidate = _candidate_block(ctx, arith, tolerance)
+    if inp.saved_mean is not None:
+        checks.saved_statistics = _saved_block(ctx, arith)
+    gradients = None
+    if len(runs) == 1:
+        g = runs[0][1][0]
+        gradients = {"dx": backend.from_container(ctx.lay.restore(g.dx), arith.storage),
+                     "dgamma": backend.from_container(g.dgamma, arith.accum),
+                     "dbeta": backend.from_container(g.dbeta, arith.accum)}
+    ref = {"dx": backend.to_numpy(ctx.lay.restore(ctx.ref.dx)), "dgamma": backend.to_numpy(ctx.ref.dgamma),
+           "dbeta": backend.to_numpy(ctx.ref.dbeta)}
+    timings["total"] = (time.perf_counter() - start) * 1e3
+    return CheckReport(
+        passed=all(b.passed for b in checks.blocks()),
+        variant=variant,
+        dtype=dtype_name(arith.storage),
+        accum_dtype=dtype_name(arith.accum),
+        shape=list(inp.layout.shape),
+        channel_axis=inp.layout.axis,
+        reduce_size=inp.layout.R,
+        training=inp.training,
+        eps=inp.eps,
+        device=backend.device_name(xp),
+        gradients=gradients,
+        reference=ref,
+        checks=checks,
+        timings_ms=timings,
+        notes=ctx.notes,
+    )
+
+
+def _validate_fd(o: FDOptions) -> None:
+    if o.method not in FD_METHODS:
+        msg = f"unknown method {o.method!r}; choose from {', '.join(FD_METHODS)}"
+        raise InputError(msg, field="finite_difference.method")
+    if o.samples is not None and o.samples < 1:
+        msg = f"is {o.samples}; it must be at least 1"
+        raise InputError(msg, field="finite_difference.samples")
+    if not 1 <= o.directions <= 256:
+        msg = f"is {o.directions}; it must be in [1, 256]"
+        raise InputError(msg, field="finite_difference.directions")
+    if not (0 < o.step <= 0.1):
+        msg = f"is {o.step!r}; it must be in (0, 0.1]"
+        raise InputError(msg, field="finite_difference.step")
+    if o.seed < 0:
+        msg = f"is {o.seed}; it must be >= 0"
+        raise InputError(msg, field="finite_difference.seed")
+
+
+def _context(inp: Inputs, xp: ModuleType, timings: dict[str, float]) -> _Ctx:
+    lay = inp.layout
+    x3, dy3 = lay.view(xp.asarray(inp.x)), lay.view(xp.asarray(inp.dy))
+    gamma, beta = xp.asarray(inp.gamma), xp.asarray(inp.beta)
+    if inp.training:
+        exact = reference.batch_stats(x3, lay, inp.eps, xp)
+    else:
+        exact = reference.stats_from_var(xp.asarray(inp.running_mean), xp.asarray(inp.running_var), inp.eps, xp)
+    used = exact
+    if inp.saved_mean is not None:
+        used = reference.stats_from_invstd(xp.asarray(inp.saved_mean), xp.asarray(inp.saved_invstd), inp.eps)
+    ref = reference.backward(x3, dy3, gamma, used, lay, training=inp.training, xp=xp)
+    scales = Scales(x3, dy3, gamma, beta, used, lay, xp)
+    return _Ctx(inp, xp, x3, dy3, gamma, beta, used, exact, ref, scales, timings)
+
+
+def _run(ctx: _Ctx, name: str, ar: Arith) -> tuple[Grads, Any]:
+    """Run one variant in ``ar``'s precision (memoised); returns its grads and cache."""
+    key = (name, ar.storage.name, ar.accum.name)
+    if key in ctx.runs:
+        return ctx.runs[key]
+    inp, lay = ctx.inp, ctx.lay
+    kw: dict[str, Any] = {}
+    if not inp.training:
+        kw = {"mean": ar.param(ctx.used.mean), "var": ar.param(ctx.used.var)}
+    elif inp.saved_mean is not None:
+        kw = {"mean": ar.param(ctx.used.mean), "invstd": ar.param(ctx.used.invstd)}
+    cache = forward_cache(ar.load(ctx.x3), ar.param(ctx.gamma), ar, eps=inp.eps, **kw)
+    fn = VARIANTS[name].fn if inp.training else inference_backward
+    g = fn(ar.load(ctx.dy3), cache, ar)
+    out = Grads(ar.store(g.dx), ar.keep(g.dgamma).reshape(lay.C), ar.keep(g.dbeta).reshape(lay.C))
+    ctx.runs[key] = (out, cache)
+    return ctx.runs[key]
+
+
+def _grad_compare(ctx: _Ctx, grads: Grads, ar: Arith, tol_for: Any) -> dict[str, TensorMetrics]:
+    lay, clay = ctx.lay, channel_layout(ctx.lay.C)
+    out: dict[str, TensorMetrics] = {}
+    for name in GRAD_NAMES:
+        is_dx = name == "dx"
+        out_dtype = ar.storage if is_dx else ar.accum
+        out[name] = compare(lay.restore(getattr(grads, name)) if is_dx else getattr(grads, name),
+                            lay.restore(getattr(ctx.ref, name)) if is_dx else getattr(ctx.ref, name),
+                            tol=tol_for(name, out_dtype), lay=lay if is_dx else clay, out_dtype=out_dtype,
+                            scale=ctx.scales.of(name))
+    return out
+
+
+def _variant_block(ctx: _Ctx, grads: Grads, ar: Arith) -> Block:
+    tensors = _grad_compare(ctx, grads, ar,
+                            lambda _n, out: default_tolerance(ar.storage, ar.accum, out, ctx.lay.R))
+    return Block(all(t.passed for t in tensors.values()), tensors)
+
+
+def _variants_block(blocks: dict[str, Block], grads: list[Grads]) -> VariantsBlock:
+    spread: dict[str, float] = {}
+    pair: dict[str, list[str]] = {}
+    names = list(blocks)
+    for t in GRAD_NAMES:
+        best = (-1.0, ["", ""])
+        for i, a in enumerate(grads):
+            for j in range(i + 1, len(grads)):
+                xp = backend.namespace(getattr(a, t))
+                d = float(xp.max(xp.abs(getattr(a, t).astype(xp.float64) - getattr(grads[j], t).astype(xp.float64))))
+                if d > best[0]:
+                    best = (d, [names[i], names[j]])
+        spread[t], pair[t] = best
+    return VariantsBlock(all(b.passed for b in blocks.values()), blocks, spread, pair)
+
+
+def _fd_block(ctx: _Ctx, opts: FDOptions, limits: Limits) -> FDBlock:
+    inp, lay, xp = ctx.inp, ctx.lay, ctx.xp
+    pr = fd.Problem(ctx.x3, ctx.dy3, ctx.gamma, ctx.beta, inp.eps, inp.training,
+                    None if inp.training else ctx.exact, lay, xp)
+    # The finite differences verify the reference for x's own statistics.
+    ref = ctx.ref if ctx.used is ctx.exact else reference.backward(
+        ctx.x3, ctx.dy3, ctx.gamma, ctx.exact, lay, training=inp.training, xp=xp)
+    scales = ctx.scales if ctx.used is ctx.exact else Scales(
+        ctx.x3, ctx.dy3, ctx.gamma, ctx.beta, ctx.exact, lay, xp)
+    tol = fd_tolerance()
+    method = "stats" if opts.method == "auto" else opts.method
+    block = FDBlock(True, {}, method=method, requested=opts.method, step=opts.step, seed=opts.seed)
+    h = fd.steps(ctx.exact, opts.step)
+    block.step_min, block.step_max = float(xp.min(h)), float(xp.max(h))
+    errors: list[float] = []
+    if method == "stats":
+        raw = ref.dgamma / ctx.exact.invstd
+        num = fd.stats_dx(pr, ctx.exact, ref.dbeta, raw, opts.step)
+        block.tensors["dx"] = compare(lay.restore(ref.dx), lay.restore(num.values), tol=tol, lay=lay,
+                                      out_dtype=np.float64, scale=scales.dx, extra=4 * num.error)
+        block.elements = lay.M
+        errors.append(float(xp.max(num.error / _channel_max(scales.dx, lay, xp))))
+        if opts.method == "auto":
+            block.cross_check = _cross_check(ctx, pr, ref, scales, opts, limits, block.notes)
+    elif method == "brute":
+        metrics, count = _brute(ctx, pr, ref, scales, opts, limits, opts.samples, block.notes)
+        block.tensors["dx"], block.samples, block.elements = metrics, count, count * lay.C
+    else:
+        metrics, count = _directional(ctx, pr, ref, scales, opts, limits, block.notes)
+        block.tensors["dx"], block.directions, block.elements = metrics, count, count * lay.C
+    dg, db = fd.param_fd(pr, ctx.exact)
+    clay = channel_layout(lay.C)
+    block.tensors["dgamma"] = compare(ref.dgamma, dg.values, tol=tol, lay=clay, out_dtype=np.float64,
+                                      scale=scales.dgamma, extra=4 * dg.error)
+    block.tensors["dbeta"] = compare(ref.dbeta, db.values, tol=tol, lay=clay, out_dtype=np.float64,
+                                     scale=scales.dbeta, extra=4 * db.error)
+    block.estimated_error = max(errors) if errors else 0.0
+    block.passed = all(t.passed for t in block.tensors.values()) and (
+        block.cross_check is None or block.cross_check.metrics.passed)
+    return block
+
+
+def _channel_max(a3: Any, lay: Layout, xp: ModuleType) -> Any:
+    m = lay.view(a3).max(axis=(0, 2))
+    return xp.where(m > 0, m, 1.0)
+
+
+def _affordable(count: int, per: int, limits: Limits, what: str, notes: list[str]) -> int:
+    """How many of ``count`` evaluations (each ``per`` element-forwards) fit the work limit."""
+    fits = limits.fd_work // max(per, 1)
+    if fits < 1:
+        msg = f"one {what} costs {per:,} element-evaluations, over the limit of {limits.fd_work:,}"
+        raise WorkLimitError(msg, field="finite_difference")
+    if count > fits:
+        notes.append(f"{what}: reduced from {count} to {fits} to stay within the work limit of "
+                     f"{limits.fd_work:,} element-evaluations")
+        return fits
+    return count
+
+
+def _brute(ctx: _Ctx, pr: fd.Problem, ref: Grads, scales: Scales, opts: FDOptions, limits: Limits,
+           samples: int | None, notes: list[str]) -> tuple[TensorMetrics, int]:
+    lay = ctx.lay
+    wanted = lay.R if samples is None else min(samples, lay.R)
+    count = _affordable(wanted, 4 * lay.M, limits, "brute positions", notes)
+    pos = fd.positions(lay.R, count, opts.seed)
+    num = fd.brute_dx(pr, ctx.exact, pos, opts.step)
+    # Rows of (len(pos), C): position j of every channel.
+    p_idx, s_idx = np.divmod(pos, lay.S)
+    take = (ctx.xp.asarray(p_idx)[:, None], ctx.xp.arange(lay.C)[None, :], ctx.xp.asarray(s_idx)[:, None])
+    plane = fd_layout(len(pos), lay.C)
+    metrics = compare(ref.dx[take], num.values, tol=fd_tolerance(), lay=plane, out_dtype=np.float64,
+                      scale=scales.dx[take], extra=4 * num.error,
+                      compared="dx at sampled positions; index = [sample, channel]")
+    return metrics, len(pos)
+
+
+def fd_layout(rows: int, C: int) -> Layout:
+    return Layout((rows, C), 1, rows, C, 1)
+
+
+def _cross_check(ctx: _Ctx, pr: fd.Problem, ref: Grads, scales: Scales, opts: FDOptions,
+                 limits: Limits, notes: list[str]) -> CrossCheck | None:
+    lay = ctx.lay
+    wanted = min(limits.auto_cross_check, lay.R)
+    if 4 * lay.M * wanted > limits.fd_work:
+        notes.append("auto: the brute cross-check was skipped; it would exceed the work limit")
+        return None
+    metrics, count = _brute(ctx, pr, ref, scales, opts, limits, wanted, notes)
+    return CrossCheck("brute", count, metrics)
+
+
+def _directional(ctx: _Ctx, pr: fd.Problem, ref: Grads, scales: Scales, opts: FDOptions, limits: Limits,
+                 notes: list[str]) -> tuple[TensorMetrics, int]:
+    lay = ctx.lay
+    k = _affordable(opts.directions, 4 * lay.M, limits, "directions", notes)
+    d = fd.directional(pr, ctx.exact, ref.dx, scales.dx, k, opts.seed, opts.step)
+    metrics = compare(d.analytic, d.numeric.values, tol=fd_tolerance(), lay=fd_layout(k, lay.C),
+                      out_dtype=np.float64, scale=d.scale, extra=4 * d.numeric.error,
+                      compared="directional derivatives <dx, v>; index = [direction, channel]")
+    return metrics, k
+
+
+def _device(ctx: _Ctx, value: np.ndarray) -> Any:
+    """A host array on the check's device; CuPy cannot hold ml_dtypes' bfloat16."""
+    return value if backend.is_numpy(ctx.xp) else ctx.xp.asarray(value.astype(np.float64))
+
+
+def _candidate_block(ctx: _Ctx, ar: Arith, tolerance: tuple[float, float] | None) -> Block:
+    """The caller's outputs against the reference. A candidate is judged in the least
+    precise of the request's dtype and its own; plain lists arrive as float64."""
+    lay, cand = ctx.lay, ctx.inp.candidate
+    storage = least_precise(ar.storage, *(float_dtype(a) for a in cand.values()))
+    floor_ar = ar if storage == ar.storage else make_arith(storage, None, R=lay.R, xp=ctx.xp)
+    refs = _candidate_refs(ctx, cand)
+    floors = _noise_floors(ctx, floor_ar, refs) if tolerance is None else {}
+    tensors: dict[str, TensorMetrics] = {}
+    for name, value in cand.items():
+        full = name in ("dx", "y")
+        out_dtype = least_precise(floor_ar.storage if full else floor_ar.accum, float_dtype(value))
+        if tolerance is None:
+            tol = default_tolerance(floor_ar.storage, floor_ar.accum, out_dtype, lay.R)
+            tol = tol.widened(FLOOR_MARGIN * floors.get(name, 0.0))
+        else:
+            tol = user_tolerance(*tolerance)
+        tensors[name] = compare(_device(ctx, value), refs[name], tol=tol, lay=lay if full else _clay(ctx),
+                                out_dtype=out_dtype, scale=_exact_scales(ctx).y if name == "y" else
+                                ctx.scales.of(name) if name in GRAD_NAMES else _exact_scales(ctx).of(name))
+    if floors:
+        ctx.notes.append("candidate: noise floor = worst tol_ratio of bncheck's own formulas in "
+                         f"{dtype_name(floor_ar.storage)}/{dtype_name(floor_ar.accum)}: "
+                         + ", ".join(f"{k} {v:.3g}" for k, v in floors.items()))
+    return Block(all(t.passed for t in tensors.values()), tensors)
+
+
+def _clay(ctx: _Ctx) -> Layout:
+    return channel_layout(ctx.lay.C)
+
+
+def _exact_scales(ctx: _Ctx) -> Scales:
+    """Scales for forward outputs, which follow x's own statistics."""
+    if ctx.used is ctx.exact:
+        return ctx.scales
+    return Scales(ctx.x3, ctx.dy3, ctx.gamma, ctx.beta, ctx.exact, ctx.lay, ctx.xp)
+
+
+def _candidate_refs(ctx: _Ctx, cand: Mapping[str, Any]) -> dict[str, Any]:
+    lay = ctx.lay
+    refs: dict[str, Any] = {"dx": lay.restore(ctx.ref.dx), "dgamma": ctx.ref.dgamma, "dbeta": ctx.ref.dbeta,
+                            "mean": ctx.exact.mean, "invstd": ctx.exact.invstd}
+    if "y" in cand:
+        refs["y"] = lay.restore(reference.forward_y(ctx.x3, ctx.gamma, ctx.beta, ctx.exact, lay, ctx.xp))
+    return refs
+
+
+def _noise_floors(ctx: _Ctx, ar: Arith, refs: Mapping[str, Any]) -> dict[str, float]:
+    """The worst tol_ratio of bncheck's own formulas in the candidate's precision, per tensor."""
+    floors: dict[str, float] = {}
+
+    def tol_for(_name: str, out: Any) -> Tolerance:
+        return default_tolerance(ar.storage, ar.accum, out, ctx.lay.R)
+
+    for name in VARIANTS if ctx.inp.training else ("qianfeng",):
+        grads, _ = _run(ctx, name, ar)
+        for t, m in _grad_compare(ctx, grads, ar, tol_for).items():
+            floors[t] = max(floors.get(t, 0.0), m.tol_ratio)
+    _, cache = _run(ctx, "qianfeng", ar)
+    scales = _exact_scales(ctx)
+    for t, value in (("mean", cache.mean), ("invstd", cache.ivar)):
+        m = compare(ar.keep(value).reshape(ctx.lay.C), refs[t], tol=tol_for(t, ar.accum), lay=_clay(ctx),
+                    out_dtype=ar.accum, scale=scales.of(t))
+        floors[t] = m.tol_ratio
+    if "y" in refs:
+        y = ar.store(cache.gamma * cache.xhat + ar.param(ctx.beta))
+        m = compare(ctx.lay.restore(y), refs["y"], tol=tol_for("y", ar.storage), lay=ctx.lay,
+                    out_dtype=ar.storage, scale=scales.y)
+        floors["y"] = m.tol_ratio
+    return floors
+
+
+def _saved_block(ctx: _Ctx, ar: Arith) -> Block:
+    """How far the saved statistics are from x's: judged like a kernel's outputs in accum."""
+    inp, xp = ctx.inp, ctx.xp
+    assert inp.saved_mean is not None
+    assert inp.saved_invstd is not None
+    assert inp.saved_dtype is not None
+    out = least_precise(ar.accum, inp.saved_dtype)
+    tol = default_tolerance(ar.storage, ar.accum, out, ctx.lay.R)
+    scales = _exact_scales(ctx)
+    tensors = {
+        "mean": compare(xp.asarray(inp.saved_mean), ctx.exact.mean, tol=tol, lay=_clay(ctx), out_dtype=out,
+                        scale=scales.mean),
+        "invstd": compare(xp.asarray(inp.saved_invstd), ctx.exact.invstd, tol=tol, lay=_clay(ctx),
+                          out_dtype=out, scale=scales.invstd),
+    }
+    return Block(all(t.passed for t in tensors.values()), tensors)

@@ -1,0 +1,174 @@
+"""Compare a candidate tensor with its reference: one metrics set, numpy.testing style.
+
+Works on the (P, C, S) view, block by block on every core, so a 4M-element
+comparison costs a few passes. Per-channel tensors are a (1, C, 1) view.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from . import backend
+from .dtypes import dtype_name, ulp
+from .layout import Block, Layout
+from .report import ChannelError, TensorMetrics, ToleranceUsed
+from .tolerance import Tolerance
+
+__all__ = ["channel_layout", "compare"]
+
+WORST_CHANNELS = 5
+CANCELLATION = 1e-6
+
+
+def channel_layout(C: int) -> Layout:
+    """The layout of a per-channel (C,) tensor: a (1, C, 1) view."""
+    return Layout((C,), 0, 1, C, 1)
+
+
+@dataclass
+class _Part:
+    """What one block contributes."""
+
+    n_bad: int
+    n_nonfinite: int
+    max_abs: float
+    max_rel: float
+    max_ulp: float
+    sumsq: float
+    max_ref: float
+    max_scale: float
+    worst_ratio: float  # inf for a non-finite candidate
+    worst_flat: int
+    worst_cand: float
+    worst_ref: float
+    worst_atol: float  # the absolute/natural-scale term of the tolerance there
+    ch_ratio: np.ndarray
+    ch_abs: np.ndarray
+    ch_bad: np.ndarray
+
+
+class _Inputs:
+    def __init__(self, cand: Any, ref: Any, scale: Any, extra: Any, tol: Tolerance, out_dtype: Any,
+                 lay: Layout, xp: ModuleType) -> None:
+        self.c3, self.r3 = lay.view(cand), lay.view(ref)
+        self.s3 = None if scale is None else _as_view(scale, lay)
+        self.e3 = None if extra is None else _as_view(extra, lay)
+        self.tol, self.out_dtype, self.lay, self.xp = tol, out_dtype, lay, xp
+
+    def take(self, a3: Any, b: Block) -> Any:
+        if a3 is None:
+            return None
+        return a3[b[0], :, b[1]] if a3.shape == self.lay.view_shape else a3
+
+    def part(self, b: Block) -> _Part:
+        xp, tol = self.xp, self.tol
+        cand = self.take(self.c3, b).astype(xp.float64)
+        ref = self.take(self.r3, b)
+        scale = self.take(self.s3, b)
+        extra = self.take(self.e3, b)
+        finite = xp.isfinite(cand)
+        n_nonfinite = int(finite.size - xp.count_nonzero(finite))
+        err = xp.abs(xp.where(finite, cand, ref) - ref)
+        aref = xp.abs(ref)
+        atol_term = tol.atol * (1.0 if scale is None or tol.mode == "absolute" else scale)
+        allowed = (tol.rtol * aref + atol_term + (0.0 if extra is None else extra)) * tol.floor
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = xp.where(err > 0, err / allowed, 0.0)
+            rel = xp.where(aref > 0, err / aref, 0.0)
+        ratio = xp.where(finite, ratio, xp.inf)
+        bad = ~(err <= allowed) | ~finite
+        # The first non-finite element is the worst; otherwise the largest ratio.
+        worst = int(xp.argmin(finite)) if n_nonfinite else int(xp.argmax(ratio))
+        local = tuple(int(i) for i in np.unravel_index(worst, ratio.shape))
+        atol_here = xp.broadcast_to(xp.asarray(atol_term), ratio.shape)[local]
+        return _Part(
+            n_bad=int(xp.count_nonzero(bad)),
+            n_nonfinite=n_nonfinite,
+            max_abs=float(xp.max(err)),
+            max_rel=float(xp.max(rel)),
+            max_ulp=float(xp.max(err / ulp(ref, self.out_dtype, xp=xp))),
+            sumsq=float(xp.sum(err * err)),
+            max_ref=float(xp.max(aref)),
+            max_scale=0.0 if scale is None else float(xp.max(scale)),
+            worst_ratio=float(ratio[local]),
+            worst_flat=self.flat(b, local),
+            worst_cand=float(cand[local]),
+            worst_ref=float(ref[local]),
+            worst_atol=float(atol_here),
+            ch_ratio=backend.to_numpy(ratio.max(axis=(0, 2))),
+            ch_abs=backend.to_numpy(err.max(axis=(0, 2))),
+            ch_bad=backend.to_numpy(bad.sum(axis=(0, 2))),
+        )
+
+    def flat(self, b: Block, local: tuple[int, ...]) -> int:
+        p, c, s = local
+        return ((p + (b[0].start or 0)) * self.lay.C + c) * self.lay.S + s + (b[1].start or 0)
+
+
+def compare(cand: Any, ref: Any, *, tol: Tolerance, lay: Layout, out_dtype: Any, scale: Any = None,
+            extra: Any = None, compared: str = "") -> TensorMetrics:
+    """``cand`` (any float dtype, may hold NaN/Inf) against ``ref`` (float64), both of
+    ``lay``'s shape. ``scale`` (natural scales) and ``extra`` (added allowance) are full
+    tensors or (C,) vectors."""
+    xp = backend.namespace(cand, ref)
+    inputs = _Inputs(cand, ref, scale, extra, tol, out_dtype, lay, xp)
+    parts = backend.map_blocks(inputs.part, lay, xp)
+    n_nonfinite = sum(p.n_nonfinite for p in parts)
+    if n_nonfinite:
+        worst = min((p for p in parts if p.n_nonfinite), key=lambda p: p.worst_flat)
+    else:
+        worst = max(parts, key=lambda p: p.worst_ratio)
+    ch_ratio = np.max([p.ch_ratio for p in parts], axis=0)
+    ch_abs = np.max([p.ch_abs for p in parts], axis=0)
+    ch_bad = np.sum([p.ch_bad for p in parts], axis=0)
+    n_bad = sum(p.n_bad for p in parts)
+    n_finite = lay.M - n_nonfinite
+    return TensorMetrics(
+        passed=n_bad == 0,
+        max_abs_err=max(p.max_abs for p in parts),
+        max_rel_err=max(p.max_rel for p in parts),
+        rms_err=math.sqrt(sum(p.sumsq for p in parts) / n_finite) if n_finite else 0.0,
+        max_ulp=max(p.max_ulp for p in parts),
+        tol_ratio=worst.worst_ratio,
+        worst_index=lay.unravel(worst.worst_flat),
+        worst_candidate=worst.worst_cand if math.isfinite(worst.worst_cand) else str(worst.worst_cand),
+        worst_reference=worst.worst_ref,
+        mismatched=n_bad,
+        total=lay.M,
+        nonfinite=n_nonfinite,
+        channels_failed=int(np.count_nonzero(ch_bad)),
+        worst_channels=_worst_channels(ch_ratio, ch_abs, ch_bad),
+        decided_by=_decided_by(tol, worst),
+        cancellation=scale is not None and max(p.max_ref for p in parts)
+        <= CANCELLATION * max(p.max_scale for p in parts),
+        dtype=dtype_name(out_dtype),
+        tolerance=ToleranceUsed(tol.rtol, tol.atol, tol.mode, tol.floor),
+        compared=compared,
+    )
+
+
+def _as_view(a: Any, lay: Layout) -> Any:
+    return a.reshape(1, lay.C, 1) if a.size == lay.C and lay.M != lay.C else lay.view(a)
+
+
+def _worst_channels(ch_ratio: np.ndarray, ch_abs: np.ndarray, ch_bad: np.ndarray) -> list[ChannelError]:
+    order = np.lexsort((-ch_abs, -ch_ratio))[:WORST_CHANNELS]
+    return [ChannelError(int(c), float(ch_abs[c]), float(ch_ratio[c]), int(ch_bad[c]))
+            for c in order if ch_abs[c] > 0 or ch_bad[c] > 0]
+
+
+def _decided_by(tol: Tolerance, worst: _Part) -> str:
+    if not math.isfinite(worst.worst_cand):
+        return "nonfinite"
+    if worst.worst_ratio == 0:
+        return "exact"
+    if tol.floor > 1 and worst.worst_ratio * tol.floor > 1:
+        return "noise_floor"
+    if worst.worst_atol > tol.rtol * abs(worst.worst_ref):
+        return "absolute" if tol.mode == "absolute" else "natural_scale"
+    return "relative"

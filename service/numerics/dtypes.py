@@ -1,0 +1,96 @@
+"""The four precisions bncheck computes in, their wire names and their rounding."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ml_dtypes
+import numpy as np
+
+from .errors import InputError
+
+__all__ = [
+    "BFLOAT16",
+    "DTYPE_NAMES",
+    "WIRE_NAMES",
+    "default_accum",
+    "dtype_name",
+    "finfo_max",
+    "precision_bits",
+    "resolve",
+    "ulp",
+    "unit_roundoff",
+    "wire_name",
+]
+
+BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
+
+_BY_NAME: dict[str, np.dtype[Any]] = {
+    "float16": np.dtype(np.float16),
+    "bfloat16": BFLOAT16,
+    "float32": np.dtype(np.float32),
+    "float64": np.dtype(np.float64),
+}
+WIRE_NAMES = {"FP16": "float16", "BF16": "bfloat16", "FP32": "float32", "FP64": "float64"}
+DTYPE_NAMES = tuple(_BY_NAME)
+_WIRE_BY_NAME = {name: wire for wire, name in WIRE_NAMES.items()}
+
+# Significand bits including the hidden bit, and frexp's exponent of the smallest normal.
+_BITS = {"float16": 11, "bfloat16": 8, "float32": 24, "float64": 53}
+_MIN_EXP = {"float16": -13, "bfloat16": -125, "float32": -125, "float64": -1021}
+_MAX = {"float16": 65504.0, "bfloat16": float(ml_dtypes.finfo(BFLOAT16).max),
+        "float32": float(np.finfo(np.float32).max), "float64": float(np.finfo(np.float64).max)}
+
+
+def resolve(value: Any, *, field: str = "dtype") -> np.dtype[Any]:
+    """Accept "float32", "FP32", a NumPy dtype or a scalar type; name the field when it is none."""
+    if isinstance(value, str):
+        key = WIRE_NAMES.get(value.upper(), value.lower())
+        if key in _BY_NAME:
+            return _BY_NAME[key]
+    else:
+        try:
+            dt = np.dtype(value)
+        except TypeError:
+            dt = None
+        if dt is not None and dt.name in _BY_NAME:
+            return _BY_NAME[dt.name]
+    choices = ", ".join([*WIRE_NAMES, *DTYPE_NAMES])
+    msg = f"unsupported dtype {value!r}; use one of {choices}"
+    raise InputError(msg, field=field)
+
+
+def dtype_name(dt: np.dtype[Any]) -> str:
+    return resolve(dt).name
+
+
+def wire_name(dt: np.dtype[Any]) -> str:
+    return _WIRE_BY_NAME[dtype_name(dt)]
+
+
+def precision_bits(dt: np.dtype[Any]) -> int:
+    return _BITS[dtype_name(dt)]
+
+
+def unit_roundoff(dt: np.dtype[Any]) -> float:
+    """Half the machine epsilon: the largest relative error of one correctly rounded operation."""
+    return 2.0 ** -precision_bits(dt)
+
+
+def finfo_max(dt: np.dtype[Any]) -> float:
+    return _MAX[dtype_name(dt)]
+
+
+def default_accum(dt: np.dtype[Any]) -> np.dtype[Any]:
+    """16-bit storage accumulates in float32, as cuDNN, MIOpen and PyTorch kernels do."""
+    return _BY_NAME["float32"] if precision_bits(dt) < 24 else resolve(dt)
+
+
+def ulp(values: Any, dt: np.dtype[Any], *, xp: Any = np) -> Any:
+    """The spacing of ``dt`` at each of ``values`` (float64), subnormals included."""
+    name = dtype_name(dt)
+    mag = xp.abs(values)
+    _, exp = xp.frexp(mag)
+    # frexp(0) reports exponent 0; zero's spacing is the smallest subnormal's.
+    exp = xp.where(mag == 0, _MIN_EXP[name], xp.maximum(exp, _MIN_EXP[name]))
+    return xp.ldexp(1.0, (exp - _BITS[name]).astype(xp.int32))

@@ -1,0 +1,259 @@
+"""Finite differences of the forward pass: the evidence that the reference is right.
+
+The loss is L = sum(dy * y(x, gamma, beta)), so dL/dx = dx, dL/dgamma = dgamma
+and dL/dbeta = dbeta (DESIGN section 2). Everything is float64, and nothing
+here calls a backward formula.
+
+``stats`` -- every element at O(M) cost. Channels are independent, and the
+loss of channel c depends on x only through C2 = sum((x-mean)^2),
+A = sum(dy) and B = sum(dy*(x-mean)):
+
+    L_c = gamma * B / sqrt(C2/R + eps) + beta * A
+
+Moving one element x_i by t changes those sums exactly:
+
+    C2(t) = C2 + 2 t d_i + t^2 (1 - 1/R)        d_i = x_i - mean
+    B(t)  = B + t b_i                           b_i = dy_i - A/R
+
+so the central difference (L(+h) - L(-h)) / 2h of every element is a handful
+of vectorised passes. With s(t) = sqrt(C2(t)/R + eps), s+ = s(h), s- = s(-h):
+
+    s-^2 - s+^2 = -4 h d_i / R                  (exactly, no cancellation)
+    (L(+h) - L(-h)) / 2h = gamma / (s+ s-) * (b_i (s+ + s-)/2 - 2 d_i B / (R (s+ + s-)))
+
+This is the same central difference, evaluated so that the parts the two
+evaluations share cancel before rounding rather than after. Its truncation
+error is real and is estimated by Richardson's rule against a step of 2h.
+
+``brute`` re-runs the full forward with one element perturbed, in every
+channel at once; ``directional`` moves all of x along seeded random
+directions. ``gamma`` and ``beta`` enter L linearly, so their differences are
+exact up to rounding and use a step of 1 + |value|.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from . import backend, reference
+from .layout import Block, Layout
+from .reference import Stats
+
+__all__ = ["Directional", "Numeric", "Problem", "brute_dx", "directional", "param_fd", "stats_dx"]
+
+U64 = 2.0**-53
+
+
+@dataclass(frozen=True)
+class Problem:
+    """The float64 inputs of the loss, in the (P, C, S) view."""
+
+    x3: Any
+    dy3: Any
+    gamma: Any
+    beta: Any
+    eps: float
+    training: bool
+    running: Stats | None  # the constants of inference mode
+    layout: Layout
+    xp: ModuleType
+
+    def stats(self, x3: Any) -> Stats:
+        if not self.training:
+            assert self.running is not None
+            return self.running
+        return reference.batch_stats(x3, self.layout, self.eps, self.xp)
+
+    def loss(self, x3: Any) -> tuple[Any, Any]:
+        """Per-channel L = sum(dy * y) through the real forward, and an estimate of its
+        rounding error: the sum's own, plus the ulp of the mean, which moves every y of the
+        channel at once and dominates when |mean| >> std."""
+        xp = self.xp
+        st = self.stats(x3)
+        y = reference.forward_y(x3, self.gamma, self.beta, st, self.layout, xp)
+        prod = self.dy3 * y
+        total = backend.channel_sum(prod, xp)
+        err = 4 * U64 * self.growth() * backend.channel_sum(xp.abs(prod), xp)
+        err += 2 * U64 * xp.abs(self.gamma * st.invstd * st.mean * backend.channel_sum(self.dy3, xp))
+        return total, err
+
+    def growth(self) -> float:
+        return 2.0 + math.sqrt(self.layout.R)
+
+
+@dataclass(frozen=True)
+class Numeric:
+    """Finite-difference values and their estimated error (same shape, or (C,))."""
+
+    values: Any
+    error: Any
+    step: Any  # (C,) absolute steps
+
+
+def steps(st: Stats, rel_step: float) -> Any:
+    return rel_step / st.invstd
+
+
+def stats_dx(pr: Problem, st: Stats, dbeta: Any, raw: Any, rel_step: float) -> Numeric:
+    """dx for every element. ``st`` are the batch statistics (training) or the running
+    ones (inference); ``dbeta = sum(dy)`` and ``raw = sum(dy * (x - mean))``."""
+    xp, lay = pr.xp, pr.layout
+    h = steps(st, rel_step)
+    out = xp.empty(lay.view_shape, dtype=xp.float64)
+    mean = lay.per_channel(st.mean)
+    if not pr.training:
+        return _inference_dx(pr, st, h, out)
+    R = lay.R
+    k = 1.0 - 1.0 / R
+    var_eps = st.var + pr.eps
+    coef = [lay.per_channel(v) for v in (
+        var_eps + h * h * k / R, 2.0 * h / R, var_eps + 4.0 * h * h * k / R, 4.0 * h / R,
+        dbeta / R, 2.0 * raw / R, pr.gamma)]
+    q1, e1, q2, e2, a_mean, b2, gamma = coef
+
+    def difference(d: Any, b: Any, q: Any, e: Any) -> tuple[Any, Any, Any]:
+        ed = d * e
+        sp = xp.sqrt(q + ed)
+        sm = xp.sqrt(q - ed)
+        sig = sp + sm
+        g = gamma / (sp * sm)
+        first = b * sig * 0.5
+        second = d * b2 / sig
+        return g * (first - second), g, xp.abs(first) + xp.abs(second)
+
+    def part(blk: Block) -> Any:
+        d = pr.x3[blk[0], :, blk[1]] - mean
+        b = pr.dy3[blk[0], :, blk[1]] - a_mean
+        fd, g, terms = difference(d, b, q1, e1)
+        out[blk[0], :, blk[1]] = fd
+        # Richardson: the O(h^2) error of fd is (fd(2h) - fd(h)) / 3.
+        trunc = xp.abs(difference(d, b, q2, e2)[0] - fd) / 3.0
+        trunc += (16 * U64) * xp.abs(g) * terms
+        return trunc.max(axis=(0, 2))
+
+    err = _max_parts(backend.map_blocks(part, lay, xp), xp)
+    return Numeric(out, err, h)
+
+
+def _inference_dx(pr: Problem, st: Stats, h: Any, out: Any) -> Numeric:
+    """Inference mode: y is element-wise in x, so each element's loss change is its own."""
+    xp, lay = pr.xp, pr.layout
+    mean = lay.per_channel(st.mean)
+    scale = lay.per_channel(pr.gamma * st.invstd)
+    shift = lay.per_channel(pr.beta)
+    hc = lay.per_channel(h)
+
+    def part(blk: Block) -> Any:
+        x = pr.x3[blk[0], :, blk[1]]
+        dy = pr.dy3[blk[0], :, blk[1]]
+        x_plus, x_minus = x + hc, x - hc
+        y_plus = (x_plus - mean) * scale + shift
+        y_minus = (x_minus - mean) * scale + shift
+        # Divide by the step actually taken: x + h rounds when |x| >> h.
+        out[blk[0], :, blk[1]] = dy * (y_plus - y_minus) / (x_plus - x_minus)
+        return (xp.abs(dy) * (xp.abs(y_plus) + xp.abs(y_minus))).max(axis=(0, 2))
+
+    big = _max_parts(backend.map_blocks(part, lay, xp), xp)
+    return Numeric(out, 4 * U64 * big / h, h)
+
+
+def _max_parts(parts: list[Any], xp: ModuleType) -> Any:
+    return xp.max(xp.stack(parts), axis=0)
+
+
+def param_fd(pr: Problem, st: Stats) -> tuple[Numeric, Numeric]:
+    """dgamma and dbeta: L is linear in both, so the step can be large and the
+    difference is exact up to rounding."""
+    xp, lay = pr.xp, pr.layout
+    hg, hb = 1.0 + xp.abs(pr.gamma), 1.0 + xp.abs(pr.beta)
+    mean, invstd = lay.per_channel(st.mean), lay.per_channel(st.invstd)
+    gamma, beta = lay.per_channel(pr.gamma), lay.per_channel(pr.beta)
+    g_plus, g_minus, b_plus, b_minus = pr.gamma + hg, pr.gamma - hg, pr.beta + hb, pr.beta - hb
+    g_pm = [lay.per_channel(g) for g in (g_plus, g_minus)]
+    b_pm = [lay.per_channel(b) for b in (b_plus, b_minus)]
+    # The steps actually taken, after rounding.
+    hg, hb = (g_plus - g_minus) / 2, (b_plus - b_minus) / 2
+
+    def part(blk: Block) -> list[Any]:
+        xhat = (pr.x3[blk[0], :, blk[1]] - mean) * invstd
+        dy = pr.dy3[blk[0], :, blk[1]]
+        ys = [g * xhat + beta for g in g_pm] + [gamma * xhat + b for b in b_pm]
+        sums = [backend.channel_dot(dy, y, xp) for y in ys]
+        return sums + [backend.channel_sum(xp.abs(dy * y), xp) for y in ys]
+
+    parts = backend.map_blocks(part, lay, xp)
+    s = [backend.sum_parts([p[i] for p in parts]) for i in range(8)]
+    grow = 4 * U64 * pr.growth()
+    dgamma = Numeric((s[0] - s[1]) / (2 * hg), grow * (s[4] + s[5]) / (2 * hg), hg)
+    dbeta = Numeric((s[2] - s[3]) / (2 * hb), grow * (s[6] + s[7]) / (2 * hb), hb)
+    return dgamma, dbeta
+
+
+def positions(R: int, samples: int | None, seed: int) -> np.ndarray:
+    """Within-channel positions to perturb: all of them, or a seeded sample."""
+    if samples is None or samples >= R:
+        return np.arange(R)
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(R, size=samples, replace=False))
+
+
+def brute_dx(pr: Problem, st: Stats, pos: np.ndarray, rel_step: float) -> Numeric:
+    """Perturb position j of every channel at once and re-run the real forward.
+    Returns values and errors shaped (len(pos), C)."""
+    xp, lay = pr.xp, pr.layout
+    h = steps(st, rel_step)
+    work = pr.x3.copy()
+    values, errors = [], []
+    for j in pos.tolist():
+        p, s = divmod(j, lay.S)
+        orig = pr.x3[p, :, s]
+        loss, moved = {}, {}
+        for mult in (1.0, -1.0, 2.0, -2.0):
+            work[p, :, s] = orig + mult * h
+            moved[mult] = work[p, :, s] - orig  # the step actually taken: x + h rounds
+            loss[mult] = pr.loss(work)
+        work[p, :, s] = orig
+        fd = (loss[1.0][0] - loss[-1.0][0]) / (moved[1.0] - moved[-1.0])
+        fd2 = (loss[2.0][0] - loss[-2.0][0]) / (moved[2.0] - moved[-2.0])
+        rounding = (loss[1.0][1] + loss[-1.0][1]) / (2 * h)
+        values.append(fd)
+        errors.append(xp.abs(fd2 - fd) / 3.0 + rounding)
+    return Numeric(xp.stack(values), xp.stack(errors), h)
+
+
+@dataclass(frozen=True)
+class Directional:
+    numeric: Numeric  # (k, C) directional derivatives from the forward
+    analytic: Any  # (k, C) <dx_ref, w> per channel, w the direction actually taken
+    scale: Any  # (k, C) sum(natural scale * |v|) per channel
+
+
+def directional(pr: Problem, st: Stats, dx_ref: Any, dx_scale: Any, k: int, seed: int,
+                rel_step: float) -> Directional:
+    """k seeded directions v; per channel (L(x+hv) - L(x-hv)) / 2h against <dx, v>."""
+    xp, lay = pr.xp, pr.layout
+    h = steps(st, rel_step)
+    hc = lay.per_channel(h)
+    rng = np.random.default_rng(seed)
+    values, errors, analytic, scale = [], [], [], []
+    for _ in range(k):
+        v = xp.asarray(rng.standard_normal(lay.view_shape))
+        points = {mult: pr.x3 + (mult * hc) * v for mult in (1.0, -1.0, 2.0, -2.0)}
+        loss = {mult: pr.loss(pt) for mult, pt in points.items()}
+        # x + h*v rounds where |x| >> h: compare with <dx, w>, w the direction actually taken.
+        w1 = (points[1.0] - points[-1.0]) / (2 * hc)
+        w2 = (points[2.0] - points[-2.0]) / (4 * hc)
+        an1, an2 = backend.channel_dot(dx_ref, w1, xp), backend.channel_dot(dx_ref, w2, xp)
+        fd = (loss[1.0][0] - loss[-1.0][0]) / (2 * h)
+        fd2 = (loss[2.0][0] - loss[-2.0][0]) / (4 * h)
+        rounding = (loss[1.0][1] + loss[-1.0][1]) / (2 * h)
+        values.append(fd)
+        errors.append(xp.abs((fd2 - an2) - (fd - an1)) / 3.0 + rounding)
+        analytic.append(an1)
+        scale.append(backend.channel_dot(dx_scale, xp.abs(v), xp))
+    return Directional(Numeric(xp.stack(values), xp.stack(errors), h), xp.stack(analytic), xp.stack(scale))

@@ -1,0 +1,114 @@
+"""The float64 reference: batch statistics, forward and backward, fast and accurate.
+
+Everything here is float64 on the (P, C, S) view, in two passes over blocks
+that run on every core (``backend.map_blocks``):
+
+    mean   = m1 + sum(x - m1) / R                  m1 = sum(x) / R
+    var    = sum((x - m1)^2) / R - (mean - m1)^2
+    dbeta  = sum(dy)
+    dgamma = sum(dy * (x - mean)) * invstd
+    dx     = gamma*invstd * (dy - dbeta/R - (x - mean) * invstd^2 * dgamma_raw/R)
+
+The second pass of the mean matters: with |mean|/std = 1e6 the first pass
+alone is off by about 1e-10 of the mean, which is 1e-4 of a standard
+deviation; after the correction the error is a few ulps of the spread.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+from . import backend
+from .layout import Block, Layout
+from .variants import Grads
+
+__all__ = ["Stats", "backward", "batch_stats", "forward_y", "stats_from_invstd", "stats_from_var"]
+
+
+@dataclass(frozen=True)
+class Stats:
+    """Per-channel float64 statistics, each shaped (C,)."""
+
+    mean: Any
+    var: Any
+    invstd: Any
+
+
+def stats_from_var(mean: Any, var: Any, eps: float, xp: ModuleType) -> Stats:
+    return Stats(mean, var, 1.0 / xp.sqrt(var + eps))
+
+
+def stats_from_invstd(mean: Any, invstd: Any, eps: float) -> Stats:
+    return Stats(mean, 1.0 / invstd**2 - eps, invstd)
+
+
+def batch_stats(x3: Any, layout: Layout, eps: float, xp: ModuleType) -> Stats:
+    R = layout.R
+
+    def first(b: Block) -> Any:
+        return backend.channel_sum(x3[b[0], :, b[1]], xp)
+
+    m1 = backend.sum_parts(backend.map_blocks(first, layout, xp)) / R
+    m1c = layout.per_channel(m1)
+
+    def second(b: Block) -> tuple[Any, Any]:
+        d = x3[b[0], :, b[1]] - m1c
+        return backend.channel_sum(d, xp), backend.channel_dot(d, d, xp)
+
+    parts = backend.map_blocks(second, layout, xp)
+    corr = backend.sum_parts([p[0] for p in parts]) / R
+    var = xp.maximum(backend.sum_parts([p[1] for p in parts]) / R - corr**2, 0.0)
+    return stats_from_var(m1 + corr, var, eps, xp)
+
+
+def backward(x3: Any, dy3: Any, gamma: Any, st: Stats, layout: Layout, *, training: bool,
+             xp: ModuleType) -> Grads:
+    """float64 gradients for statistics ``st`` (batch, saved or running)."""
+    R = layout.R
+    mean = layout.per_channel(st.mean)
+
+    def sums(b: Block) -> tuple[Any, Any]:
+        d = x3[b[0], :, b[1]] - mean
+        dyb = dy3[b[0], :, b[1]]
+        return backend.channel_sum(dyb, xp), backend.channel_dot(dyb, d, xp)
+
+    parts = backend.map_blocks(sums, layout, xp)
+    dbeta = backend.sum_parts([p[0] for p in parts])
+    raw = backend.sum_parts([p[1] for p in parts])
+    scale = layout.per_channel(gamma * st.invstd)
+    c_mean = layout.per_channel(dbeta / R) if training else None
+    c_xmu = layout.per_channel(st.invstd**2 * raw / R) if training else None
+    dx = xp.empty(layout.view_shape, dtype=xp.float64)
+
+    def elementwise(b: Block) -> None:
+        out = dx[b[0], :, b[1]]
+        if not training:
+            xp.multiply(dy3[b[0], :, b[1]], scale, out=out)
+            return
+        xp.subtract(x3[b[0], :, b[1]], mean, out=out)
+        out *= c_xmu
+        xp.subtract(dy3[b[0], :, b[1]], out, out=out)
+        out -= c_mean
+        out *= scale
+
+    backend.map_blocks(elementwise, layout, xp)
+    return Grads(dx, raw * st.invstd, dbeta)
+
+
+def forward_y(x3: Any, gamma: Any, beta: Any, st: Stats, layout: Layout, xp: ModuleType) -> Any:
+    """y = gamma * (x - mean) * invstd + beta, in float64."""
+    y = xp.empty(layout.view_shape, dtype=xp.float64)
+    mean = layout.per_channel(st.mean)
+    scale = layout.per_channel(gamma * st.invstd)
+    shift = layout.per_channel(beta)
+
+    def elementwise(b: Block) -> None:
+        out = y[b[0], :, b[1]]
+        xp.subtract(x3[b[0], :, b[1]], mean, out=out)
+        out *= scale
+        out += shift
+
+    backend.map_blocks(elementwise, layout, xp)
+    return y

@@ -1,0 +1,102 @@
+"""Dispatch, reductions and rounding: the CPU path never imports CuPy."""
+
+import subprocess
+import sys
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+from service.numerics import backend
+from service.numerics.layout import Layout
+
+
+def test_cpu_path_never_imports_cupy():
+    code = (
+        "import sys\n"
+        "from service.numerics import check, make\n"
+        "c = make('normal')\n"
+        "r = check(c.x, c.dy, **c.kwargs(), variant='all', device='cpu')\n"
+        "assert r.passed\n"
+        "assert 'cupy' not in sys.modules, 'cupy was imported'\n"
+        "import service.api, client\n"
+        "assert 'cupy' not in sys.modules, 'cupy was imported by the web stack'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_numerics_never_import_the_web_stack():
+    code = (
+        "import sys\n"
+        "import service.numerics, service.numerics.check\n"
+        "bad = {'fastapi', 'starlette', 'pydantic', 'httpx', 'uvicorn'} & set(sys.modules)\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_namespace_is_numpy_for_numpy_arrays():
+    assert backend.namespace(np.ones(3)) is np
+    assert backend.resolve_device("cpu") is np
+
+
+@pytest.mark.skipif(backend.gpu_available(), reason="this machine has a GPU")
+def test_asking_for_a_missing_gpu_is_a_clear_error():
+    with pytest.raises(backend.DeviceUnavailableError, match="device"):
+        backend.resolve_device("gpu")
+    assert backend.resolve_device("auto") is np
+
+
+def test_pairwise_sum_beats_sequential_float32():
+    """Pairwise halving keeps float32 sums near log2(R) ulps; the row-by-row sum does not."""
+    rng = np.random.default_rng(0)
+    a = (rng.standard_normal((1 << 18, 2, 1)) + 10).astype(np.float32)
+    exact = a.astype(np.float64).sum(axis=(0, 2))
+    pair = backend.pairwise_channel_sum(a, np).reshape(-1).astype(np.float64)
+    seq = np.add.reduce(a[:, :, 0], axis=0).astype(np.float64)
+    assert np.all(np.abs(pair - exact) < np.abs(seq - exact))
+    assert np.all(np.abs(pair - exact) / exact < 20 * 2**-24)
+
+
+@pytest.mark.parametrize("shape", [(7, 3, 1), (1, 3, 9), (5, 2, 6), (1, 4, 1), (8, 1, 8)])
+def test_channel_sums_agree(shape):
+    a = np.random.default_rng(1).standard_normal(shape)
+    want = a.sum(axis=(0, 2))
+    np.testing.assert_allclose(backend.channel_sum(a, np), want, rtol=1e-14)
+    np.testing.assert_allclose(backend.pairwise_channel_sum(a, np).reshape(-1), want, rtol=1e-14)
+    np.testing.assert_allclose(backend.channel_dot(a, a, np), (a * a).sum(axis=(0, 2)), rtol=1e-14)
+
+
+def test_bfloat16_bit_rounding_matches_ml_dtypes():
+    """The CuPy path keeps bfloat16 values in float32 and rounds by bit arithmetic;
+    NumPy stands in for CuPy here."""
+    rng = np.random.default_rng(2)
+    v = np.concatenate([rng.standard_normal(10000) * 10.0 ** rng.integers(-30, 30, 10000),
+                        [0.0, -0.0, 1.0 + 2**-8, 1.0 + 3 * 2**-8, 3.3895313892515355e38]]).astype(np.float32)
+    got = backend.round_bfloat16_bits(v, np)
+    want = v.astype(ml_dtypes.bfloat16).astype(np.float32)
+    assert np.array_equal(got.view(np.uint32), want.view(np.uint32))
+
+
+def test_blocks_cover_the_view_exactly_once():
+    for shape, axis in [((1000, 64), 1), ((16, 64, 64, 64), 1), ((1, 4, 300000), 1), ((3, 5, 7), 2)]:
+        lay = Layout.of(shape, axis)
+        seen = np.zeros(lay.view_shape, dtype=np.int64)
+        for p, s in lay.blocks(1 << 12):
+            seen[p, :, s] += 1
+        assert np.all(seen == 1), shape
+
+
+def test_threaded_reference_equals_single_block(monkeypatch):
+    """Splitting big passes into blocks changes the summation order only."""
+    from service.numerics import reference
+
+    rng = np.random.default_rng(3)
+    lay = Layout.of((2048, 300), 1)
+    x3, dy3 = lay.view(rng.standard_normal(lay.shape)), lay.view(rng.standard_normal(lay.shape))
+    g = rng.standard_normal(300)
+    threaded = reference.backward(x3, dy3, g, reference.batch_stats(x3, lay, 1e-5, np), lay, training=True, xp=np)
+    monkeypatch.setenv("BNCHECK_THREADS", "1")
+    single = reference.backward(x3, dy3, g, reference.batch_stats(x3, lay, 1e-5, np), lay, training=True, xp=np)
+    assert lay.M > 2 * backend.BLOCK_ELEMENTS
+    np.testing.assert_allclose(threaded.dx, single.dx, rtol=1e-12, atol=1e-14)

@@ -1,0 +1,169 @@
+"""Finite differences confirm the float64 reference; the methods confirm each other."""
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from service.numerics import CASES, FDOptions, Limits, WorkLimitError, check, fd, make
+from service.numerics import reference as ref
+from service.numerics.layout import Layout
+
+SMALL = [n for n in CASES if n != "long_reduction"]
+
+
+def _problem(case, training=True, running=None):
+    lay = Layout.of(case.x.shape, case.channel_axis)
+    pr = fd.Problem(lay.view(case.x), lay.view(case.dy), case.gamma, case.beta, case.eps, training, running, lay, np)
+    return lay, pr
+
+
+@pytest.mark.parametrize("name", SMALL)
+@pytest.mark.parametrize("method", ["auto", "stats", "brute", "directional"])
+def test_every_method_confirms_the_reference_on_every_stress_case(name, method):
+    case = make(name)
+    r = check(case.x, case.dy, **case.kwargs(), dtype="float64", finite_difference=FDOptions(method))
+    block = r.checks.finite_difference
+    assert block.passed, {k: (t.tol_ratio, t.max_abs_err) for k, t in block.tensors.items()}
+    assert block.method == ("stats" if method == "auto" else method)
+    assert set(block.tensors) == {"dx", "dgamma", "dbeta"}
+
+
+def test_long_reduction_stats_every_element():
+    case = make("long_reduction")
+    r = check(case.x, case.dy, **case.kwargs(), finite_difference=FDOptions("stats"))
+    block = r.checks.finite_difference
+    assert block.passed
+    assert block.elements == case.x.size
+    assert block.tensors["dx"].tol_ratio < 0.1
+
+
+@pytest.mark.parametrize("name", ["normal", "huge_offset", "near_eps", "constant_channel", "heavy_tails", "tiny_batch"])
+def test_stats_agrees_with_brute_element_by_element(name):
+    case = make(name, shape=(24, 3, 2))
+    lay, pr = _problem(case)
+    s = ref.batch_stats(pr.x3, lay, case.eps, np)
+    g = ref.backward(pr.x3, pr.dy3, case.gamma, s, lay, training=True, xp=np)
+    stats = fd.stats_dx(pr, s, g.dbeta, g.dgamma / s.invstd, 1e-4)
+    pos = fd.positions(lay.R, None, 0)
+    brute = fd.brute_dx(pr, s, pos, 1e-4)
+    p_idx, s_idx = np.divmod(pos, lay.S)
+    at = stats.values[p_idx[:, None], np.arange(lay.C)[None, :], s_idx[:, None]]
+    natural = np.abs(case.gamma) * s.invstd * np.sqrt((pr.dy3**2).mean(axis=(0, 2)))
+    assert np.all(np.abs(at - brute.values) <= 1e-7 * natural + 4 * (stats.error + brute.error))
+
+
+def test_stats_matches_analytic_to_1e_9_across_offsets_and_long_reductions():
+    """DESIGN section 2's prototype: 1e-9..1e-11 relative with h = 1e-4 * sqrt(var + eps)."""
+    for case in (make("huge_offset"), make("mean_offset"), make("near_eps"), make("long_reduction")):
+        lay, pr = _problem(case)
+        s = ref.batch_stats(pr.x3, lay, case.eps, np)
+        g = ref.backward(pr.x3, pr.dy3, case.gamma, s, lay, training=True, xp=np)
+        num = fd.stats_dx(pr, s, g.dbeta, g.dgamma / s.invstd, 1e-4)
+        natural = np.abs(case.gamma) * s.invstd * np.sqrt((pr.dy3**2).mean(axis=(0, 2)))
+        rel = np.abs(num.values - g.dx).max(axis=(0, 2)) / natural
+        assert rel.max() < 1e-9, (case.name, rel.max())
+        assert num.error.max() < 1e-9 * natural.max()
+
+
+def test_the_estimated_error_grows_with_the_step():
+    case = make("normal", shape=(8, 3))
+    lay, pr = _problem(case)
+    s = ref.batch_stats(pr.x3, lay, case.eps, np)
+    g = ref.backward(pr.x3, pr.dy3, case.gamma, s, lay, training=True, xp=np)
+    small = fd.stats_dx(pr, s, g.dbeta, g.dgamma / s.invstd, 1e-4)
+    large = fd.stats_dx(pr, s, g.dbeta, g.dgamma / s.invstd, 1e-1)
+    assert large.error.max() > 100 * small.error.max()
+    # ...and it is honest: the actual error stays below the estimate.
+    assert np.all(np.abs(large.values - g.dx).max(axis=(0, 2)) <= 2 * large.error)
+
+
+def test_a_wrong_reference_is_caught():
+    """Feed the finite differences a gradient that is off by 1e-6: the FD check fails."""
+    case = make("normal")
+    lay, pr = _problem(case)
+    s = ref.batch_stats(pr.x3, lay, case.eps, np)
+    g = ref.backward(pr.x3, pr.dy3, case.gamma, s, lay, training=True, xp=np)
+    num = fd.stats_dx(pr, s, g.dbeta, g.dgamma / s.invstd, 1e-4)
+    wrong = g.dx * (1 + 1e-5)
+    natural = np.abs(case.gamma) * s.invstd * np.sqrt((pr.dy3**2).mean(axis=(0, 2)))
+    assert np.abs(wrong - num.values).max() > 1e-7 * natural.min()
+
+
+@pytest.mark.parametrize("method", ["stats", "brute", "directional"])
+def test_inference_mode(method):
+    case = make("normal", shape=(16, 4, 3))
+    rng = np.random.default_rng(5)
+    rm, rv = rng.standard_normal(4), rng.uniform(0.5, 2.0, 4)
+    r = check(case.x, case.dy, case.gamma, case.beta, training=False, running_mean=rm, running_var=rv,
+              variant="all", dtype="float64", finite_difference=FDOptions(method))
+    assert r.passed
+    invstd = 1 / np.sqrt(rv + 1e-5)
+    want = case.dy * (case.gamma * invstd)[None, :, None]
+    np.testing.assert_allclose(r.reference["dx"], want, rtol=1e-14)
+
+
+def test_directional_reports_direction_and_channel():
+    case = make("normal", shape=(8, 3, 4))
+    r = check(case.x, case.dy, finite_difference=FDOptions("directional", directions=5, seed=7))
+    block = r.checks.finite_difference
+    assert block.directions == 5
+    assert block.tensors["dx"].total == 5 * 3
+    assert "direction" in block.tensors["dx"].compared
+
+
+def test_brute_samples_are_seeded_and_bounded():
+    case = make("normal", shape=(64, 4))
+    a = check(case.x, case.dy, finite_difference=FDOptions("brute", samples=5, seed=1))
+    b = check(case.x, case.dy, finite_difference=FDOptions("brute", samples=5, seed=1))
+    assert a.checks.finite_difference.samples == 5
+    assert a.checks.finite_difference.tensors["dx"].max_abs_err == b.checks.finite_difference.tensors["dx"].max_abs_err
+
+
+def test_work_limit_downgrades_brute_with_a_note():
+    case = make("normal", shape=(64, 4))
+    r = check(case.x, case.dy, finite_difference=FDOptions("brute"), limits=Limits(fd_work=4 * 256 * 10))
+    block = r.checks.finite_difference
+    assert block.samples == 10
+    assert any("work limit" in n for n in block.notes)
+
+
+def test_work_limit_refuses_what_cannot_fit():
+    case = make("normal", shape=(64, 4))
+    with pytest.raises(WorkLimitError, match="finite_difference"):
+        check(case.x, case.dy, finite_difference=FDOptions("directional"), limits=Limits(fd_work=100))
+
+
+def test_saved_statistics_are_used_and_judged():
+    case = make("normal", shape=(32, 4))
+    lay = Layout.of(case.x.shape, 1)
+    s = ref.batch_stats(lay.view(case.x), lay, case.eps, np)
+    good = check(case.x, case.dy, **case.kwargs(), saved_mean=s.mean, saved_invstd=s.invstd, dtype="float64")
+    assert good.passed
+    bad_invstd = s.invstd.copy()
+    bad_invstd[2] *= 1 + 1e-3
+    bad = check(case.x, case.dy, **case.kwargs(), saved_mean=s.mean, saved_invstd=bad_invstd, dtype="float64")
+    saved = bad.checks.saved_statistics
+    assert not saved.passed
+    assert saved.tensors["mean"].passed
+    assert saved.tensors["invstd"].worst_index == [2]
+    assert bad.checks.variant.passed  # the variant uses the saved statistics consistently
+    assert bad.checks.finite_difference.passed  # the FD verifies x's own reference
+    assert not np.allclose(bad.reference["dx"][:, 2], good.reference["dx"][:, 2], rtol=1e-6)
+
+
+@given(
+    shape=st.lists(st.integers(1, 5), min_size=2, max_size=4).map(tuple),
+    axis_pick=st.integers(0, 100),
+    eps=st.floats(1e-8, 1.0),
+    seed=st.integers(0, 2**16),
+)
+def test_property_any_layout_and_eps(shape, axis_pick, eps, seed):
+    axis = axis_pick % len(shape) - (len(shape) if axis_pick % 2 else 0)
+    rng = np.random.default_rng(seed)
+    x, dy = rng.standard_normal(shape) * 3 + 1, rng.standard_normal(shape)
+    C = shape[axis]
+    r = check(x, dy, rng.standard_normal(C), rng.standard_normal(C), eps=eps, channel_axis=axis, variant="all",
+              dtype="float64", finite_difference=FDOptions("brute"))
+    assert r.passed, [(k, b.passed) for k, b in vars(r.checks).items() if b is not None]
+    assert r.reduce_size * C == x.size
