@@ -52,45 +52,51 @@ def _seed_ms(name: str, x: np.ndarray, dy: np.ndarray, gamma: np.ndarray, beta: 
     return best_ms(lambda: seed_gist.SEED[name](dy2, cache), repeat=3)
 
 
+def _torch_rows(torch, label: str, arrays: list[np.ndarray], ref_ms: float) -> list[list[str]]:  # type: ignore[no-untyped-def]
+    rows = []
+    for dtype in ("float64", "float32"):
+        t = [torch.from_numpy(a).to(getattr(torch, dtype)) for a in arrays]
+        ms = best_ms(lambda t=t: torch.ops.aten.native_batch_norm_backward(
+            t[0], t[1], t[2], None, None, t[3], t[4], True, EPS, [True, True, True]))
+        rows.append([label, f"PyTorch CPU native_batch_norm_backward {dtype}", f"{ms:.1f}", f"{ms / ref_ms:.2f}"])
+    return rows
+
+
+def _shape_rows(shape: tuple[int, ...], label: str, torch) -> list[list[str]]:  # type: ignore[no-untyped-def]
+    x, dy, gamma, beta = _data(shape)
+    lay = Layout.of(shape, 1)
+    x3, dy3 = lay.view(x), lay.view(dy)
+    st = ref.batch_stats(x3, lay, EPS, np)
+    g = ref.backward(x3, dy3, gamma, st, lay, training=True, xp=np)
+    pr = fd.Problem(x3, dy3, gamma, beta, EPS, True, None, lay, np)
+    ref_ms = best_ms(lambda: ref.backward(x3, dy3, gamma, st, lay, training=True, xp=np))
+    timed = [
+        ("float64 reference backward (saved stats given)", ref_ms),
+        ("float64 batch statistics", best_ms(lambda: ref.batch_stats(x3, lay, EPS, np), repeat=3)),
+        ("`stats` FD, every element (with Richardson)",
+         best_ms(lambda: fd.stats_dx(pr, st, g.dbeta, g.dgamma / st.invstd, 1e-4), repeat=3)),
+        ("full `check()` float64, FD auto", best_ms(lambda: check(x, dy, gamma, beta, dtype="float64"), repeat=3)),
+    ]
+    rows = [[label, what, f"{ms:.1f}", f"{ms / ref_ms:.2f}"] for what, ms in timed]
+    if torch is not None:
+        rows += _torch_rows(torch, label, [dy, x, gamma, st.mean, st.invstd], ref_ms)
+    for name in VARIANTS:
+        for dtype in ("float32", "float64"):
+            ms = _variant_ms(name, x, dy, gamma, dtype)
+            rows.append([label, f"variant `{name}` {dtype} (forward + backward)", f"{ms:.1f}", f"{ms / ref_ms:.2f}"])
+        ms = _seed_ms(name, x, dy, gamma, beta)
+        rows.append([label, f"seed `{VARIANTS[name].seed_function}` float32, literal", f"{ms:.1f}",
+                     f"{ms / ref_ms:.2f}"])
+    return rows
+
+
 def main() -> None:
     torch = torch_or_none()
     print(f"# bncheck numerical core ({machine()})\n")
-    rows = []
-    for shape, label in SHAPES:
-        x, dy, gamma, beta = _data(shape)
-        lay = Layout.of(shape, 1)
-        x3, dy3 = lay.view(x), lay.view(dy)
-        st = ref.batch_stats(x3, lay, EPS, np)
-        ref_ms = best_ms(lambda: ref.backward(x3, dy3, gamma, st, lay, training=True, xp=np))  # noqa: B023
-        g = ref.backward(x3, dy3, gamma, st, lay, training=True, xp=np)
-        pr = fd.Problem(x3, dy3, gamma, beta, EPS, True, None, lay, np)
-        fd_ms = best_ms(lambda: fd.stats_dx(pr, st, g.dbeta, g.dgamma / st.invstd, 1e-4), repeat=3)  # noqa: B023
-        stats_ms = best_ms(lambda: ref.batch_stats(x3, lay, EPS, np), repeat=3)  # noqa: B023
-        check_ms = best_ms(lambda: check(x, dy, gamma, beta, dtype="float64"), repeat=3)  # noqa: B023
-        rows.append([label, "float64 reference backward (saved stats given)", f"{ref_ms:.1f}", "1.00"])
-        rows.append([label, "float64 batch statistics", f"{stats_ms:.1f}", f"{stats_ms / ref_ms:.2f}"])
-        rows.append([label, "`stats` FD, every element (with Richardson)", f"{fd_ms:.1f}", f"{fd_ms / ref_ms:.2f}"])
-        rows.append([label, "full `check()` float64, FD auto", f"{check_ms:.1f}", f"{check_ms / ref_ms:.2f}"])
-        if torch is not None:
-            t = [torch.from_numpy(a) for a in (dy, x, gamma, st.mean, st.invstd)]
-            t_ms = best_ms(lambda: torch.ops.aten.native_batch_norm_backward(  # noqa: B023
-                t[0], t[1], t[2], None, None, t[3], t[4], True, EPS, [True, True, True]))
-            t32 = [a.float() for a in t]
-            t32_ms = best_ms(lambda: torch.ops.aten.native_batch_norm_backward(  # noqa: B023
-                t32[0], t32[1], t32[2], None, None, t32[3], t32[4], True, EPS, [True, True, True]))
-            rows.append([label, "PyTorch CPU native_batch_norm_backward float64", f"{t_ms:.1f}", f"{t_ms / ref_ms:.2f}"])
-            rows.append([label, "PyTorch CPU native_batch_norm_backward float32", f"{t32_ms:.1f}",
-                         f"{t32_ms / ref_ms:.2f}"])
-        for name in VARIANTS:
-            for dtype in ("float32", "float64"):
-                ms = _variant_ms(name, x, dy, gamma, dtype)
-                rows.append([label, f"variant `{name}` {dtype} (forward + backward)", f"{ms:.1f}", f"{ms / ref_ms:.2f}"])
-            ms = _seed_ms(name, x, dy, gamma, beta)
-            rows.append([label, f"seed `{VARIANTS[name].seed_function}` float32, literal", f"{ms:.1f}",
-                         f"{ms / ref_ms:.2f}"])
+    rows = [row for shape, label in SHAPES for row in _shape_rows(shape, label, torch)]
     print(table(["shape", "what", "ms (best)", "÷ reference"], rows))
     small = _data((128, 64))
-    small_ms = best_ms(lambda: check(*small, dtype="float64", finite_difference=None), repeat=20)
+    small_ms = best_ms(lambda: check(*small, dtype="float64"), repeat=20)
     print(f"\nfull check of 8,192 elements (128 x 64), float64, FD auto: {small_ms:.2f} ms")
     if torch is None:
         print("\n(PyTorch not installed: `pip install torch==2.13.0` adds its rows.)")

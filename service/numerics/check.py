@@ -53,7 +53,7 @@ class Limits:
     """Work the finite differences may do, in forward evaluations times elements."""
 
     fd_work: int = 1 << 28
-    auto_cross_check: int = 4  # brute positions that 'auto' adds to 'stats'
+    auto_cross_check: int = 2  # brute positions that 'auto' adds to 'stats'
 
 
 @dataclass

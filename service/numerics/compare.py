@@ -23,6 +23,7 @@ __all__ = ["channel_layout", "compare"]
 
 WORST_CHANNELS = 5
 CANCELLATION = 1e-6
+_TINY = 1e-300  # allowed is floored here, so err / allowed is finite and 0 / 0 is 0
 
 
 def channel_layout(C: int) -> Layout:
@@ -66,44 +67,81 @@ class _Inputs:
         return a3[b[0], :, b[1]] if a3.shape == self.lay.view_shape else a3
 
     def part(self, b: Block) -> _Part:
+        """One block, written into per-thread scratch: a comparison is a dozen passes."""
         xp, tol = self.xp, self.tol
-        cand = self.take(self.c3, b).astype(xp.float64)
-        ref = self.take(self.r3, b)
-        scale = self.take(self.s3, b)
-        extra = self.take(self.e3, b)
-        finite = xp.isfinite(cand)
-        n_nonfinite = int(finite.size - xp.count_nonzero(finite))
-        err = xp.abs(xp.where(finite, cand, ref) - ref)
-        aref = xp.abs(ref)
-        atol_term = tol.atol * (1.0 if scale is None or tol.mode == "absolute" else scale)
-        allowed = (tol.rtol * aref + atol_term + (0.0 if extra is None else extra)) * tol.floor
-        with np.errstate(divide="ignore", invalid="ignore"):
-            ratio = xp.where(err > 0, err / allowed, 0.0)
-            rel = xp.where(aref > 0, err / aref, 0.0)
-        ratio = xp.where(finite, ratio, xp.inf)
-        bad = ~(err <= allowed) | ~finite
+        cand, ref = self.take(self.c3, b), self.take(self.r3, b)
+        scale, extra = self.take(self.s3, b), self.take(self.e3, b)
+        err, aref, allowed, ratio = backend.scratch(4, ref.shape, xp)
+        xp.subtract(cand, ref, out=err)
+        xp.abs(err, out=err)
+        finite = None
+        if not math.isfinite(float(err.max())):  # NaN or Inf in the candidate: the slow path
+            finite = xp.isfinite(err)
+            err[~finite] = 0.0
+        n_nonfinite = 0 if finite is None else int(finite.size - xp.count_nonzero(finite))
+        xp.abs(ref, out=aref)
+        xp.multiply(aref, tol.rtol, out=allowed)
+        natural = scale is not None and tol.mode == "natural"
+        if natural:
+            xp.multiply(scale, tol.atol, out=ratio)
+            allowed += ratio
+        else:
+            allowed += tol.atol
+        if extra is not None:
+            allowed += extra
+        if tol.floor != 1.0:
+            allowed *= tol.floor
+        bad = err > allowed
+        if finite is not None:
+            bad |= ~finite
+        xp.maximum(allowed, _TINY, out=allowed)
+        xp.divide(err, allowed, out=ratio)
+        if finite is not None:
+            ratio[~finite] = xp.inf
         # The first non-finite element is the worst; otherwise the largest ratio.
-        worst = int(xp.argmin(finite)) if n_nonfinite else int(xp.argmax(ratio))
+        worst = int(xp.argmin(finite)) if finite is not None and n_nonfinite else int(xp.argmax(ratio))
         local = tuple(int(i) for i in np.unravel_index(worst, ratio.shape))
-        atol_here = xp.broadcast_to(xp.asarray(atol_term), ratio.shape)[local]
-        return _Part(
+        ch_abs = err.max(axis=(0, 2))
+        part = _Part(
             n_bad=int(xp.count_nonzero(bad)),
             n_nonfinite=n_nonfinite,
-            max_abs=float(xp.max(err)),
-            max_rel=float(xp.max(rel)),
-            max_ulp=float(xp.max(err / ulp(ref, self.out_dtype, xp=xp))),
-            sumsq=float(xp.sum(err * err)),
-            max_ref=float(xp.max(aref)),
+            max_abs=float(ch_abs.max()),
+            max_rel=0.0,
+            max_ulp=0.0,
+            sumsq=float(backend.channel_dot(err, err, xp).sum()),
+            max_ref=float(aref.max()),
             max_scale=0.0 if scale is None else float(xp.max(scale)),
             worst_ratio=float(ratio[local]),
             worst_flat=self.flat(b, local),
             worst_cand=float(cand[local]),
             worst_ref=float(ref[local]),
-            worst_atol=float(atol_here),
+            worst_atol=tol.atol * (float(xp.broadcast_to(scale, ratio.shape)[local]) if natural else 1.0),
             ch_ratio=backend.to_numpy(ratio.max(axis=(0, 2))),
-            ch_abs=backend.to_numpy(err.max(axis=(0, 2))),
+            ch_abs=backend.to_numpy(ch_abs),
             ch_bad=backend.to_numpy(bad.sum(axis=(0, 2))),
         )
+        if part.max_abs > 0:
+            part.max_rel, part.max_ulp = self._relative(err, aref, ref, allowed)
+        return part
+
+    def _relative(self, err: Any, aref: Any, ref: Any, work: Any) -> tuple[float, float]:
+        """Largest relative error (over non-zero references) and largest error in ulps.
+
+        ulp(r) lies in (|r| 2^-p, |r| 2^(1-p)], so only elements whose relative error is
+        at least half the largest can hold the largest ulp count (zeros apart): the exact
+        ulp computation runs on those alone.
+        """
+        xp = self.xp
+        zero = aref == 0
+        aref[zero] = xp.inf
+        xp.divide(err, aref, out=work)
+        max_rel = float(work.max())
+        pick = (work >= 0.5 * max_rel) if max_rel > 0 else xp.zeros(work.shape, dtype=bool)
+        pick |= zero & (err > 0)
+        idx = xp.flatnonzero(pick)
+        e, r = err.reshape(-1)[idx], ref.reshape(-1)[idx]
+        max_ulp = float((e / ulp(r, self.out_dtype, xp=xp)).max()) if idx.size else 0.0
+        return max_rel, max_ulp
 
     def flat(self, b: Block, local: tuple[int, ...]) -> int:
         p, c, s = local

@@ -73,13 +73,26 @@ class Problem:
         """Per-channel L = sum(dy * y) through the real forward, and an estimate of its
         rounding error: the sum's own, plus the ulp of the mean, which moves every y of the
         channel at once and dominates when |mean| >> std."""
-        xp = self.xp
+        xp, lay = self.xp, self.layout
         st = self.stats(x3)
-        y = reference.forward_y(x3, self.gamma, self.beta, st, self.layout, xp)
-        prod = self.dy3 * y
-        total = backend.channel_sum(prod, xp)
-        err = 4 * U64 * self.growth() * backend.channel_sum(xp.abs(prod), xp)
-        err += 2 * U64 * xp.abs(self.gamma * st.invstd * st.mean * backend.channel_sum(self.dy3, xp))
+        mean = lay.per_channel(st.mean)
+        scale = lay.per_channel(self.gamma * st.invstd)
+        shift = lay.per_channel(self.beta)
+
+        def part(b: Block) -> tuple[Any, Any, Any]:
+            x, dy = x3[b[0], :, b[1]], self.dy3[b[0], :, b[1]]
+            (y,) = backend.scratch(1, x.shape, xp)
+            xp.subtract(x, mean, out=y)  # the forward of reference.forward_y, block by block
+            y *= scale
+            y += shift
+            total = backend.channel_dot(dy, y, xp)
+            y *= dy
+            xp.abs(y, out=y)
+            return total, backend.channel_sum(y, xp), backend.channel_sum(dy, xp)
+
+        parts = backend.map_blocks(part, lay, xp)
+        total, size, dy_sum = (backend.sum_parts([p[i] for p in parts]) for i in range(3))
+        err = 4 * U64 * self.growth() * size + 2 * U64 * xp.abs(self.gamma * st.invstd * st.mean * dy_sum)
         return total, err
 
     def growth(self) -> float:
@@ -116,25 +129,44 @@ def stats_dx(pr: Problem, st: Stats, dbeta: Any, raw: Any, rel_step: float) -> N
         dbeta / R, 2.0 * raw / R, pr.gamma)]
     q1, e1, q2, e2, a_mean, b2, gamma = coef
 
-    def difference(d: Any, b: Any, q: Any, e: Any) -> tuple[Any, Any, Any]:
-        ed = d * e
-        sp = xp.sqrt(q + ed)
-        sm = xp.sqrt(q - ed)
-        sig = sp + sm
-        g = gamma / (sp * sm)
-        first = b * sig * 0.5
-        second = d * b2 / sig
-        return g * (first - second), g, xp.abs(first) + xp.abs(second)
+    def difference(d: Any, b: Any, q: Any, e: Any, out: Any, work: list[Any]) -> Any:
+        """out = the central difference for step (q, e); returns the size of its terms."""
+        t, sp, sig, second = work
+        xp.multiply(d, e, out=t)
+        xp.add(q, t, out=sp)
+        xp.sqrt(sp, out=sp)
+        xp.subtract(q, t, out=t)
+        xp.sqrt(t, out=t)  # s-
+        xp.add(sp, t, out=sig)
+        xp.multiply(sp, t, out=sp)
+        xp.divide(gamma, sp, out=sp)  # gamma / (s+ s-)
+        xp.multiply(b, sig, out=t)
+        t *= 0.5  # b (s+ + s-) / 2
+        xp.multiply(d, b2, out=second)
+        second /= sig  # 2 d B / (R (s+ + s-))
+        xp.subtract(t, second, out=out)
+        out *= sp
+        # What rounds: |gamma / (s+ s-)| * (|first| + |second|).
+        xp.abs(t, out=t)
+        xp.abs(second, out=second)
+        t += second
+        xp.abs(sp, out=sp)
+        t *= sp
+        return t
 
     def part(blk: Block) -> Any:
-        d = pr.x3[blk[0], :, blk[1]] - mean
-        b = pr.dy3[blk[0], :, blk[1]] - a_mean
-        fd, g, terms = difference(d, b, q1, e1)
-        out[blk[0], :, blk[1]] = fd
+        x, dy = pr.x3[blk[0], :, blk[1]], pr.dy3[blk[0], :, blk[1]]
+        d, b, fd2, *work = backend.scratch(7, x.shape, xp)
+        xp.subtract(x, mean, out=d)
+        xp.subtract(dy, a_mean, out=b)
+        fd = out[blk[0], :, blk[1]]
+        terms = difference(d, b, q1, e1, fd, work)
+        rounding = terms.max(axis=(0, 2))
         # Richardson: the O(h^2) error of fd is (fd(2h) - fd(h)) / 3.
-        trunc = xp.abs(difference(d, b, q2, e2)[0] - fd) / 3.0
-        trunc += (16 * U64) * xp.abs(g) * terms
-        return trunc.max(axis=(0, 2))
+        difference(d, b, q2, e2, fd2, work)
+        fd2 -= fd
+        xp.abs(fd2, out=fd2)
+        return fd2.max(axis=(0, 2)) / 3.0 + (16 * U64) * rounding
 
     err = _max_parts(backend.map_blocks(part, lay, xp), xp)
     return Numeric(out, err, h)

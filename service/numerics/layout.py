@@ -74,10 +74,14 @@ class Layout:
     def unravel(self, flat: int) -> list[int]:
         return [int(i) for i in np.unravel_index(int(flat), self.shape)]
 
-    def blocks(self, target: int) -> list[Block]:
-        """Split the view into blocks of about ``target`` elements, each holding every channel."""
+    def blocks(self, target: int, *, min_blocks: int = 4) -> list[Block]:
+        """Split the view into blocks of about ``target`` elements, each holding every channel.
+
+        Whole rows (contiguous memory) where there are enough of them; a row is split along
+        S only when there are fewer than ``min_blocks`` rows to share out.
+        """
         row = self.C * self.S
-        if row <= target or self.S == 1:
+        if row <= target or self.S == 1 or self.P >= min_blocks:
             rows = max(1, target // row)
             return [(slice(p, min(self.P, p + rows)), slice(0, self.S)) for p in range(0, self.P, rows)]
         cols = max(1, target // self.C)

@@ -54,7 +54,9 @@ def batch_stats(x3: Any, layout: Layout, eps: float, xp: ModuleType) -> Stats:
     m1c = layout.per_channel(m1)
 
     def second(b: Block) -> tuple[Any, Any]:
-        d = x3[b[0], :, b[1]] - m1c
+        x = x3[b[0], :, b[1]]
+        (d,) = backend.scratch(1, x.shape, xp)
+        xp.subtract(x, m1c, out=d)
         return backend.channel_sum(d, xp), backend.channel_dot(d, d, xp)
 
     parts = backend.map_blocks(second, layout, xp)
@@ -70,8 +72,9 @@ def backward(x3: Any, dy3: Any, gamma: Any, st: Stats, layout: Layout, *, traini
     mean = layout.per_channel(st.mean)
 
     def sums(b: Block) -> tuple[Any, Any]:
-        d = x3[b[0], :, b[1]] - mean
-        dyb = dy3[b[0], :, b[1]]
+        x, dyb = x3[b[0], :, b[1]], dy3[b[0], :, b[1]]
+        (d,) = backend.scratch(1, x.shape, xp)
+        xp.subtract(x, mean, out=d)
         return backend.channel_sum(dyb, xp), backend.channel_dot(dyb, d, xp)
 
     parts = backend.map_blocks(sums, layout, xp)
