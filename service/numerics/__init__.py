@@ -8,7 +8,7 @@ Submodules: ``variants`` (the four seed formulas), ``reference`` (float64),
 """
 
 from .check import FD_METHODS, FDOptions, Limits, check
-from .errors import BNCheckError, DeviceUnavailableError, InputError, WorkLimitError
+from .errors import BNCheckError, DeviceUnavailableError, InputError, TimeBudgetError, WorkLimitError
 from .report import Block, ChannelError, CheckReport, Checks, FDBlock, TensorMetrics, VariantsBlock
 from .stress import CASES, Case, make
 from .variants import VARIANTS, Variant
@@ -29,6 +29,7 @@ __all__ = [
     "InputError",
     "Limits",
     "TensorMetrics",
+    "TimeBudgetError",
     "Variant",
     "VariantsBlock",
     "WorkLimitError",

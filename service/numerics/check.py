@@ -21,7 +21,7 @@ import numpy as np
 from . import backend, fd, reference
 from .compare import channel_layout, compare
 from .dtypes import dtype_name
-from .errors import InputError, WorkLimitError
+from .errors import InputError, TimeBudgetError, WorkLimitError
 from .inputs import Inputs, float_dtype, validate
 from .layout import Layout
 from .precision import Arith, make_arith
@@ -50,10 +50,17 @@ class FDOptions:
 
 @dataclass(frozen=True)
 class Limits:
-    """Work the finite differences may do, in forward evaluations times elements."""
+    """Work the finite differences may do (forward evaluations times elements), and a
+    deadline on time.monotonic() that the check honours between steps."""
 
     fd_work: int = 1 << 28
     auto_cross_check: int = 2  # brute positions that 'auto' adds to 'stats'
+    deadline: float | None = None
+
+    def tick(self, step: str) -> None:
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            msg = f"the check ran out of its time budget before {step}"
+            raise TimeBudgetError(msg)
 
 
 @dataclass
@@ -137,6 +144,7 @@ def check(
         arith = make_arith(inp.dtype, inp.accum_dtype, R=inp.layout.R, xp=xp)
     with _timed(timings, "reference"):
         ctx = _context(inp, xp, timings)
+    limits.tick("the variants")
     with _timed(timings, "variant"):
         runs = [(name, _run(ctx, name, arith)) for name in inp.variants]
         blocks = {name: _variant_block(ctx, grads, arith) for name, (grads, _) in runs}
@@ -146,9 +154,11 @@ def check(
     else:
         checks.variants = _variants_block(blocks, [g for _, (g, _) in runs])
     if opts.method != "none":
+        limits.tick("the finite differences")
         with _timed(timings, "finite_difference"):
             checks.finite_difference = _fd_block(ctx, opts, limits)
     if inp.candidate:
+        limits.tick("the candidate")
         with _timed(timings, "candidate"):
             checks.candidate = _candidate_block(ctx, arith, tolerance)
     if inp.saved_mean is not None:
@@ -335,7 +345,7 @@ def _brute(ctx: _Ctx, pr: fd.Problem, ref: Grads, scales: Scales, opts: FDOption
     wanted = lay.R if samples is None else min(samples, lay.R)
     count = _affordable(wanted, 4 * lay.M, limits, "brute positions", notes)
     pos = fd.positions(lay.R, count, opts.seed)
-    num = fd.brute_dx(pr, ctx.exact, pos, opts.step)
+    num = fd.brute_dx(pr, ctx.exact, pos, opts.step, tick=limits.tick)
     # Rows of (len(pos), C): position j of every channel.
     p_idx, s_idx = np.divmod(pos, lay.S)
     take = (ctx.xp.asarray(p_idx)[:, None], ctx.xp.arange(lay.C)[None, :], ctx.xp.asarray(s_idx)[:, None])
@@ -365,7 +375,7 @@ def _directional(ctx: _Ctx, pr: fd.Problem, ref: Grads, scales: Scales, opts: FD
                  notes: list[str]) -> tuple[TensorMetrics, int]:
     lay = ctx.lay
     k = _affordable(opts.directions, 4 * lay.M, limits, "directions", notes)
-    d = fd.directional(pr, ctx.exact, ref.dx, scales.dx, k, opts.seed, opts.step)
+    d = fd.directional(pr, ctx.exact, ref.dx, scales.dx, k, opts.seed, opts.step, tick=limits.tick)
     metrics = compare(d.analytic, d.numeric.values, tol=fd_tolerance(), lay=fd_layout(k, lay.C),
                       out_dtype=np.float64, scale=d.scale, extra=4 * d.numeric.error,
                       compared="directional derivatives <dx, v>; index = [direction, channel]")

@@ -1,16 +1,17 @@
 """The numerical core's one exception tree.
 
     BNCheckError
-     └── InputError (also a ValueError)   bad input; names the argument
-          ├── WorkLimitError              more work than the configured budget
-          └── DeviceUnavailableError      the GPU was asked for and is not there
+     ├── InputError (also a ValueError)   bad input; names the argument
+     │    ├── WorkLimitError              more work than the configured budget
+     │    └── DeviceUnavailableError      the GPU was asked for and is not there
+     └── TimeBudgetError                  the check ran past its deadline
 
 The service translates this tree into problem+json in a single handler.
 """
 
 from __future__ import annotations
 
-__all__ = ["BNCheckError", "DeviceUnavailableError", "InputError", "WorkLimitError"]
+__all__ = ["BNCheckError", "DeviceUnavailableError", "InputError", "TimeBudgetError", "WorkLimitError"]
 
 
 class BNCheckError(Exception):
@@ -32,3 +33,7 @@ class WorkLimitError(InputError):
 
 class DeviceUnavailableError(InputError):
     """The GPU was asked for but CuPy or a CUDA device is missing."""
+
+
+class TimeBudgetError(BNCheckError):
+    """The check ran past ``Limits.deadline`` and stopped between two steps."""

@@ -34,6 +34,7 @@ exact up to rounding and use a step of 1 + |value|.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
@@ -234,7 +235,12 @@ def positions(R: int, samples: int | None, seed: int) -> np.ndarray:
     return np.sort(rng.choice(R, size=samples, replace=False))
 
 
-def brute_dx(pr: Problem, st: Stats, pos: np.ndarray, rel_step: float) -> Numeric:
+def _no_tick(step: str) -> None:
+    return None
+
+
+def brute_dx(pr: Problem, st: Stats, pos: np.ndarray, rel_step: float,
+             tick: Callable[[str], None] = _no_tick) -> Numeric:
     """Perturb position j of every channel at once and re-run the real forward.
     Returns values and errors shaped (len(pos), C)."""
     xp, lay = pr.xp, pr.layout
@@ -242,6 +248,7 @@ def brute_dx(pr: Problem, st: Stats, pos: np.ndarray, rel_step: float) -> Numeri
     work = pr.x3.copy()
     values, errors = [], []
     for j in pos.tolist():
+        tick("a brute-force position")
         p, s = divmod(j, lay.S)
         orig = pr.x3[p, :, s]
         loss, moved = {}, {}
@@ -266,7 +273,7 @@ class Directional:
 
 
 def directional(pr: Problem, st: Stats, dx_ref: Any, dx_scale: Any, k: int, seed: int,
-                rel_step: float) -> Directional:
+                rel_step: float, tick: Callable[[str], None] = _no_tick) -> Directional:
     """k seeded directions v; per channel (L(x+hv) - L(x-hv)) / 2h against <dx, v>."""
     xp, lay = pr.xp, pr.layout
     h = steps(st, rel_step)
@@ -274,6 +281,7 @@ def directional(pr: Problem, st: Stats, dx_ref: Any, dx_scale: Any, k: int, seed
     rng = np.random.default_rng(seed)
     values, errors, analytic, scale = [], [], [], []
     for _ in range(k):
+        tick("a direction")
         v = xp.asarray(rng.standard_normal(lay.view_shape))
         points = {mult: pr.x3 + (mult * hc) * v for mult in (1.0, -1.0, 2.0, -2.0)}
         loss = {mult: pr.loss(pt) for mult, pt in points.items()}

@@ -1,0 +1,51 @@
+"""The FastAPI application: ``create_app(settings)``; ``uvicorn --factory service.api.app:create_app``."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio
+from fastapi import FastAPI
+
+from service import __version__
+
+from . import errors, openapi, routes
+from .metrics import Metrics
+from .middleware import AccessLog, BodyLimit
+from .settings import Settings
+
+__all__ = ["create_app"]
+
+DESCRIPTION = (
+    "bncheck checks batch-normalization backward passes. POST x, dy (and gamma, beta) with the name of a "
+    "backward formula; get its gradients in the chosen precision, a float64 reference, finite-difference "
+    "evidence that the reference is right, and a precise report on any outputs you computed elsewhere."
+)
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    app.state.shutting_down = False
+    yield
+    app.state.shutting_down = True
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    logging.getLogger("bncheck").setLevel(settings.log_level.upper())
+    app = FastAPI(title="bncheck", version=__version__, description=DESCRIPTION, lifespan=_lifespan)
+    app.state.settings = settings
+    app.state.metrics = Metrics()
+    app.state.slots = threading.BoundedSemaphore(settings.max_concurrent)
+    app.state.limiter = anyio.CapacityLimiter(settings.max_concurrent)
+    app.state.ready = None
+    app.state.shutting_down = False
+    errors.install(app)
+    app.include_router(routes.router)
+    app.openapi = lambda: openapi.build(app)  # type: ignore[method-assign]
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    app.add_middleware(AccessLog, metrics=app.state.metrics)  # outermost: sees every answer
+    return app

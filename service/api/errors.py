@@ -1,0 +1,129 @@
+"""Every error leaves as ``application/problem+json`` (RFC 9457), translated here only.
+
+Problem types (relative URIs, documented in the README):
+
+    /problems/malformed-json     400  the body is not JSON, or is empty
+    /problems/unsupported-media  415  the body is not application/json
+    /problems/invalid-input      422  a field is wrong; ``errors`` names it
+    /problems/too-much-work      422  over the element or finite-difference limits
+    /problems/device-unavailable 422  the GPU was asked for and is not there
+    /problems/too-large          413  the body is over BNCHECK_MAX_BODY_BYTES
+    /problems/busy               503  BNCHECK_MAX_CONCURRENT checks already running
+    /problems/unauthorized       401  BNCHECK_TOKEN is set and the bearer token is wrong
+    /problems/http               4xx  anything else Starlette refuses (404, 405, ...)
+    /problems/internal           500  a bug in bncheck: the body says so, and nothing more
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from service.numerics.errors import DeviceUnavailableError, InputError, WorkLimitError
+
+from .schemas import Problem
+
+__all__ = ["ProblemError", "install", "problem_response", "validation_problem"]
+
+log = logging.getLogger("bncheck.errors")
+MEDIA_TYPE = "application/problem+json"
+MAX_ERRORS = 20
+MAX_MESSAGE = 300
+
+
+class ProblemError(Exception):
+    """Raised anywhere in the service to answer with a problem document."""
+
+    def __init__(self, status: int, kind: str, title: str, detail: str,
+                 errors: Sequence[tuple[str, str]] = (), headers: dict[str, str] | None = None) -> None:
+        super().__init__(detail)
+        self.status, self.kind, self.title, self.detail = status, kind, title, detail
+        self.errors = list(errors)
+        self.headers = headers or {}
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 3] + "..."
+
+
+def problem_body(exc: ProblemError, instance: str | None = None) -> bytes:
+    errors = [{"field": f, "message": _clip(m)} for f, m in exc.errors[:MAX_ERRORS]]
+    doc = Problem(type=f"/problems/{exc.kind}", title=exc.title, status=exc.status, detail=_clip(exc.detail),
+                  instance=instance, errors=errors)
+    return doc.model_dump_json(exclude_none=True).encode()
+
+
+def problem_response(exc: ProblemError, instance: str | None = None) -> Response:
+    return Response(problem_body(exc, instance), status_code=exc.status, media_type=MEDIA_TYPE,
+                    headers=exc.headers)
+
+
+def _loc(loc: Sequence[Any]) -> str:
+    parts: list[str] = []
+    for item in loc:
+        if isinstance(item, int):
+            parts.append(f"[{item}]")
+        elif item in ("body", "function-after", "function-plain") or str(item).startswith("function-"):
+            continue
+        else:
+            parts.append(("." if parts else "") + str(item))
+    return "".join(parts) or "body"
+
+
+def validation_problem(errors: Sequence[Any]) -> ProblemError:
+    """pydantic's errors, without the inputs they carry (they may be huge)."""
+    pairs = [(_loc(e.get("loc", ())), str(e.get("msg", "invalid"))) for e in errors]
+    first = pairs[0] if pairs else ("body", "invalid")
+    more = f" (and {len(pairs) - 1} more)" if len(pairs) > 1 else ""
+    return ProblemError(422, "invalid-input", "Invalid input", f"{first[0]}: {first[1]}{more}", pairs)
+
+
+def from_domain(exc: InputError) -> ProblemError:
+    if isinstance(exc, DeviceUnavailableError):
+        kind, title = "device-unavailable", "Device unavailable"
+    elif isinstance(exc, WorkLimitError):
+        kind, title = "too-much-work", "Too much work"
+    else:
+        kind, title = "invalid-input", "Invalid input"
+    return ProblemError(422, kind, title, str(exc), [(exc.field, exc.message)])
+
+
+_HTTP_TITLES = {404: "Not found", 405: "Method not allowed"}
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(ProblemError)
+    async def _problem(request: Request, exc: ProblemError) -> Response:
+        return problem_response(exc, request.url.path)
+
+    @app.exception_handler(InputError)
+    async def _domain(request: Request, exc: InputError) -> Response:
+        return problem_response(from_domain(exc), request.url.path)
+
+    @app.exception_handler(RequestValidationError)
+    async def _request_validation(request: Request, exc: RequestValidationError) -> Response:
+        return problem_response(validation_problem(exc.errors()), request.url.path)
+
+    @app.exception_handler(ValidationError)
+    async def _validation(request: Request, exc: ValidationError) -> Response:
+        return problem_response(validation_problem(exc.errors()), request.url.path)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
+        title = _HTTP_TITLES.get(exc.status_code, "HTTP error")
+        headers = dict(exc.headers or {})
+        err = ProblemError(exc.status_code, "http", title, str(exc.detail), headers=headers)
+        return problem_response(err, request.url.path)
+
+    @app.exception_handler(Exception)
+    async def _internal(request: Request, exc: Exception) -> Response:
+        log.exception("internal error on %s", request.url.path)
+        err = ProblemError(500, "internal", "Internal error", "bncheck hit a bug; the server log has the trace")
+        return problem_response(err, request.url.path)

@@ -1,0 +1,102 @@
+"""The OpenAPI document: FastAPI's, plus the request model and the Tensor schemas.
+
+/v1/check reads its body itself (off the event loop), so FastAPI does not see
+a body parameter; the request schema is added here from the pydantic model.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+
+from service.numerics.dtypes import WIRE_NAMES
+
+from .schemas import TENSOR_PLACEHOLDER, CheckRequest, Problem
+
+__all__ = ["EXAMPLE", "PROBLEM_RESPONSES", "build"]
+
+_REF = "#/components/schemas/{model}"
+_SHAPE = {"type": "array", "items": {"type": "integer", "minimum": 1}, "minItems": 1, "maxItems": 32}
+_DATATYPE = {"type": "string", "enum": list(WIRE_NAMES)}
+
+TENSOR_SCHEMAS: dict[str, Any] = {
+    "Tensor": {
+        "description": "A tensor: nested lists (row-major), or KServe v2 style with data or b64. "
+                       "NaN and Inf travel only in b64.",
+        "anyOf": [{"$ref": "#/components/schemas/NestedList"}, {"$ref": "#/components/schemas/TensorData"},
+                  {"$ref": "#/components/schemas/TensorB64"}],
+    },
+    "NestedList": {
+        "type": "array",
+        "items": {"anyOf": [{"type": "number"}, {"$ref": "#/components/schemas/NestedList"}]},
+        "description": "Rectangular nested lists of numbers, outermost axis first.",
+    },
+    "TensorData": {
+        "type": "object",
+        "required": ["shape", "datatype", "data"],
+        "additionalProperties": False,
+        "properties": {"shape": _SHAPE, "datatype": _DATATYPE,
+                       "data": {"type": "array", "items": {"type": "number"}, "description": "flat, row-major"}},
+    },
+    "TensorB64": {
+        "type": "object",
+        "required": ["shape", "datatype", "b64"],
+        "additionalProperties": False,
+        "properties": {"shape": _SHAPE, "datatype": _DATATYPE,
+                       "b64": {"type": "string", "contentEncoding": "base64",
+                               "description": "little-endian row-major bytes, prod(shape) * itemsize of them"}},
+    },
+}
+
+EXAMPLE = {
+    "x": [[1.0, 2.0, 3.0, 4.0], [2.0, 0.5, -1.0, 3.0], [0.0, 1.0, 2.0, -2.0]],
+    "dy": [[0.1, -0.2, 0.3, 0.4], [0.5, 0.6, -0.7, 0.8], [0.9, 1.0, 1.1, -1.2]],
+    "gamma": [1.0, 0.5, -2.0, 1.5],
+    "variant": "qianfeng",
+    "dtype": "FP32",
+    "candidate": {"dbeta": [1.5, 1.4, 0.7, 0.0]},
+}
+
+_PROBLEM = {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
+PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {"description": "Malformed JSON or an empty body", "content": _PROBLEM},
+    401: {"description": "BNCHECK_TOKEN is set and the bearer token is missing or wrong", "content": _PROBLEM},
+    413: {"description": "The body is over BNCHECK_MAX_BODY_BYTES", "content": _PROBLEM},
+    415: {"description": "The body is not application/json", "content": _PROBLEM},
+    422: {"description": "Invalid input; `errors` names the field", "content": _PROBLEM},
+    503: {"description": "Busy (BNCHECK_MAX_CONCURRENT checks running) or over the time budget; see Retry-After",
+          "content": _PROBLEM},
+}
+
+REQUEST_BODY = {
+    "required": True,
+    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/CheckRequest"},
+                                      "examples": {"small": {"summary": "3 x 4, one candidate tensor",
+                                                             "value": EXAMPLE}}}},
+}
+
+
+def build(app: FastAPI) -> dict[str, Any]:
+    if app.openapi_schema:
+        return app.openapi_schema
+    schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    for model in (CheckRequest, Problem):
+        doc = model.model_json_schema(ref_template=_REF)
+        components.update(doc.pop("$defs", {}))
+        components[model.__name__] = doc
+    components.update(TENSOR_SCHEMAS)
+    app.openapi_schema = _local_refs(schema)
+    return app.openapi_schema
+
+
+def _local_refs(doc: Any) -> Any:
+    if isinstance(doc, dict):
+        if doc.get("$ref") == TENSOR_PLACEHOLDER:
+            return {**doc, "$ref": "#/components/schemas/Tensor"}
+        return {k: _local_refs(v) for k, v in doc.items()}
+    if isinstance(doc, list):
+        return [_local_refs(v) for v in doc]
+    return doc

@@ -1,0 +1,125 @@
+"""Routes: each parses, calls one function and wraps the result."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import anyio
+import numpy as np
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from service.numerics import check
+from service.numerics.errors import TimeBudgetError
+from service.numerics.variants import VARIANTS
+
+from . import runner
+from .errors import ProblemError
+from .metrics import Metrics
+from .openapi import PROBLEM_RESPONSES, REQUEST_BODY
+from .schemas import CheckResponse, VariantInfo
+from .settings import Settings
+
+__all__ = ["router"]
+
+router = APIRouter()
+JSON_TYPES = ("application/json",)
+
+
+def _state(request: Request) -> tuple[Settings, Metrics]:
+    return request.app.state.settings, request.app.state.metrics
+
+
+@router.post("/v1/check", response_model=CheckResponse, responses=PROBLEM_RESPONSES,
+             openapi_extra={"requestBody": REQUEST_BODY}, summary="Check a batch-norm backward",
+             description="Gradients of the chosen formula in the chosen precision, a float64 reference, "
+                         "finite-difference evidence for it, and a report on any candidate outputs sent.")
+async def post_check(request: Request) -> Response:
+    settings, metrics = _state(request)
+    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media not in JSON_TYPES:
+        metrics.rejected.labels("media_type").inc()
+        detail = f"send the body as application/json, not {media or 'no content type'}"
+        raise ProblemError(415, "unsupported-media", "Unsupported media type", detail, [("content-type", detail)])
+    slots: threading.BoundedSemaphore = request.app.state.slots
+    if not slots.acquire(blocking=False):
+        metrics.rejected.labels("busy").inc()
+        detail = f"{settings.max_concurrent} checks are running; retry shortly"
+        raise ProblemError(503, "busy", "Busy", detail, headers={"Retry-After": "1"})
+    handed_over = False
+    try:
+        body = await request.body()
+        deadline = time.monotonic() + settings.request_timeout_s
+
+        def job() -> runner.Outcome:
+            try:
+                return runner.run(body, settings, deadline=deadline)
+            finally:
+                slots.release()
+                metrics.in_flight.dec()
+
+        metrics.in_flight.inc()
+        handed_over = True
+        outcome = await _run_in_thread(request, job, settings.request_timeout_s + 5.0)
+    finally:
+        if not handed_over:
+            slots.release()
+    metrics.checks.labels("passed" if outcome.passed else "failed").inc()
+    metrics.elements.inc(outcome.elements)
+    for phase, ms in outcome.timings_ms.items():
+        metrics.phase.labels(phase).observe(ms / 1e3)
+    return Response(outcome.body, media_type="application/json")
+
+
+async def _run_in_thread(request: Request, job: Any, timeout: float) -> runner.Outcome:
+    limiter = request.app.state.limiter
+    try:
+        with anyio.fail_after(timeout):
+            return await anyio.to_thread.run_sync(job, limiter=limiter, abandon_on_cancel=True)
+    except (TimeoutError, TimeBudgetError) as exc:
+        request.app.state.metrics.rejected.labels("time_budget").inc()
+        detail = f"the check did not finish within {request.app.state.settings.request_timeout_s:g} s"
+        raise ProblemError(503, "time-budget", "Over the time budget", detail,
+                           headers={"Retry-After": "10"}) from exc
+
+
+@router.get("/v1/variants", response_model=list[VariantInfo], summary="The backward formulas bncheck knows")
+async def variants() -> list[VariantInfo]:
+    return [VariantInfo(name=v.name, summary=v.summary, formula=v.formula, reference=v.reference,
+                        seed_function=v.seed_function) for v in VARIANTS.values()]
+
+
+@router.get("/livez", summary="Liveness: the process answers")
+async def livez() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/readyz", summary="Readiness: a tiny known check passes", responses={503: PROBLEM_RESPONSES[503]})
+async def readyz(request: Request) -> dict[str, str]:
+    state = request.app.state
+    if state.shutting_down:
+        raise ProblemError(503, "not-ready", "Not ready", "the server is shutting down")
+    if state.ready is None:
+        state.ready = await anyio.to_thread.run_sync(_self_check)
+    if not state.ready:
+        raise ProblemError(503, "not-ready", "Not ready", "the built-in self-check failed; see the server log")
+    return {"status": "ready"}
+
+
+def _self_check() -> bool:
+    x = np.array([[1.0, 2.0, 3.0, 4.0], [2.0, 0.5, -1.0, 3.0]])
+    return check(x, np.ones_like(x) - x, variant="all", dtype="float64").passed
+
+
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response,
+            responses={200: {"content": {CONTENT_TYPE_LATEST.split(";")[0]: {"schema": {"type": "string"}}}}})
+async def metrics(request: Request) -> Response:
+    return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get("/", include_in_schema=False)
+async def index() -> dict[str, str]:
+    return {"name": "bncheck", "docs": "/docs", "openapi": "/openapi.json", "check": "POST /v1/check"}

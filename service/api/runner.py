@@ -1,0 +1,157 @@
+"""One /v1/check, from body bytes to response bytes, run off the event loop.
+
+parse (orjson + pydantic + codec) -> numerics.check -> wire dict -> JSON bytes.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import orjson
+from pydantic import ValidationError
+
+from service.numerics import check
+from service.numerics.check import FDOptions, Limits
+from service.numerics.report import Block, CheckReport, FDBlock, VariantsBlock
+
+from . import codec
+from .errors import ProblemError, validation_problem
+from .schemas import CheckRequest, CheckResponse
+from .settings import Settings
+
+__all__ = ["Outcome", "parse", "run"]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    body: bytes
+    passed: bool
+    elements: int
+    timings_ms: dict[str, float]
+
+
+def parse(body: bytes, settings: Settings) -> CheckRequest:
+    if not body.strip():
+        raise ProblemError(400, "malformed-json", "Malformed JSON", "the body is empty; send a JSON object")
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise ProblemError(400, "malformed-json", "Malformed JSON", f"the body is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        detail = "the body must be a JSON object with at least x and dy"
+        raise ProblemError(422, "invalid-input", "Invalid input", detail, [("body", detail)])
+    context = {"max_elements": settings.max_elements, "check_bools": codec.body_may_hold_list_bools(body)}
+    try:
+        return CheckRequest.model_validate(data, context=context)
+    except ValidationError as exc:
+        raise validation_problem(exc.errors(include_input=False, include_url=False)) from None
+
+
+def _array(t: codec.Decoded | None) -> np.ndarray | None:
+    return None if t is None else t.array
+
+
+def run(body: bytes, settings: Settings, *, deadline: float | None = None) -> Outcome:
+    start = time.perf_counter()
+    req = parse(body, settings)
+    decoded = (time.perf_counter() - start) * 1e3
+    fd = req.finite_difference
+    candidate = None
+    if req.candidate is not None:
+        candidate = {k: v.array for k, v in req.candidate if v is not None}
+    report = check(
+        req.x.array, req.dy.array, _array(req.gamma), _array(req.beta),
+        variant=req.variant,
+        dtype=req.dtype or req.x.dtype_name or "float32",
+        accum_dtype=req.accum_dtype,
+        eps=req.eps,
+        channel_axis=req.channel_axis,
+        training=req.training,
+        running_mean=_array(req.running_mean),
+        running_var=_array(req.running_var),
+        saved_mean=_array(req.saved_mean),
+        saved_invstd=_array(req.saved_invstd),
+        candidate=candidate,
+        finite_difference=FDOptions(fd.method, fd.samples, fd.directions, fd.seed, fd.step),
+        tolerance=None if req.tolerance is None else (req.tolerance.rtol, req.tolerance.atol),
+        device=req.device or settings.device,
+        limits=Limits(fd_work=settings.fd_work, deadline=deadline),
+    )
+    encode_start = time.perf_counter()
+    wire = to_wire(req, report)
+    response = CheckResponse.model_validate(wire)
+    response.timings_ms.update(decode=decoded, encode=(time.perf_counter() - encode_start) * 1e3,
+                               total=(time.perf_counter() - start) * 1e3)
+    out = response.model_dump_json(exclude_unset=True).encode()
+    return Outcome(out, report.passed, int(np.prod(report.shape)), response.timings_ms)
+
+
+def _json_safe(value: Any) -> Any:
+    """Non-finite floats have no JSON number: inf becomes null (documented per field)."""
+    if isinstance(value, float):
+        return value if np.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def _block(b: Block) -> dict[str, Any]:
+    out: dict[str, Any] = {"passed": b.passed, "notes": list(b.notes)}
+    out.update({name: _json_safe(asdict(m)) for name, m in b.tensors.items()})
+    if isinstance(b, FDBlock):
+        extra = asdict(b)
+        for key in ("passed", "notes", "tensors"):
+            extra.pop(key)
+        if b.cross_check is None:
+            extra.pop("cross_check")
+        for key in ("samples", "directions"):
+            if extra[key] is None:
+                extra.pop(key)
+        out.update(_json_safe(extra))
+    return out
+
+
+def _variants(v: VariantsBlock) -> dict[str, Any]:
+    return {"passed": v.passed, "variants": {k: _block(b) for k, b in v.variants.items()},
+            "spread": _json_safe(v.spread), "spread_pair": v.spread_pair}
+
+
+def to_wire(req: CheckRequest, report: CheckReport) -> dict[str, Any]:
+    encoding = req.output.encoding or req.x.encoding
+    notes = list(report.notes)
+
+    def tensors(arrays: dict[str, np.ndarray], what: str) -> dict[str, Any]:
+        out = {}
+        for name, arr in arrays.items():
+            out[name], used = codec.encode(arr, encoding)
+            if used != encoding:
+                notes.append(f"{what}.{name} holds NaN or Inf, which JSON numbers cannot carry: sent as b64")
+        return out
+
+    wire: dict[str, Any] = {
+        "passed": report.passed, "variant": report.variant, "dtype": report.dtype,
+        "accum_dtype": report.accum_dtype, "shape": report.shape, "channel_axis": report.channel_axis,
+        "reduce_size": report.reduce_size, "training": report.training, "eps": report.eps,
+        "device": report.device,
+    }
+    if req.output.gradients and report.gradients is not None:
+        wire["gradients"] = tensors(report.gradients, "gradients")
+    if req.output.reference:
+        wire["reference"] = tensors(report.reference, "reference")
+    checks: dict[str, Any] = {}
+    c = report.checks
+    for name, block in (("variant", c.variant), ("finite_difference", c.finite_difference),
+                        ("candidate", c.candidate), ("saved_statistics", c.saved_statistics)):
+        if block is not None:
+            checks[name] = _block(block)
+    if c.variants is not None:
+        checks["variants"] = _variants(c.variants)
+    wire["checks"] = checks
+    wire["notes"] = notes
+    wire["timings_ms"] = dict(report.timings_ms)
+    return wire

@@ -1,0 +1,27 @@
+"""Configuration from BNCHECK_* environment variables (pydantic-settings)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["Settings"]
+
+
+class Settings(BaseSettings):
+    """Every field reads BNCHECK_<NAME>; the README's configuration table lists them."""
+
+    model_config = SettingsConfigDict(env_prefix="BNCHECK_", extra="ignore")
+
+    host: str = Field("127.0.0.1", description="address to listen on")
+    port: int = Field(8000, ge=0, le=65535)
+    max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="larger bodies get 413")
+    max_elements: int = Field(1 << 24, ge=1, description="elements per tensor; more is a 422")
+    fd_work: int = Field(1 << 28, ge=1, description="finite-difference work, in element-evaluations of the forward")
+    max_concurrent: int = Field(2, ge=1, description="checks running at once; more get 503 with Retry-After")
+    request_timeout_s: float = Field(120.0, gt=0, description="time budget of one check; over it, 503")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    token: SecretStr | None = Field(None, description="when set, /v1/* and /metrics need 'Authorization: Bearer'")
+    device: Literal["cpu", "gpu", "auto"] = Field("cpu", description="where checks run unless a request says")

@@ -1,0 +1,271 @@
+"""POST /v1/check in-process (httpx.ASGITransport): the contract, end to end."""
+
+import threading
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+from service.api import codec, runner
+from service.api.openapi import EXAMPLE
+from service.numerics import VARIANTS, FDOptions, check, make
+
+pytestmark = pytest.mark.anyio
+
+DATATYPES = {"FP16": np.float16, "BF16": ml_dtypes.bfloat16, "FP32": np.float32, "FP64": np.float64}
+
+
+def b64(arr):
+    return codec.encode(np.asarray(arr), "b64")[0]
+
+
+def array(payload):
+    return codec.decode(payload, max_elements=1 << 24).array
+
+
+async def test_example_passes_and_matches_the_schema(client, openapi):
+    r = await client.post("/v1/check", json=EXAMPLE)
+    assert r.status_code == 200
+    openapi.validate("/v1/check", "post", r)
+    body = r.json()
+    assert body["passed"] is True
+    assert body["variant"] == "qianfeng"
+    assert body["dtype"] == "float32"
+    assert body["shape"] == [3, 4]
+    assert body["channel_axis"] == 1
+    assert body["reduce_size"] == 3
+    assert set(body["checks"]) == {"variant", "finite_difference", "candidate"}
+    assert body["checks"]["candidate"]["dbeta"]["passed"]
+    assert {"decode", "reference", "variant", "finite_difference", "encode", "total"} <= set(body["timings_ms"])
+    assert np.asarray(body["gradients"]["dx"]).shape == (3, 4)
+
+
+@pytest.mark.parametrize("wire", list(DATATYPES))
+async def test_b64_gradients_are_bit_exact_for_every_datatype(client, openapi, wire):
+    case = make("normal", shape=(8, 3, 2)).cast(DATATYPES[wire])
+    r = await client.post("/v1/check", json={"x": b64(case.x), "dy": b64(case.dy), "gamma": case.gamma.tolist(),
+                                              "beta": case.beta.tolist(), "finite_difference": {"method": "none"}})
+    assert r.status_code == 200, r.text
+    openapi.validate("/v1/check", "post", r)
+    body = r.json()
+    assert body["dtype"] == np.dtype(DATATYPES[wire]).name
+    local = check(case.x, case.dy, case.gamma, case.beta, finite_difference=FDOptions("none"))
+    for name in ("dx", "dgamma", "dbeta"):
+        got = array(body["gradients"][name])
+        assert got.dtype == local.gradients[name].dtype
+        assert got.tobytes() == local.gradients[name].tobytes()
+    assert body["gradients"]["dx"]["datatype"] == wire
+
+
+async def test_lists_are_value_exact(client):
+    case = make("heavy_tails", shape=(16, 4))
+    r = await client.post("/v1/check", json={"x": case.x.tolist(), "dy": case.dy.tolist(), "dtype": "FP64",
+                                              "output": {"reference": True}})
+    body = r.json()
+    local = check(case.x, case.dy, dtype="float64")
+    assert np.array_equal(np.asarray(body["reference"]["dx"]), local.reference["dx"])
+    assert np.array_equal(np.asarray(body["gradients"]["dgamma"]), local.gradients["dgamma"])
+
+
+async def test_output_encoding_and_reference(client):
+    x = np.random.default_rng(0).standard_normal((6, 2)).astype(np.float32)
+    r = await client.post("/v1/check", json={"x": x.tolist(), "dy": np.ones_like(x).tolist(),
+                                              "output": {"encoding": "data", "reference": True}})
+    body = r.json()
+    assert body["gradients"]["dx"]["datatype"] == "FP32"
+    assert len(body["gradients"]["dx"]["data"]) == 12
+    assert body["reference"]["dx"]["datatype"] == "FP64"
+    r = await client.post("/v1/check", json={"x": x.tolist(), "dy": x.tolist(), "output": {"gradients": False}})
+    assert "gradients" not in r.json()
+
+
+async def test_a_planted_error_in_a_candidate_is_named(client, openapi):
+    case = make("normal", shape=(16, 4, 3))
+    local = check(case.x, case.dy, case.gamma, case.beta, dtype="float64")
+    dx = local.reference["dx"].astype(np.float32)
+    dx[9, 2, 1] += 1e-2
+    r = await client.post("/v1/check", json={
+        "x": b64(case.x.astype(np.float32)), "dy": b64(case.dy.astype(np.float32)),
+        "gamma": case.gamma.tolist(), "beta": case.beta.tolist(),
+        "candidate": {"dx": b64(dx), "dgamma": b64(local.reference["dgamma"].astype(np.float32))}})
+    openapi.validate("/v1/check", "post", r)
+    body = r.json()
+    assert body["passed"] is False
+    block = body["checks"]["candidate"]
+    assert block["passed"] is False
+    assert block["dx"]["passed"] is False
+    assert block["dx"]["worst_index"] == [9, 2, 1]
+    assert block["dx"]["mismatched"] == 1
+    assert block["dx"]["worst_channels"][0]["channel"] == 2
+    assert block["dgamma"]["passed"] is True
+    assert body["checks"]["variant"]["passed"] is True
+
+
+async def test_nan_in_a_candidate_is_a_finding_and_in_x_a_refusal(client):
+    x = np.random.default_rng(1).standard_normal((4, 3)).astype(np.float32)
+    dx = np.zeros_like(x)
+    dx[1, 1] = np.nan
+    r = await client.post("/v1/check", json={"x": b64(x), "dy": b64(x), "candidate": {"dx": b64(dx)}})
+    assert r.status_code == 200
+    m = r.json()["checks"]["candidate"]["dx"]
+    assert m["nonfinite"] == 1
+    assert m["worst_index"] == [1, 1]
+    assert m["worst_candidate"] == "nan"
+    assert m["decided_by"] == "nonfinite"
+    assert m["tol_ratio"] is None
+    bad = x.copy()
+    bad[0, 2] = np.inf
+    r = await client.post("/v1/check", json={"x": b64(bad), "dy": b64(x)})
+    assert r.status_code == 422
+    assert r.headers["content-type"] == "application/problem+json"
+    assert r.json()["errors"][0]["field"] == "x"
+    assert "non-finite" in r.json()["detail"]
+
+
+async def test_variant_all_reports_every_variant(client, openapi):
+    r = await client.post("/v1/check", json={**EXAMPLE, "variant": "all"})
+    openapi.validate("/v1/check", "post", r)
+    body = r.json()
+    assert "gradients" not in body
+    assert "variant" not in body["checks"]
+    assert set(body["checks"]["variants"]["variants"]) == set(VARIANTS)
+    assert set(body["checks"]["variants"]["spread"]) == {"dx", "dgamma", "dbeta"}
+
+
+async def test_inference_and_saved_statistics(client, openapi):
+    x = np.random.default_rng(2).standard_normal((8, 3))
+    r = await client.post("/v1/check", json={"x": x.tolist(), "dy": x.tolist(), "training": False,
+                                              "running_mean": [0.0, 1.0, 2.0], "running_var": [1.0, 2.0, 0.5]})
+    assert r.status_code == 200
+    assert r.json()["training"] is False
+    openapi.validate("/v1/check", "post", r)
+    mean, invstd = x.mean(0), 1 / np.sqrt(x.var(0) + 1e-5)
+    r = await client.post("/v1/check", json={"x": x.tolist(), "dy": x.tolist(), "saved_mean": mean.tolist(),
+                                              "saved_invstd": (invstd * (1 + 1e-3)).tolist()})
+    openapi.validate("/v1/check", "post", r)
+    saved = r.json()["checks"]["saved_statistics"]
+    assert saved["passed"] is False
+    assert saved["mean"]["passed"]
+    assert not saved["invstd"]["passed"]
+
+
+async def test_finite_difference_methods_over_http(client):
+    for method in ("stats", "brute", "directional"):
+        r = await client.post("/v1/check", json={**EXAMPLE, "finite_difference": {"method": method, "seed": 3}})
+        block = r.json()["checks"]["finite_difference"]
+        assert block["method"] == method
+        assert block["passed"]
+    r = await client.post("/v1/check", json={**EXAMPLE, "finite_difference": {"method": "none"}})
+    assert "finite_difference" not in r.json()["checks"]
+
+
+async def test_user_tolerance(client):
+    r = await client.post("/v1/check", json={**EXAMPLE, "candidate": {"dbeta": [1.5, 1.4, 0.7, 0.01]},
+                                              "tolerance": {"rtol": 0, "atol": 0.02}})
+    m = r.json()["checks"]["candidate"]["dbeta"]
+    assert m["passed"]
+    assert m["tolerance"]["mode"] == "absolute"
+    assert m["decided_by"] == "absolute"
+
+
+async def test_variants_endpoint(client, openapi):
+    r = await client.get("/v1/variants")
+    openapi.validate("/v1/variants", "get", r)
+    names = [v["name"] for v in r.json()]
+    assert names == list(VARIANTS)
+    assert all(v["formula"] and v["reference"].startswith("https://") for v in r.json())
+
+
+async def test_openapi_and_docs(client):
+    doc = (await client.get("/openapi.json")).json()
+    body = doc["paths"]["/v1/check"]["post"]["requestBody"]["content"]["application/json"]
+    assert body["schema"] == {"$ref": "#/components/schemas/CheckRequest"}
+    assert body["examples"]["small"]["value"] == EXAMPLE
+    assert "Tensor" in doc["components"]["schemas"]
+    assert set(doc["paths"]["/v1/check"]["post"]["responses"]) >= {"200", "400", "413", "415", "422", "503"}
+    docs = await client.get("/docs")
+    assert docs.status_code == 200
+    assert "swagger" in docs.text.lower()
+
+
+async def test_health_and_metrics(client):
+    assert (await client.get("/livez")).json() == {"status": "ok"}
+    assert (await client.get("/readyz")).json() == {"status": "ready"}
+    await client.post("/v1/check", json=EXAMPLE)
+    await client.post("/v1/check", json={"x": [[1.0]]})
+    text = (await client.get("/metrics")).text
+    assert 'bncheck_checks_total{outcome="passed"} 1.0' in text
+    assert 'bncheck_http_requests_total{method="POST",route="/v1/check",status="422"} 1.0' in text
+    assert "bncheck_check_phase_seconds_bucket" in text
+    assert "bncheck_checked_elements_total 12.0" in text
+
+
+async def test_body_over_the_limit_is_413(make_client):
+    async with make_client(max_body_bytes=2048) as c:
+        r = await c.post("/v1/check", json={"x": [[0.0] * 300] * 2, "dy": [[0.0] * 300] * 2})
+    assert r.status_code == 413
+    assert r.headers["content-type"] == "application/problem+json"
+    assert r.json()["type"] == "/problems/too-large"
+    assert "2,048" in r.json()["detail"]
+
+
+async def test_elements_over_the_limit_is_422(make_client):
+    async with make_client(max_elements=100) as c:
+        r = await c.post("/v1/check", json={"x": {"shape": [1000, 1000], "datatype": "FP32", "b64": ""},
+                                             "dy": [[1.0]]})
+    assert r.status_code == 422
+    assert "over the limit of 100" in r.json()["detail"]
+
+
+async def test_busy_is_503_with_retry_after(make_client, monkeypatch):
+    release = threading.Event()
+    started = threading.Event()
+    real_run = runner.run
+
+    def slow_run(*args, **kwargs):
+        started.set()
+        release.wait(10)
+        return real_run(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "run", slow_run)
+    import anyio
+
+    async with make_client(max_concurrent=1) as c:
+        results = {}
+
+        async def first():
+            results["first"] = await c.post("/v1/check", json=EXAMPLE)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(first)
+            await anyio.to_thread.run_sync(started.wait, 10)
+            busy = await c.post("/v1/check", json=EXAMPLE)
+            live = await c.get("/livez")  # the loop is free while the check runs
+            release.set()
+        assert busy.status_code == 503
+        assert busy.headers["retry-after"] == "1"
+        assert busy.json()["type"] == "/problems/busy"
+        assert live.status_code == 200
+        assert results["first"].status_code == 200
+        # The slot came back: the next check runs.
+        assert (await c.post("/v1/check", json=EXAMPLE)).status_code == 200
+
+
+async def test_time_budget_is_503(make_client):
+    async with make_client(request_timeout_s=1e-9) as c:
+        r = await c.post("/v1/check", json=EXAMPLE)
+    assert r.status_code == 503
+    assert r.json()["type"] == "/problems/time-budget"
+
+
+async def test_streamed_body_over_the_limit_is_413(make_client):
+    """No Content-Length (chunked upload): the limit is enforced as the body streams in."""
+
+    async def chunks():
+        for _ in range(10):
+            yield b"[" + b"0.0," * 100 + b"0.0]"
+
+    async with make_client(max_body_bytes=2048) as c:
+        r = await c.post("/v1/check", content=chunks(), headers={"content-type": "application/json"})
+    assert r.status_code == 413
+    assert r.json()["type"] == "/problems/too-large"

@@ -1,0 +1,143 @@
+"""Tensor encodings: exact round trips, and refusals that name the problem."""
+
+import base64
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+from service.api import codec
+
+DATATYPES = {"FP16": np.float16, "BF16": ml_dtypes.bfloat16, "FP32": np.float32, "FP64": np.float64}
+
+
+def _awkward(dtype):
+    """Values that stress an encoding: signed zeros, subnormals, extremes, many digits."""
+    info = ml_dtypes.finfo(dtype)
+    v = [0.0, -0.0, float(info.smallest_subnormal), float(info.tiny), float(info.max), -float(info.max),
+         1 / 3, np.pi, -2.5, 1e-3]
+    return np.array(v, dtype=np.float64).astype(dtype).reshape(2, 5)
+
+
+@pytest.mark.parametrize("wire", list(DATATYPES))
+def test_b64_round_trip_is_bit_exact(wire):
+    arr = _awkward(DATATYPES[wire])
+    payload, used = codec.encode(arr, "b64")
+    assert used == "b64"
+    assert payload["datatype"] == wire
+    assert payload["shape"] == [2, 5]
+    back = codec.decode(payload, max_elements=100)
+    assert back.encoding == "b64"
+    assert back.datatype == wire
+    assert back.array.dtype == arr.dtype
+    assert back.array.tobytes() == arr.tobytes()
+
+
+@pytest.mark.parametrize("wire", list(DATATYPES))
+def test_b64_carries_nan_and_inf(wire):
+    arr = np.array([[np.nan, np.inf], [-np.inf, 1.0]]).astype(DATATYPES[wire])
+    back = codec.decode(codec.encode(arr, "b64")[0], max_elements=10).array
+    assert np.isnan(back[0, 0].astype(np.float64))
+    assert np.isinf(back[0, 1].astype(np.float64))
+
+
+@pytest.mark.parametrize("wire", list(DATATYPES))
+def test_data_round_trip_is_value_exact(wire):
+    arr = _awkward(DATATYPES[wire])
+    payload, used = codec.encode(arr, "data")
+    assert used == "data"
+    back = codec.decode(payload, max_elements=100).array
+    assert back.dtype == arr.dtype
+    assert np.array_equal(back.astype(np.float64), arr.astype(np.float64))
+    assert np.array_equal(np.signbit(back.astype(np.float64)), np.signbit(arr.astype(np.float64)))
+
+
+def test_list_round_trip_is_value_exact():
+    arr = _awkward(np.float64).reshape(2, 1, 5)
+    payload, used = codec.encode(arr, "list")
+    assert used == "list"
+    back = codec.decode(payload, max_elements=100)
+    assert back.encoding == "list"
+    assert back.datatype is None
+    assert np.array_equal(back.array, arr)
+
+
+def test_json_cannot_carry_nan_so_it_goes_as_b64():
+    payload, used = codec.encode(np.array([1.0, np.nan]), "list")
+    assert used == "b64"
+    assert "b64" in payload
+
+
+def test_big_endian_arrays_are_sent_little_endian():
+    arr = np.arange(6, dtype=">f4").reshape(2, 3)
+    payload, _ = codec.encode(arr, "b64")
+    assert base64.b64decode(payload["b64"]) == arr.astype("<f4").tobytes()
+
+
+@pytest.mark.parametrize(
+    ("value", "words"),
+    [
+        ("text", "got a string"),
+        (None, "got null"),
+        (3.5, "got a number"),
+        ([[1, 2], [3]], "ragged"),
+        ([[1, "2"], [3, 4]], "strings"),
+        ([[1, None], [3, 4]], "nulls"),
+        ([[1, {"a": 1}]], "nulls, objects"),
+        ([[True, False]], "booleans"),
+        ([[1.0, True]], "booleans"),
+        ({"shape": [2], "datatype": "FP32"}, "exactly one of"),
+        ({"shape": [2], "datatype": "FP32", "data": [1, 2], "b64": ""}, "exactly one of"),
+        ({"datatype": "FP32", "data": [1, 2]}, "needs 'shape'"),
+        ({"shape": [2], "data": [1, 2]}, "needs 'datatype'"),
+        ({"shape": [2], "datatype": "FP8", "data": [1, 2]}, "FP16, BF16, FP32, FP64"),
+        ({"shape": [2], "datatype": "FP32", "data": [1, 2], "order": "F"}, "unknown tensor keys"),
+        ({"shape": [2, 0], "datatype": "FP32", "data": []}, "shape[1] is 0"),
+        ({"shape": [-2], "datatype": "FP32", "data": [1, 2]}, "shape[0] is -2"),
+        ({"shape": [2.0], "datatype": "FP32", "data": [1, 2]}, "integers"),
+        ({"shape": [True], "datatype": "FP32", "data": [1]}, "integers"),
+        ({"shape": [], "datatype": "FP32", "data": []}, "non-empty"),
+        ({"shape": [3], "datatype": "FP32", "data": [1, 2]}, "needs 3"),
+        ({"shape": [2], "datatype": "FP32", "data": [[1], [2]]}, "flat"),
+        ({"shape": [2], "datatype": "FP32", "data": [1, True]}, "booleans"),
+        ({"shape": [2], "datatype": "FP16", "data": [1, 1e6]}, "65504"),
+        ({"shape": [2], "datatype": "FP32", "data": "1,2"}, "flat list"),
+        ({"shape": [2], "datatype": "FP32", "b64": "AAAAAAAAAAA"}, "multiple of 4"),
+        ({"shape": [2], "datatype": "FP32", "b64": "AAAAAAAAAA=="}, "holds 7 bytes"),
+        ({"shape": [2], "datatype": "FP32", "b64": "AAAA!AAAAAA="}, "not valid base64"),
+        ({"shape": [2], "datatype": "FP32", "b64": 12}, "base64 string"),
+    ],
+)
+def test_refusals_say_why(value, words):
+    with pytest.raises(codec.TensorError) as info:
+        codec.decode(value, max_elements=1000)
+    assert words in str(info.value)
+
+
+def test_element_limit_is_checked_before_anything_is_allocated():
+    huge = {"shape": [2**40, 2**40], "datatype": "FP64", "b64": "AAAA"}
+    with pytest.raises(codec.TensorError, match="over the limit of 1,000"):
+        codec.decode(huge, max_elements=1000)
+    with pytest.raises(codec.TensorError, match="over the limit"):
+        codec.decode([[0.0] * 40] * 40, max_elements=1000)
+
+
+def test_deep_nesting_is_refused():
+    deep = 1.0
+    for _ in range(100):
+        deep = [deep]
+    with pytest.raises(codec.TensorError, match="too deep"):
+        codec.decode(deep, max_elements=1000)
+
+
+def test_the_boolean_scan_is_sound_and_cheap():
+    assert codec.body_may_hold_list_bools(b'{"x": [[1, true], [2, 3]]}')
+    assert codec.body_may_hold_list_bools(b'{"x": [false]}')
+    assert codec.body_may_hold_list_bools(b'{"x": [1,\n  true\n]}')
+    assert not codec.body_may_hold_list_bools(b'{"x": [[1, 2]], "training": false, "output": {"reference": true}}')
+    assert not codec.body_may_hold_list_bools(b'{"b64": "truefalse+/AAA="}')
+
+
+def test_without_the_scan_numpy_would_take_booleans_for_numbers():
+    """Why the scan exists: np.asarray([1.5, True]) is [1.5, 1.0]."""
+    assert codec.decode([[1.5, True]], max_elements=10, check_bools=False).array.tolist() == [[1.5, 1.0]]
