@@ -1,14 +1,30 @@
-"""The ``bncheck`` console script: serve | check | vectors."""
+"""The ``bncheck`` console script: serve | check | vectors.
+
+Exit codes: 0 passed, 1 a check failed, 2 bad usage or input (or no answer).
+"""
 
 from __future__ import annotations
 
 import argparse
 import copy
+import json
 import sys
+import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 __all__ = ["main"]
+
+INPUT_NAMES = ("x", "dy", "gamma", "beta", "running_mean", "running_var", "saved_mean", "saved_invstd")
+CANDIDATE_NAMES = ("y", "mean", "invstd", "dx", "dgamma", "dbeta")
+FULL = ("x", "dy", "dx", "y")  # shaped like x; every other array is per channel
+
+
+class UsageError(Exception):
+    """Bad arguments or unreadable files: exit code 2."""
 
 
 def _log_config(level: str) -> dict[str, Any]:
@@ -28,7 +44,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     from service.api import Settings, create_app
 
-    overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+    overrides = {k: v for k, v in (("host", args.host), ("port", args.port), ("token", args.token)) if v}
     settings = Settings(**overrides)
     # uvicorn finishes in-flight requests on SIGTERM, waiting up to one check's time budget.
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level,
@@ -37,20 +53,280 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------ files
+
+
+def _dtype(name: str) -> np.dtype[Any]:
+    from service.numerics.dtypes import resolve
+    from service.numerics.errors import InputError
+
+    try:
+        return resolve(name, field="--bin-dtype")
+    except InputError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def load_array(spec: str, *, shape: tuple[int, ...] | None, bin_dtype: str) -> np.ndarray:
+    """.npy, or raw little-endian bytes (.bin and anything else) with --shape and --bin-dtype.
+    ``file.bin:FP16`` overrides the dtype of one raw file."""
+    path_text, _, override = spec.partition(":") if ":" in Path(spec).name else (spec, "", "")
+    path = Path(path_text)
+    if not path.is_file():
+        msg = f"{spec}: no such file"
+        raise UsageError(msg)
+    if path.suffix == ".npy":
+        return np.asarray(np.load(path, allow_pickle=False))
+    if shape is None:
+        msg = f"{spec}: a raw file needs --shape (and --bin-dtype, default float32)"
+        raise UsageError(msg)
+    dt = _dtype(override or bin_dtype)
+    little = dt if dt.name == "bfloat16" else dt.newbyteorder("<")
+    want = int(np.prod(shape)) * dt.itemsize
+    size = path.stat().st_size
+    if size != want:
+        msg = f"{spec}: holds {size:,} bytes but shape {list(shape)} of {dt.name} needs {want:,}"
+        raise UsageError(msg)
+    return np.fromfile(path, dtype=little).reshape(shape).astype(dt, copy=False)
+
+
+def _npz(path: str, names: Sequence[str]) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {k: np.asarray(data[k]) for k in names if k in data.files}
+    except (OSError, ValueError) as exc:
+        msg = f"{path}: not a readable .npz ({exc})"
+        raise UsageError(msg) from None
+
+
+def _shape(text: str | None) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        shape = tuple(int(v) for v in text.replace("x", ",").split(",") if v.strip())
+    except ValueError:
+        msg = f"--shape {text!r}: use comma-separated integers such as 16,64,32,32"
+        raise UsageError(msg) from None
+    if not shape or min(shape) < 1:
+        msg = f"--shape {text!r}: every dimension must be at least 1"
+        raise UsageError(msg)
+    return shape
+
+
+def _gather(args: argparse.Namespace) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    inputs: dict[str, np.ndarray] = {}
+    candidate: dict[str, np.ndarray] = {}
+    if args.case:
+        from service.numerics import make
+
+        case = make(args.case, shape=_shape(args.shape), channel_axis=args.channel_axis)
+        inputs.update(x=case.x, dy=case.dy, gamma=case.gamma, beta=case.beta)
+        args.eps = case.eps if args.eps is None else args.eps
+    if args.npz:
+        inputs.update(_npz(args.npz, INPUT_NAMES))
+    if args.candidate_npz:
+        candidate.update(_npz(args.candidate_npz, CANDIDATE_NAMES))
+    shape = _shape(args.shape)
+    for name in INPUT_NAMES + CANDIDATE_NAMES:
+        spec = getattr(args, name)
+        if spec is None:
+            continue
+        target = inputs if name in INPUT_NAMES else candidate
+        per_channel = None
+        if name not in FULL and shape is not None:
+            per_channel = (shape[args.channel_axis],)
+        dtype = args.candidate_bin_dtype if name in CANDIDATE_NAMES and args.candidate_bin_dtype else args.bin_dtype
+        target[name] = load_array(spec, shape=shape if name in FULL else per_channel, bin_dtype=dtype)
+    for need in ("x", "dy"):
+        if need not in inputs:
+            msg = f"missing {need}: give --{need} FILE, --npz FILE or --case NAME"
+            raise UsageError(msg)
+    return inputs, candidate
+
+
+# ------------------------------------------------------------------ check
+
+
+def _run_check(args: argparse.Namespace) -> int:
+    from client import APIError, BNCheckClientError, CheckResult, build_request
+
+    inputs, candidate = _gather(args)
+    options: dict[str, Any] = {
+        "variant": args.variant, "dtype": args.dtype, "accum_dtype": args.accum_dtype,
+        "eps": 1e-5 if args.eps is None else args.eps, "channel_axis": args.channel_axis,
+        "training": not args.inference, "candidate": candidate or None, "reference": bool(args.out),
+        "gradients": bool(args.out), "device": args.device,
+        "finite_difference": {k: v for k, v in (("method", args.fd), ("samples", args.fd_samples),
+                                                 ("directions", args.fd_directions), ("seed", args.seed),
+                                                 ("step", args.fd_step)) if v is not None},
+        "tolerance": None if args.rtol is None and args.atol is None else (args.rtol or 0.0, args.atol or 0.0),
+    }
+    x, dy = inputs.pop("x"), inputs.pop("dy")
+    extra: dict[str, Any] = {k: v for k, v in inputs.items() if k not in ("gamma", "beta")}
+    where = args.server or "in-process"
+    print(f"bncheck: checking {list(x.shape)} {x.dtype} ({where}) ...", file=sys.stderr, flush=True)
+    try:
+        if args.server:
+            from client import Client
+
+            with Client(base_url=args.server, token=args.token, timeout=args.timeout) as bn:
+                result = bn.check(x, dy, inputs.get("gamma"), inputs.get("beta"), **options, **extra)
+        else:
+            result = CheckResult.from_json(_in_process(build_request(
+                x, dy, inputs.get("gamma"), inputs.get("beta"), **options, **extra)))
+    except APIError as exc:
+        fields = "; ".join(f"{f}: {m}" for f, m in exc.errors) or exc.detail
+        msg = f"{exc.status} {exc.title}: {fields}"
+        raise UsageError(msg) from None
+    except BNCheckClientError as exc:
+        raise UsageError(str(exc)) from None
+    if args.out:
+        _write_outputs(Path(args.out), result)
+    if args.json:
+        doc = dict(result.raw)
+        doc.pop("gradients", None)
+        doc.pop("reference", None)
+        print(json.dumps(doc, indent=2))
+    else:
+        from service.textreport import render
+
+        print(render(result))
+    return 0 if result.passed else 1
+
+
+def _in_process(body: dict[str, Any]) -> dict[str, Any]:
+    """The same path as the service: parse, check, encode; problems become client errors."""
+    import httpx
+    import orjson
+
+    from client._exceptions import raise_for_problem
+    from service.api import Settings, runner
+    from service.api.errors import ProblemError, from_domain, problem_body
+    from service.numerics.errors import InputError
+
+    try:
+        return dict(orjson.loads(runner.run(orjson.dumps(body), Settings()).body))
+    except (ProblemError, InputError) as exc:
+        problem = exc if isinstance(exc, ProblemError) else from_domain(exc)
+        response = httpx.Response(problem.status, content=problem_body(problem),
+                                  headers={"content-type": "application/problem+json"})
+        raise_for_problem(response)
+        raise
+
+
+def _write_outputs(out: Path, result: Any) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    for prefix, arrays in (("", result.gradients or {}), ("reference_", result.reference or {})):
+        for name, arr in arrays.items():
+            np.save(out / f"{prefix}{name}.npy", arr)
+    print(f"bncheck: wrote gradients and reference to {out}/", file=sys.stderr)
+
+
+# ------------------------------------------------------------------ vectors
+
+
+def _run_vectors(args: argparse.Namespace) -> int:
+    from service.numerics import CASES
+    from service.vectors import write_vectors
+
+    names = list(CASES) if not args.case or "all" in args.case else args.case
+    unknown = sorted(set(names) - set(CASES))
+    if unknown:
+        msg = f"unknown case {unknown[0]!r}; choose from {', '.join(CASES)} or all"
+        raise UsageError(msg)
+    start = time.perf_counter()
+
+    def progress(i: int, n: int, name: str) -> None:
+        if i < n:
+            print(f"vectors: [{i + 1}/{n}] {name} ...", file=sys.stderr, flush=True)
+
+    manifest = write_vectors(Path(args.out), cases=names, shape=_shape(args.shape), channel_axis=args.channel_axis,
+                             dtype=args.dtype, seed=args.seed, progress=progress)
+    skipped = f"; skipped (values beyond {args.dtype}): {', '.join(manifest['skipped'])}" if manifest["skipped"] else ""
+    print(f"vectors: wrote {len(manifest['cases'])} cases to {args.out}/ in {time.perf_counter() - start:.1f} s"
+          f"{skipped}", file=sys.stderr)
+    return 0
+
+
+# ------------------------------------------------------------------ parser
+
+
+def _check_parser(sub: Any) -> None:
+    p = sub.add_parser("check", help="check a backward formula, and optionally your outputs, from files",
+                       description="Inputs and candidates from .npy, .npz or raw little-endian files. "
+                                   "Runs in-process unless --server is given.")
+    src = p.add_argument_group("inputs (.npy; raw files need --shape and --bin-dtype)")
+    for name in INPUT_NAMES:
+        src.add_argument(f"--{name.replace('_', '-')}", dest=name, metavar="FILE")
+    src.add_argument("--npz", metavar="FILE", help="named input arrays: x, dy, gamma, beta, ...")
+    src.add_argument("--case", metavar="NAME", help="use a built-in stress case as the inputs")
+    src.add_argument("--shape", help="shape of x for raw files, e.g. 16,64,32,32")
+    src.add_argument("--bin-dtype", default="float32", help="element type of raw files (default float32)")
+    cand = p.add_argument_group("candidate outputs to verify")
+    for name in CANDIDATE_NAMES:
+        cand.add_argument(f"--{name}", dest=name, metavar="FILE")
+    cand.add_argument("--candidate-npz", metavar="FILE", help="named arrays: y, mean, invstd, dx, dgamma, dbeta")
+    cand.add_argument("--candidate-bin-dtype", help="element type of raw candidate files (default --bin-dtype)")
+    how = p.add_argument_group("what to check")
+    how.add_argument("--variant", default="qianfeng", help="staged, kevin, rocking, qianfeng or all")
+    how.add_argument("--dtype", help="precision of the variant (default x's dtype)")
+    how.add_argument("--accum-dtype")
+    how.add_argument("--eps", type=float)
+    how.add_argument("--channel-axis", type=int, default=1)
+    how.add_argument("--inference", action="store_true", help="inference mode (needs running stats)")
+    how.add_argument("--fd", choices=["auto", "stats", "brute", "directional", "none"])
+    how.add_argument("--fd-samples", type=int)
+    how.add_argument("--fd-directions", type=int)
+    how.add_argument("--fd-step", type=float)
+    how.add_argument("--seed", type=int)
+    how.add_argument("--rtol", type=float, help="plain allclose tolerance instead of bncheck's defaults")
+    how.add_argument("--atol", type=float)
+    how.add_argument("--device", choices=["cpu", "gpu", "auto"])
+    run = p.add_argument_group("where and how")
+    run.add_argument("--server", metavar="URL", help="a running bncheck service (default: in-process)")
+    run.add_argument("--token", help="bearer token (default $BNCHECK_TOKEN)")
+    run.add_argument("--timeout", type=float, default=300.0)
+    run.add_argument("--json", action="store_true", help="print the report as JSON")
+    run.add_argument("--out", metavar="DIR", help="also write the gradients and reference as .npy")
+    p.set_defaults(func=_run_check)
+
+
 def build_parser() -> argparse.ArgumentParser:
+    import os
+
     parser = argparse.ArgumentParser(prog="bncheck", description="Check batch-norm backward passes.")
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the HTTP service (settings from BNCHECK_* variables)")
     serve.add_argument("--host", help="address to listen on (BNCHECK_HOST, default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (BNCHECK_PORT, default 8000)")
+    serve.add_argument("--token", help="require this bearer token (BNCHECK_TOKEN)")
     serve.set_defaults(func=_serve)
+    _check_parser(sub)
+    v = sub.add_parser("vectors", help="write golden test vectors (.npz, raw .bin, manifest.json)")
+    v.add_argument("--case", action="append", help="a stress case (repeatable) or 'all' (default all)")
+    v.add_argument("--shape", help="override the cases' shapes, e.g. 8,16,4,4")
+    v.add_argument("--channel-axis", type=int, default=1)
+    v.add_argument("--dtype", default="float32", help="dtype of x and dy in the vectors (default float32)")
+    v.add_argument("--seed", type=int, default=0)
+    v.add_argument("--out", default="vectors", metavar="DIR")
+    v.set_defaults(func=_run_vectors)
+    parser.set_defaults(token_env=os.environ.get("BNCHECK_TOKEN"))
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    return int(args.func(args))
+    if getattr(args, "token", None) is None:
+        args.token = args.token_env
+    from service.numerics.errors import InputError
+
+    try:
+        return int(args.func(args))
+    except (UsageError, InputError) as exc:
+        print(f"bncheck: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ Submodules: ``variants`` (the four seed formulas), ``reference`` (float64),
 ``stress`` (named stress cases), ``backend`` (NumPy/CuPy dispatch).
 """
 
-from .check import FD_METHODS, FDOptions, Limits, check
+from .check import FD_METHODS, FDOptions, Limits, check, reference_outputs
 from .errors import BNCheckError, DeviceUnavailableError, InputError, TimeBudgetError, WorkLimitError
 from .report import Block, ChannelError, CheckReport, Checks, FDBlock, TensorMetrics, VariantsBlock
 from .stress import CASES, Case, make
@@ -35,4 +35,5 @@ __all__ = [
     "WorkLimitError",
     "check",
     "make",
+    "reference_outputs",
 ]

@@ -31,7 +31,7 @@ from .scales import Scales
 from .tolerance import FLOOR_MARGIN, Tolerance, default_tolerance, fd_tolerance, least_precise, user_tolerance
 from .variants import VARIANTS, Grads, forward_cache, inference_backward
 
-__all__ = ["FD_METHODS", "FDOptions", "Limits", "check"]
+__all__ = ["FD_METHODS", "FDOptions", "Limits", "check", "reference_outputs"]
 
 FD_METHODS = ("auto", "stats", "brute", "directional", "none")
 GRAD_NAMES = ("dx", "dgamma", "dbeta")
@@ -475,3 +475,18 @@ def _saved_block(ctx: _Ctx, ar: Arith) -> Block:
                           out_dtype=out, scale=scales.invstd),
     }
     return Block(all(t.passed for t in tensors.values()), tensors)
+
+
+@_quiet
+def reference_outputs(x: Any, dy: Any, gamma: Any = None, beta: Any = None, *, eps: float = 1e-5,
+                      channel_axis: int = 1, training: bool = True, running_mean: Any = None,
+                      running_var: Any = None) -> dict[str, np.ndarray]:
+    """The float64 forward and backward (y, mean, invstd, dx, dgamma, dbeta): golden outputs."""
+    inp = validate(x, dy, gamma, beta, variant="qianfeng", dtype="float64", accum_dtype=None, eps=eps,
+                   channel_axis=channel_axis, training=training, running_mean=running_mean,
+                   running_var=running_var, saved_mean=None, saved_invstd=None, candidate=None)
+    ctx = _context(inp, np, {})
+    lay = ctx.lay
+    y = reference.forward_y(ctx.x3, ctx.gamma, ctx.beta, ctx.exact, lay, np)
+    return {"y": lay.restore(y), "mean": ctx.exact.mean, "invstd": ctx.exact.invstd,
+            "dx": lay.restore(ctx.ref.dx), "dgamma": ctx.ref.dgamma, "dbeta": ctx.ref.dbeta}

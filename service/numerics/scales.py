@@ -1,17 +1,22 @@
 """Natural scales: the size of the terms each output is computed from.
 
-Per channel, with kappa = |mean| * invstd (the conditioning of x - mean) and
-k = 1 + kappa:
+Per channel, with A = sum(dy), G = sum(dy * xhat), r = rms(dy) and the
+conditioning kappa = |mean| * invstd:
 
-    dx[i]      |gamma| * invstd * (|dy[i]| + rms(dy) * (1 + |xhat[i]|)) * k
-    y[i]       |gamma| * (1 + |xhat[i]|) * k + |beta|
-    dgamma     sum(|dy| * (1 + |xhat|)) * k
-    dbeta      sum(|dy|)
-    mean       sum(|x|) / R
-    invstd     invstd * k
+    dx[i]    |gamma| invstd (|dy[i]| + r (1 + |xhat[i]|) + kappa (|G|/R + |xhat[i]| |A|/R + 2 r/sqrt(R)))
+    y[i]     |gamma| (1 + |xhat[i]| + kappa) + |beta|
+    dgamma   sum(|dy| (1 + |xhat|)) + kappa (|A| + r sqrt(R))
+    dbeta    sum(|dy|)
+    mean     sum(|x|) / R
+    invstd   invstd (1 + kappa / sqrt(R))
 
-The dx scale is DESIGN section 2's ``|gamma| * invstd * rms(dy)``, widened by
-the factors a first-order error analysis of the backward formulas gives.
+The first terms are a first-order error analysis of the backward formulas
+(DESIGN section 2's ``|gamma| * invstd * rms(dy)`` for dx, widened by what
+multiplies dy and xhat). The kappa terms are what x - mean costs: a kernel's
+mean is off by about u * kappa standard deviations, which shifts every xhat
+of the channel at once; dx feels the shift only through dgamma/R and dbeta/R,
+and rounding x itself (when it is not representable in the kernel's dtype)
+adds a random part of size r / sqrt(R).
 """
 
 from __future__ import annotations
@@ -32,24 +37,24 @@ class Scales:
                  xp: ModuleType) -> None:
         self.x3, self.dy3, self.gamma, self.beta, self.st = x3, dy3, gamma, beta, st
         self.layout, self.xp = layout, xp
-        self.k = 1.0 + xp.abs(st.mean) * st.invstd
+        self.kappa = xp.abs(st.mean) * st.invstd
 
     @cached_property
-    def _sums(self) -> tuple[Any, Any, Any, Any]:
-        """sum|dy|, sum|dy|*|xhat|, sum dy^2, sum|x| per channel, in one pass."""
+    def _sums(self) -> tuple[Any, ...]:
+        """sum|dy|, sum|dy|*|xhat|, sum dy^2, sum|x|, sum dy, sum dy*xhat per channel, in one pass."""
         xp, lay = self.xp, self.layout
         mean, invstd = lay.per_channel(self.st.mean), lay.per_channel(self.st.invstd)
 
-        def part(b: Block) -> tuple[Any, Any, Any, Any]:
+        def part(b: Block) -> tuple[Any, ...]:
             x, dy = self.x3[b[0], :, b[1]], self.dy3[b[0], :, b[1]]
+            xhat = (x - mean) * invstd
             ady = xp.abs(dy)
-            axhat = xp.abs((x - mean) * invstd)
-            return (backend.channel_sum(ady, xp), backend.channel_dot(ady, axhat, xp),
-                    backend.channel_dot(dy, dy, xp), backend.channel_sum(xp.abs(x), xp))
+            return (backend.channel_sum(ady, xp), backend.channel_dot(ady, xp.abs(xhat), xp),
+                    backend.channel_dot(dy, dy, xp), backend.channel_sum(xp.abs(x), xp),
+                    backend.channel_sum(dy, xp), backend.channel_dot(dy, xhat, xp))
 
         parts = backend.map_blocks(part, lay, xp)
-        a, b, c, d = (backend.sum_parts([p[i] for p in parts]) for i in range(4))
-        return a, b, c, d
+        return tuple(backend.sum_parts([p[i] for p in parts]) for i in range(6))
 
     @cached_property
     def rms_dy(self) -> Any:
@@ -70,12 +75,17 @@ class Scales:
     @cached_property
     def dx(self) -> Any:
         xp, lay = self.xp, self.layout
-        coef = lay.per_channel(xp.abs(self.gamma) * self.st.invstd * self.k)
-        rms = lay.per_channel(self.rms_dy)
+        R = lay.R
+        rms = self.rms_dy
+        kappa = self.kappa
+        abs_a, abs_g = xp.abs(self._sums[4]) / R, xp.abs(self._sums[5]) / R
+        coef = lay.per_channel(xp.abs(self.gamma) * self.st.invstd)
+        base = lay.per_channel(rms + kappa * (abs_g + 2.0 * rms / R**0.5))  # (1, C, 1)
+        per_xhat = lay.per_channel(rms + kappa * abs_a)
 
         def fill(out: Any, axhat: Any, dy: Any) -> None:
-            xp.add(axhat, 1.0, out=out)
-            out *= rms
+            xp.multiply(axhat, per_xhat, out=out)
+            out += base
             out += xp.abs(dy)
             out *= coef
 
@@ -84,19 +94,19 @@ class Scales:
     @cached_property
     def y(self) -> Any:
         xp, lay = self.xp, self.layout
-        coef = lay.per_channel(xp.abs(self.gamma) * self.k)
-        shift = lay.per_channel(xp.abs(self.beta))
+        coef = lay.per_channel(xp.abs(self.gamma))
+        shift = lay.per_channel(xp.abs(self.gamma) * (1.0 + self.kappa) + xp.abs(self.beta))
 
         def fill(out: Any, axhat: Any, dy: Any) -> None:
-            xp.add(axhat, 1.0, out=out)
-            out *= coef
+            xp.multiply(axhat, coef, out=out)
             out += shift
 
         return self._elementwise(fill)
 
     @cached_property
     def dgamma(self) -> Any:
-        return (self._sums[0] + self._sums[1]) * self.k
+        R = self.layout.R
+        return self._sums[0] + self._sums[1] + self.kappa * (self.xp.abs(self._sums[4]) + self.rms_dy * R**0.5)
 
     @cached_property
     def dbeta(self) -> Any:
@@ -108,7 +118,7 @@ class Scales:
 
     @cached_property
     def invstd(self) -> Any:
-        return self.st.invstd * self.k
+        return self.st.invstd * (1.0 + self.kappa / self.layout.R**0.5)
 
     def of(self, name: str) -> Any:
         return getattr(self, name)

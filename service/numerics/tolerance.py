@@ -26,11 +26,11 @@ The defaults, for a kernel storing tensors in ``storage`` and accumulating in
   average. The default admits the second, since real kernels use both: a
   float32 kernel that sums 2^20 elements one row at a time was measured at
   3.8 * sqrt(R) ulps in invstd, hence the 8.
-- The natural scales carry two factors from the error analysis of x - mean:
-  ``1 + |xhat|`` and the conditioning ``1 + kappa``, kappa = |mean| * invstd.
-  A float32 kernel fed data with mean 1e4 and std 1 loses four digits in
-  x - mean however well it is written; one that computes the variance as
-  E[x^2] - E[x]^2 loses eight, and fails.
+- The natural scales (``scales.py``) carry what x - mean costs: with
+  kappa = |mean| * invstd a kernel's mean is off by about u * kappa standard
+  deviations, however well it is written. A float32 kernel fed data with
+  mean 1e4 and std 1 passes; one that computes the variance as
+  E[x^2] - E[x]^2 loses eight digits, and fails.
 
 What this gives, in the natural-scale units of dx (R = 4096):
 float64 5.8e-14, float32 3.1e-5, float16 2.0e-3, bfloat16 1.6e-2. For scale:

@@ -1,0 +1,45 @@
+"""A thin httpx client for the bncheck service. Imports httpx and NumPy (ml_dtypes for
+bfloat16), never ``service``.
+
+    from client import Client
+
+    with Client(base_url="http://127.0.0.1:8000") as bn:
+        result = bn.check(x, dy, gamma, beta, variant="qianfeng", candidate={"dx": my_dx})
+        for block, tensor, report in result.failures():
+            print(block, tensor, report.worst_index, report.max_abs_err)
+"""
+
+from ._client import AsyncClient, Client, build_request
+from ._exceptions import (
+    APIError,
+    BadRequest,
+    BNCheckClientError,
+    InvalidInput,
+    PayloadTooLarge,
+    RequestTimeout,
+    ServiceUnavailable,
+    TransportError,
+    Unauthorized,
+)
+from ._models import Block, ChannelError, CheckResult, TensorReport, Tolerance, VariantsBlock
+
+__all__ = [
+    "APIError",
+    "AsyncClient",
+    "BNCheckClientError",
+    "BadRequest",
+    "Block",
+    "ChannelError",
+    "CheckResult",
+    "Client",
+    "InvalidInput",
+    "PayloadTooLarge",
+    "RequestTimeout",
+    "ServiceUnavailable",
+    "TensorReport",
+    "Tolerance",
+    "TransportError",
+    "Unauthorized",
+    "VariantsBlock",
+    "build_request",
+]

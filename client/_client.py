@@ -1,0 +1,154 @@
+"""``Client`` and ``AsyncClient``: thin, httpx-shaped wrappers over the bncheck HTTP API."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+import httpx
+
+from . import _codec
+from ._exceptions import RequestTimeout, TransportError, raise_for_problem
+from ._models import CheckResult
+
+__all__ = ["AsyncClient", "Client"]
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+DEFAULT_TIMEOUT = 300.0
+
+
+def build_request(
+    x: Any, dy: Any, gamma: Any = None, beta: Any = None, *, variant: str = "qianfeng", dtype: str | None = None,
+    accum_dtype: str | None = None, eps: float = 1e-5, channel_axis: int = 1, training: bool = True,
+    running_mean: Any = None, running_var: Any = None, saved_mean: Any = None, saved_invstd: Any = None,
+    candidate: Mapping[str, Any] | None = None, finite_difference: Mapping[str, Any] | str | None = None,
+    tolerance: tuple[float, float] | None = None, reference: bool = False, gradients: bool = True,
+    device: str | None = None,
+) -> dict[str, Any]:
+    """The JSON body of /v1/check; every array travels as b64 (exact bits, NaN-safe)."""
+    body: dict[str, Any] = {"x": _codec.encode(x), "dy": _codec.encode(dy), "variant": variant, "eps": eps,
+                            "channel_axis": channel_axis, "training": training,
+                            "output": {"gradients": gradients, "reference": reference, "encoding": "b64"}}
+    optional = {"gamma": gamma, "beta": beta, "running_mean": running_mean, "running_var": running_var,
+                "saved_mean": saved_mean, "saved_invstd": saved_invstd}
+    body.update({k: _codec.encode(v) for k, v in optional.items() if v is not None})
+    for key, value in (("dtype", dtype), ("accum_dtype", accum_dtype), ("device", device)):
+        if value is not None:
+            body[key] = value
+    if candidate:
+        body["candidate"] = {k: _codec.encode(v) for k, v in candidate.items() if v is not None}
+    if isinstance(finite_difference, str):
+        body["finite_difference"] = {"method": finite_difference}
+    elif finite_difference is not None:
+        body["finite_difference"] = dict(finite_difference)
+    if tolerance is not None:
+        body["tolerance"] = {"rtol": tolerance[0], "atol": tolerance[1]}
+    return body
+
+
+@contextmanager
+def _wrapped() -> Iterator[None]:
+    try:
+        yield
+    except httpx.TimeoutException as exc:
+        msg = f"no answer in time: {exc}"
+        raise RequestTimeout(msg) from exc
+    except httpx.TransportError as exc:
+        msg = f"could not reach bncheck: {exc}"
+        raise TransportError(msg) from exc
+
+
+def _headers(token: str | None) -> dict[str, str]:
+    return {"authorization": f"Bearer {token}"} if token else {}
+
+
+class Client:
+    """Synchronous client.
+
+        with Client(base_url="http://127.0.0.1:8000") as bn:
+            result = bn.check(x, dy, gamma, beta, variant="qianfeng", candidate={"dx": my_dx})
+    """
+
+    def __init__(self, *, base_url: str = DEFAULT_URL, timeout: float = DEFAULT_TIMEOUT, token: str | None = None,
+                 transport: httpx.BaseTransport | None = None, http_client: httpx.Client | None = None) -> None:
+        self._owns = http_client is None
+        self._http = http_client or httpx.Client(base_url=base_url, timeout=timeout, transport=transport,
+                                                 headers=_headers(token))
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        with _wrapped():
+            response = self._http.request(method, path, **kwargs)
+        raise_for_problem(response)
+        return response
+
+    def check(self, x: Any, dy: Any, gamma: Any = None, beta: Any = None, **options: Any) -> CheckResult:
+        """POST /v1/check. ``options`` are ``build_request``'s keywords."""
+        body = build_request(x, dy, gamma, beta, **options)
+        return CheckResult.from_json(self._request("POST", "/v1/check", json=body).json())
+
+    def variants(self) -> list[dict[str, str]]:
+        return list(self._request("GET", "/v1/variants").json())
+
+    def live(self) -> bool:
+        with _wrapped():
+            return self._http.get("/livez").status_code == 200
+
+    def ready(self) -> bool:
+        with _wrapped():
+            return self._http.get("/readyz").status_code == 200
+
+    def close(self) -> None:
+        if self._owns:
+            self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncClient:
+    """Asynchronous client, with the same methods as ``Client`` as coroutines."""
+
+    def __init__(self, *, base_url: str = DEFAULT_URL, timeout: float = DEFAULT_TIMEOUT, token: str | None = None,
+                 transport: httpx.AsyncBaseTransport | None = None,
+                 http_client: httpx.AsyncClient | None = None) -> None:
+        self._owns = http_client is None
+        self._http = http_client or httpx.AsyncClient(base_url=base_url, timeout=timeout, transport=transport,
+                                                      headers=_headers(token))
+
+    async def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        with _wrapped():
+            response = await self._http.request(method, path, **kwargs)
+        raise_for_problem(response)
+        return response
+
+    async def check(self, x: Any, dy: Any, gamma: Any = None, beta: Any = None, **options: Any) -> CheckResult:
+        body = build_request(x, dy, gamma, beta, **options)
+        return CheckResult.from_json((await self._request("POST", "/v1/check", json=body)).json())
+
+    async def variants(self) -> list[dict[str, str]]:
+        return list((await self._request("GET", "/v1/variants")).json())
+
+    async def live(self) -> bool:
+        with _wrapped():
+            return (await self._http.get("/livez")).status_code == 200
+
+    async def ready(self) -> bool:
+        with _wrapped():
+            return (await self._http.get("/readyz")).status_code == 200
+
+    async def aclose(self) -> None:
+        if self._owns:
+            await self._http.aclose()
+
+    async def close(self) -> None:
+        await self.aclose()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()

@@ -1,0 +1,168 @@
+"""`bncheck check` and `bncheck vectors`: exit codes, output, round trips."""
+
+import json
+
+import numpy as np
+import pytest
+
+from service.cli import main
+from service.numerics import make, reference_outputs
+
+from ..conftest import LiveServer
+from ..numerics.kernels import backward
+
+
+@pytest.fixture(scope="module")
+def vectors(tmp_path_factory):
+    out = tmp_path_factory.mktemp("vectors")
+    assert main(["vectors", "--case", "normal", "--case", "mean_offset", "--case", "constant_dy",
+                 "--out", str(out)]) == 0
+    return out
+
+
+def _save(tmp_path, **arrays):
+    paths = {}
+    for name, arr in arrays.items():
+        paths[name] = tmp_path / f"{name}.npy"
+        np.save(paths[name], arr)
+    return paths
+
+
+def test_vectors_manifest_and_files(vectors):
+    manifest = json.loads((vectors / "manifest.json").read_text())
+    assert [c["name"] for c in manifest["cases"]] == ["normal", "mean_offset", "constant_dy"]
+    case = manifest["cases"][0]
+    assert case["files"]["x"]["shape"] == [16, 8, 4, 4]
+    assert case["files"]["dgamma"]["shape"] == [8]
+    assert set(case["tolerance"]) == {"y", "mean", "invstd", "dx", "dgamma", "dbeta"}
+    raw = np.fromfile(vectors / case["files"]["dx"]["bin"], dtype="<f8").reshape(16, 8, 4, 4)
+    with np.load(vectors / case["npz"]) as npz:
+        assert np.array_equal(raw, npz["dx"])
+        want = reference_outputs(npz["x"], npz["dy"], npz["gamma"], npz["beta"], eps=case["eps"])
+        assert np.array_equal(npz["dx"], want["dx"])
+
+
+def test_vectors_progress_goes_to_stderr(tmp_path, capsys):
+    assert main(["vectors", "--case", "normal", "--out", str(tmp_path)]) == 0
+    err = capsys.readouterr().err
+    assert "[1/1] normal" in err
+    assert "wrote 1 cases" in err
+
+
+def test_recommended_tolerances_pass_a_correct_kernel_and_fail_a_broken_one(vectors):
+    """What a C++ or CUDA test would do with the manifest alone."""
+    manifest = json.loads((vectors / "manifest.json").read_text())
+    for case in manifest["cases"]:
+        with np.load(vectors / case["npz"]) as v:
+            arrays = {k: v[k] for k in v.files}
+        for bug, should_pass in ((None, True), ("no_mean_term", False)):
+            out = backward(arrays["x"], arrays["dy"], arrays["gamma"], arrays["beta"], eps=case["eps"], bug=bug)
+            ok = all(np.allclose(out[k].astype(np.float64), arrays[k], **case["tolerance"][k])
+                     for k in ("dx", "dgamma", "dbeta", "y", "mean", "invstd"))
+            if bug and case["name"] != "normal":
+                # constant_dy: the mean term is the whole of dx. mean_offset (|mean|/std = 1e4): a
+                # float32 kernel's own error is within 10x of this bug's, and the folded tolerance
+                # admits both -- bncheck check, with per-element scales, is the sharper tool there.
+                continue
+            assert ok is should_pass, (case["name"], bug)
+
+
+def test_replaying_a_vector_through_check_passes(vectors, capsys):
+    npz = str(vectors / "normal" / "normal.npz")
+    assert main(["check", "--npz", npz, "--candidate-npz", npz]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("bncheck: PASSED")
+    assert "candidate          passed" in out
+
+
+def test_replaying_raw_bin_files(vectors, capsys):
+    d = vectors / "normal"
+    args = ["check", "--x", str(d / "x.bin"), "--dy", str(d / "dy.bin"), "--gamma", str(d / "gamma.bin:float64"),
+            "--beta", str(d / "beta.bin:FP64"), "--dx", str(d / "dx.bin"), "--dgamma", str(d / "dgamma.bin"),
+            "--shape", "16,8,4,4", "--candidate-bin-dtype", "float64"]
+    assert main(args) == 0, capsys.readouterr().err
+
+
+def test_a_broken_kernel_fails_with_exit_1_and_says_where(tmp_path, capsys):
+    case = make("normal", shape=(32, 6)).cast("float32")
+    out = backward(case.x, case.dy, case.gamma, case.beta, eps=case.eps, bug="tile_skip")
+    p = _save(tmp_path, x=case.x, dy=case.dy, gamma=case.gamma, beta=case.beta, dx=out["dx"])
+    code = main(["check", "--x", str(p["x"]), "--dy", str(p["dy"]), "--gamma", str(p["gamma"]), "--beta",
+                 str(p["beta"]), "--dx", str(p["dx"])])
+    text = capsys.readouterr().out
+    assert code == 1
+    assert text.startswith("bncheck: FAILED")
+    assert "dx      FAIL" in text
+    assert "mismatched" in text
+    assert "worst channels" in text
+
+
+def test_json_output(tmp_path, capsys):
+    case = make("normal", shape=(8, 3))
+    p = _save(tmp_path, x=case.x, dy=case.dy)
+    assert main(["check", "--x", str(p["x"]), "--dy", str(p["dy"]), "--json", "--variant", "all"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["passed"] is True
+    assert set(doc["checks"]["variants"]["variants"]) == {
+        "staged", "kevin", "rocking", "qianfeng"}
+
+
+def test_out_writes_gradients_and_reference(tmp_path):
+    case = make("normal", shape=(8, 3))
+    p = _save(tmp_path, x=case.x.astype(np.float16), dy=case.dy.astype(np.float16))
+    assert main(["check", "--x", str(p["x"]), "--dy", str(p["dy"]), "--out", str(tmp_path / "o")]) == 0
+    assert np.load(tmp_path / "o" / "dx.npy").dtype == np.float16
+    assert np.load(tmp_path / "o" / "reference_dx.npy").dtype == np.float64
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["check", "--x", "nope.npy", "--dy", "nope.npy"], "no such file"),
+        (["check", "--case", "normal", "--variant", "fastest"], "variant"),
+        (["check", "--case", "normal", "--eps", "-1"], "eps"),
+        (["check", "--case", "nothing"], "unknown stress case"),
+        (["check"], "missing x"),
+        (["check", "--case", "normal", "--shape", "a,b"], "--shape"),
+        (["vectors", "--case", "nothing"], "unknown case"),
+    ],
+)
+def test_bad_usage_exits_2(args, words, capsys):
+    code = main(args)
+    err = capsys.readouterr().err
+    assert code == 2
+    assert words in err
+
+
+def test_raw_file_of_the_wrong_size_exits_2(tmp_path, capsys):
+    (tmp_path / "x.bin").write_bytes(b"\0" * 12)
+    assert main(["check", "--x", str(tmp_path / "x.bin"), "--dy", str(tmp_path / "x.bin"), "--shape", "2,2"]) == 2
+    assert "holds 12 bytes but shape [2, 2] of float32 needs 16" in capsys.readouterr().err
+
+
+def test_argparse_usage_errors_exit_2():
+    with pytest.raises(SystemExit) as info:
+        main(["check", "--fd", "exact"])
+    assert info.value.code == 2
+
+
+def test_against_a_server(tmp_path, capsys):
+    case = make("heavy_tails", shape=(64, 4))
+    p = _save(tmp_path, x=case.x, dy=case.dy)
+    with LiveServer() as server:
+        code = main(["check", "--x", str(p["x"]), "--dy", str(p["dy"]), "--server", server.url, "--fd", "brute"])
+        bad = main(["check", "--x", str(p["x"]), "--dy", str(p["dy"]), "--server", server.url, "--gamma",
+                    str(p["x"])])
+    captured = capsys.readouterr()
+    assert code == 0
+    assert "brute" in captured.out
+    assert bad == 2
+    assert "422" in captured.err
+    assert "gamma" in captured.err
+
+
+def test_unreachable_server_exits_2(tmp_path, capsys):
+    case = make("normal", shape=(8, 3))
+    p = _save(tmp_path, x=case.x, dy=case.dy)
+    assert main(["check", "--x", str(p["x"]), "--dy", str(p["dy"]), "--server", "http://127.0.0.1:9"]) == 2
+    assert "could not reach" in capsys.readouterr().err

@@ -1,0 +1,187 @@
+"""The client against the in-process app (ASGI) and a real uvicorn."""
+
+import ast
+import pathlib
+
+import httpx
+import ml_dtypes
+import numpy as np
+import pytest
+
+import client
+from client import (
+    AsyncClient,
+    Client,
+    InvalidInput,
+    PayloadTooLarge,
+    RequestTimeout,
+    ServiceUnavailable,
+    TransportError,
+)
+from service.api import Settings, create_app
+from service.numerics import check, make
+
+from ..conftest import LiveServer
+
+DTYPES = [np.float16, ml_dtypes.bfloat16, np.float32, np.float64]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_every_dtype_round_trips(sync_transport, dtype):
+    case = make("normal", shape=(12, 3, 2)).cast(dtype)
+    with Client(transport=sync_transport, base_url="http://t") as bn:
+        result = bn.check(case.x, case.dy, case.gamma, case.beta, reference=True, finite_difference="none")
+    local = check(case.x, case.dy, case.gamma, case.beta, finite_difference=None)
+    assert result.passed
+    assert result.dtype == np.dtype(dtype).name
+    for name in ("dx", "dgamma", "dbeta"):
+        assert result.gradients[name].dtype == local.gradients[name].dtype
+        assert result.gradients[name].tobytes() == local.gradients[name].tobytes()
+    assert result.reference["dx"].dtype == np.float64
+    np.testing.assert_array_equal(result.reference["dx"], local.reference["dx"])
+
+
+def test_typed_report_and_failures(sync_transport):
+    case = make("normal", shape=(32, 4))
+    ref = check(case.x, case.dy, case.gamma, case.beta, dtype="float64").reference
+    dx = ref["dx"].astype(np.float32)
+    dx[7, 3] = np.nan
+    with Client(transport=sync_transport, base_url="http://t") as bn:
+        result = bn.check(case.x, case.dy, case.gamma, case.beta, candidate={"dx": dx, "dbeta": ref["dbeta"]})
+    assert not result.passed
+    [(block, tensor, report)] = result.failures()
+    assert (block, tensor) == ("candidate", "dx")
+    assert isinstance(report, client.TensorReport)
+    assert report.worst_index == [7, 3]
+    assert report.nonfinite == 1
+    assert report.worst_candidate == "nan"
+    assert isinstance(report.tolerance, client.Tolerance)
+    assert result.checks["finite_difference"].info["method"] == "stats"
+    assert result.checks["candidate"].tensors["dbeta"].passed
+
+
+def test_variant_all_and_variants(sync_transport):
+    with Client(transport=sync_transport, base_url="http://t") as bn:
+        result = bn.check(np.eye(4), np.ones((4, 4)), variant="all")
+        names = [v["name"] for v in bn.variants()]
+        assert bn.live()
+        assert bn.ready()
+    assert result.gradients is None
+    assert set(result.variants.variants) == set(names)
+
+
+def test_problem_becomes_a_typed_exception(sync_transport):
+    with Client(transport=sync_transport, base_url="http://t") as bn, pytest.raises(InvalidInput) as info:
+        bn.check(np.ones((4, 3)), np.ones((4, 3)), np.ones(2))
+    err = info.value
+    assert err.status == 422
+    assert err.fields == ["gamma"]
+    assert "3 channels" in err.detail
+    assert err.type == "/problems/invalid-input"
+    assert err.response.headers["content-type"] == "application/problem+json"
+
+
+def test_413_and_503_map_to_their_classes():
+    small = PortalTransportFor(Settings(max_body_bytes=2048))
+    with Client(transport=small.transport, base_url="http://t") as bn, pytest.raises(PayloadTooLarge):
+        bn.check(np.ones((64, 8)), np.ones((64, 8)))
+    small.close()
+    busy = PortalTransportFor(Settings(request_timeout_s=1e-9))
+    with Client(transport=busy.transport, base_url="http://t") as bn, pytest.raises(ServiceUnavailable) as info:
+        bn.check(np.ones((4, 2)), np.ones((4, 2)))
+    assert info.value.retry_after == 10.0
+    busy.close()
+
+
+class PortalTransportFor:
+    def __init__(self, settings):
+        from .conftest import PortalTransport
+
+        self.transport = PortalTransport(create_app(settings))
+
+    def close(self):
+        self.transport.close()
+
+
+def test_connection_failure_is_wrapped():
+    def refuse(request):
+        raise httpx.ConnectError("connection refused", request=request)
+
+    with Client(transport=httpx.MockTransport(refuse)) as bn, pytest.raises(TransportError) as info:
+        bn.live()
+    assert isinstance(info.value.__cause__, httpx.ConnectError)
+
+
+def test_timeout_is_wrapped():
+    def slow(request):
+        raise httpx.ReadTimeout("too slow", request=request)
+
+    with Client(transport=httpx.MockTransport(slow)) as bn, pytest.raises(RequestTimeout):
+        bn.check(np.ones((2, 2)), np.ones((2, 2)))
+
+
+def test_token_is_sent_as_bearer():
+    seen = {}
+
+    def record(request):
+        seen["auth"] = request.headers.get("authorization")
+        return httpx.Response(200, json={"status": "ok"})
+
+    with Client(transport=httpx.MockTransport(record), token="s3cret") as bn:
+        bn.live()
+    assert seen["auth"] == "Bearer s3cret"
+
+
+def test_injected_http_client_is_not_closed():
+    http = httpx.Client(base_url="http://t", transport=httpx.MockTransport(lambda r: httpx.Response(200, json={})))
+    with Client(http_client=http) as bn:
+        assert bn.live()
+    assert not http.is_closed
+    http.close()
+
+
+@pytest.mark.anyio
+async def test_async_client_in_process():
+    app = create_app(Settings())
+    transport = httpx.ASGITransport(app=app)
+    case = make("constant_dy", shape=(16, 3))
+    async with AsyncClient(transport=transport, base_url="http://t") as bn:
+        result = await bn.check(case.x, case.dy, case.gamma, case.beta, dtype="float32")
+        assert await bn.live()
+        with pytest.raises(InvalidInput):
+            await bn.check(case.x, case.dy, variant="nope")
+    assert result.passed
+    assert result.checks["variant"].tensors["dx"].cancellation
+
+
+def test_sync_client_against_real_uvicorn():
+    case = make("normal", shape=(64, 8, 2))
+    with LiveServer() as server, Client(base_url=server.url) as bn:
+        result = bn.check(case.x.astype(np.float16), case.dy.astype(np.float16), case.gamma, case.beta,
+                          variant="rocking")
+    assert result.passed
+    assert result.dtype == "float16"
+    assert result.gradients["dx"].dtype == np.float16
+
+
+def test_public_api_is_exactly_all():
+    public = {name for name in dir(client) if not name.startswith("_")}
+    assert public == set(client.__all__)
+    assert len(client.__all__) == len(set(client.__all__))
+
+
+def test_client_never_imports_service():
+    root = pathlib.Path(client.__file__).parent
+    for path in root.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""] if node.level == 0 else []
+            else:
+                continue
+            for name in names:
+                top = name.split(".")[0]
+                assert top in {"httpx", "numpy", "ml_dtypes", "base64", "collections", "contextlib", "dataclasses",
+                               "typing", "__future__"}, f"{path.name} imports {name}"
