@@ -1,0 +1,36 @@
+# bncheck service image: docker build -t bncheck . && docker run -p 8000:8000 bncheck
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+WORKDIR /app
+
+# Dependencies first, pinned by constraints.txt: this layer is rebuilt only when they change.
+COPY pyproject.toml constraints.txt ./
+RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+        > /tmp/requirements.txt \
+ && pip install -c constraints.txt -r /tmp/requirements.txt \
+ && rm /tmp/requirements.txt
+
+COPY README.md ./
+COPY service ./service
+COPY client ./client
+RUN pip install --no-deps . && rm -rf build *.egg-info
+
+# An unprivileged, numeric user: no shell, no home.
+RUN groupadd --system --gid 10001 bncheck \
+ && useradd --system --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin bncheck
+USER 10001:10001
+
+ENV BNCHECK_HOST=0.0.0.0 \
+    BNCHECK_PORT=8000
+EXPOSE 8000
+
+# Python, not curl: the slim image has no curl.
+HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
+    CMD ["python", "-c", "import os, sys, urllib.request; port = os.environ.get('BNCHECK_PORT', '8000'); sys.exit(0 if urllib.request.urlopen(f'http://127.0.0.1:{port}/livez', timeout=4).status == 200 else 1)"]
+
+CMD ["bncheck", "serve"]

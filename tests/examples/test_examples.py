@@ -1,0 +1,56 @@
+"""Every example in examples/ runs against a live local server when its toolchain is present."""
+
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+EXAMPLES = ROOT / "examples"
+
+
+def _run(cmd, **kw):
+    env = {**os.environ, "PATH": f"{pathlib.Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env, check=False, **kw)
+
+
+needs_curl = pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+
+
+@needs_curl
+def test_curl_lists(live_server):
+    r = _run(["sh", str(EXAMPLES / "curl" / "check_lists.sh"), live_server.url])
+    assert r.returncode == 0, r.stderr
+    body = json.loads(r.stdout)
+    assert body["passed"] is True
+    assert body["checks"]["candidate"]["dbeta"]["passed"] is True
+
+
+@needs_curl
+def test_curl_b64(live_server):
+    r = _run(["sh", str(EXAMPLES / "curl" / "check_b64.sh"), live_server.url])
+    assert r.returncode == 0, r.stderr
+    body = json.loads(r.stdout)
+    dx = body["checks"]["candidate"]["dx"]
+    assert dx["nonfinite"] == 1 and dx["worst_index"] == [1, 0]
+    assert body["checks"]["finite_difference"]["method"] == "brute"
+    assert body["shape"] == [3, 2]
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="Node.js is not installed")
+def test_node(live_server):
+    r = _run(["node", str(EXAMPLES / "node" / "check.mjs"), live_server.url])
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "candidate dx: PASSED" in r.stdout
+
+
+@pytest.mark.skipif(shutil.which("g++") is None, reason="g++ is not installed")
+def test_cpp(live_server):
+    r = _run(["sh", str(EXAMPLES / "cpp" / "verify.sh"), live_server.url])
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.startswith("bncheck: PASSED")
+    assert "candidate          passed" in r.stdout
