@@ -23,7 +23,7 @@ class LiveServer:
 
         from service.api import Settings, create_app
 
-        self.app = create_app(Settings(**overrides))
+        self.app = create_app(Settings(**{"executor": "thread", **overrides}))
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.bind(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]

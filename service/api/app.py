@@ -16,6 +16,7 @@ from . import errors, openapi, routes
 from .metrics import Metrics
 from .middleware import AccessLog, BodyLimit
 from .settings import Settings
+from .workers import make_workers
 
 __all__ = ["create_app"]
 
@@ -29,8 +30,11 @@ DESCRIPTION = (
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.shutting_down = False
+    await anyio.to_thread.run_sync(app.state.workers.start)
     yield
     app.state.shutting_down = True
+    # uvicorn has already let in-flight requests finish (SIGTERM); now stop the workers.
+    await anyio.to_thread.run_sync(app.state.workers.shutdown)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -40,7 +44,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = Metrics()
     app.state.slots = threading.BoundedSemaphore(settings.max_concurrent)
-    app.state.limiter = anyio.CapacityLimiter(settings.max_concurrent)
+    app.state.workers = make_workers(settings)
     app.state.ready = None
     app.state.shutting_down = False
     errors.install(app)

@@ -6,29 +6,26 @@ element limit (Python integers, so no overflow), a ``data`` list's length
 against the shape.
 
 Nested lists are parsed by orjson and turned into one array by NumPy. NumPy
-quietly turns booleans into numbers, so the body is scanned once for a
-``true``/``false`` token inside a list (cheap); only then are the lists
-walked element by element.
+quietly turns booleans into numbers; only elements that came out as 0 or 1
+can have been booleans, and only those are looked up in the lists.
 """
 
 from __future__ import annotations
 
-import base64
 import binascii
 import math
-import re
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pybase64
 
 from service.numerics.dtypes import BFLOAT16, WIRE_NAMES, finfo_max, resolve, wire_name
 
-__all__ = ["ENCODINGS", "Decoded", "TensorError", "body_may_hold_list_bools", "decode", "encode"]
+__all__ = ["ENCODINGS", "Decoded", "TensorError", "decode", "encode"]
 
 ENCODINGS = ("list", "data", "b64")
 TENSOR_KEYS = ("shape", "datatype", "data", "b64")
-_LIST_BOOL = re.compile(rb"[\[,]\s*(?:true|false)\s*[,\]]")
 
 
 class TensorError(ValueError):
@@ -46,17 +43,11 @@ class Decoded:
         return None if self.datatype is None else WIRE_NAMES[self.datatype]
 
 
-def body_may_hold_list_bools(body: bytes) -> bool:
-    """True when a ``true``/``false`` token sits inside a JSON list somewhere in the body.
-    A sound over-approximation: strings that merely look like one make it say True."""
-    return _LIST_BOOL.search(body) is not None
-
-
-def decode(value: Any, *, max_elements: int, check_bools: bool = True) -> Decoded:
+def decode(value: Any, *, max_elements: int) -> Decoded:
     if isinstance(value, list):
-        return Decoded(_from_lists(value, max_elements, check_bools), "list", None)
+        return Decoded(_from_lists(value, max_elements), "list", None)
     if isinstance(value, dict):
-        return _from_object(value, max_elements, check_bools)
+        return _from_object(value, max_elements)
     msg = f"a tensor is a nested list of numbers or an object with shape, datatype and data or b64; got {_kind(value)}"
     raise TensorError(msg)
 
@@ -69,7 +60,7 @@ def _kind(value: Any) -> str:
     return _KINDS.get(type(value), type(value).__name__)
 
 
-def _from_lists(value: list[Any], max_elements: int, check_bools: bool) -> np.ndarray:
+def _from_lists(value: list[Any], max_elements: int) -> np.ndarray:
     try:
         arr = np.asarray(value)
     except ValueError as exc:
@@ -82,9 +73,7 @@ def _from_lists(value: list[Any], max_elements: int, check_bools: bool) -> np.nd
     if arr.size > max_elements:
         msg = f"has {arr.size:,} elements, over the limit of {max_elements:,}"
         raise TensorError(msg)
-    if check_bools and _has_bool(value, arr.ndim):
-        msg = "the nested lists hold booleans; send numbers"
-        raise TensorError(msg)
+    _refuse_bools(value, arr, "the nested lists")
     return arr.astype(np.float64, copy=False)
 
 
@@ -94,6 +83,27 @@ def _check_number_array(arr: np.ndarray, what: str) -> None:
     kinds = {"b": "booleans", "U": "strings", "S": "strings", "O": "nulls, objects or numbers too large"}
     msg = f"{what} hold {kinds.get(arr.dtype.kind, str(arr.dtype))}; send numbers"
     raise TensorError(msg)
+
+
+def _refuse_bools(value: list[Any], arr: np.ndarray, what: str) -> None:
+    """NumPy reads true as 1.0 and false as 0.0, so only elements equal to 0 or 1 can have
+    been booleans: look those up in the lists (all of them, if there are many)."""
+    suspects = np.flatnonzero((arr == 0) | (arr == 1))
+    if suspects.size == 0:
+        return
+    if suspects.size > max(64, arr.size // 64):
+        found = _has_bool(value, arr.ndim)
+    else:
+        found = any(type(_at(value, np.unravel_index(i, arr.shape))) is bool for i in suspects.tolist())
+    if found:
+        msg = f"{what} hold booleans; send numbers"
+        raise TensorError(msg)
+
+
+def _at(value: Any, index: tuple[Any, ...]) -> Any:
+    for i in index:
+        value = value[int(i)]
+    return value
 
 
 def _has_bool(value: list[Any], depth: int) -> bool:
@@ -130,7 +140,7 @@ def _datatype(value: Any) -> np.dtype[Any]:
     return resolve(value)
 
 
-def _from_object(value: dict[str, Any], max_elements: int, check_bools: bool) -> Decoded:
+def _from_object(value: dict[str, Any], max_elements: int) -> Decoded:
     extra = sorted(set(value) - set(TENSOR_KEYS))
     if extra:
         msg = f"unknown tensor keys {extra[:5]}; use shape, datatype and data or b64"
@@ -146,10 +156,10 @@ def _from_object(value: dict[str, Any], max_elements: int, check_bools: bool) ->
     dt = _datatype(value["datatype"])
     if "b64" in value:
         return Decoded(_from_b64(value["b64"], shape, dt), "b64", value["datatype"])
-    return Decoded(_from_data(value["data"], shape, dt, check_bools), "data", value["datatype"])
+    return Decoded(_from_data(value["data"], shape, dt), "data", value["datatype"])
 
 
-def _from_data(data: Any, shape: tuple[int, ...], dt: np.dtype[Any], check_bools: bool) -> np.ndarray:
+def _from_data(data: Any, shape: tuple[int, ...], dt: np.dtype[Any]) -> np.ndarray:
     want = math.prod(shape)
     if not isinstance(data, list):
         msg = f"data must be a flat list of numbers; got {_kind(data)}"
@@ -162,9 +172,7 @@ def _from_data(data: Any, shape: tuple[int, ...], dt: np.dtype[Any], check_bools
         msg = "data must be a flat list of numbers (row-major), not nested lists"
         raise TensorError(msg)
     _check_number_array(arr, "data")
-    if check_bools and _has_bool(data, 1):
-        msg = "data holds booleans; send numbers"
-        raise TensorError(msg)
+    _refuse_bools(data, arr, "data")
     f64 = arr.astype(np.float64)
     top = finfo_max(dt)
     over = np.abs(f64) > top
@@ -179,7 +187,7 @@ def _from_b64(text: Any, shape: tuple[int, ...], dt: np.dtype[Any]) -> np.ndarra
         msg = f"b64 must be a base64 string; got {_kind(text)}"
         raise TensorError(msg)
     want = math.prod(shape) * dt.itemsize
-    padding = len(text) - len(text.rstrip("="))
+    padding = len(text[-2:]) - len(text[-2:].rstrip("="))
     if len(text) % 4 or padding > 2:
         msg = f"b64 has length {len(text):,}, which is not valid base64 (a multiple of 4)"
         raise TensorError(msg)
@@ -189,7 +197,9 @@ def _from_b64(text: Any, shape: tuple[int, ...], dt: np.dtype[Any]) -> np.ndarra
                f"({math.prod(shape):,} x {dt.itemsize})")
         raise TensorError(msg)
     try:
-        raw = base64.b64decode(text, validate=True)
+        # A bytearray is malloc'ed, so aligned; a bytes object's data sits at an odd offset,
+        # and NumPy runs unaligned arrays through slower loops.
+        raw = pybase64.b64decode_as_bytearray(text, validate=True)
     except (binascii.Error, ValueError):
         msg = "b64 is not valid base64 (characters outside A-Z a-z 0-9 + / =)"
         raise TensorError(msg) from None
@@ -208,4 +218,5 @@ def encode(arr: np.ndarray, encoding: str) -> tuple[Any, str]:
     if encoding == "data":
         return {**header, "data": arr.astype(np.float64, copy=False).reshape(-1).tolist()}, encoding
     little = arr if arr.dtype == BFLOAT16 else arr.astype(arr.dtype.newbyteorder("<"), copy=False)
-    return {**header, "b64": base64.b64encode(np.ascontiguousarray(little).tobytes()).decode("ascii")}, encoding
+    raw = np.ascontiguousarray(little).view(np.uint8)  # a plain byte buffer (bfloat16 has none)
+    return {**header, "b64": pybase64.b64encode_as_string(raw)}, encoding

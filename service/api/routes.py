@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any
 
 import anyio
 import numpy as np
@@ -13,11 +12,10 @@ from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from service.numerics import check
-from service.numerics.errors import TimeBudgetError
 from service.numerics.variants import VARIANTS
 
-from . import runner
-from .errors import ProblemError
+from . import workers
+from .errors import MEDIA_TYPE, ProblemError
 from .metrics import Metrics
 from .openapi import PROBLEM_RESPONSES, REQUEST_BODY
 from .schemas import CheckResponse, VariantInfo
@@ -50,40 +48,32 @@ async def post_check(request: Request) -> Response:
         detail = f"{settings.max_concurrent} checks are running; retry shortly"
         raise ProblemError(503, "busy", "Busy", detail, headers={"Retry-After": "1"})
     handed_over = False
+
+    def done() -> None:
+        slots.release()
+        metrics.in_flight.dec()
+
     try:
         body = await request.body()
         deadline = time.monotonic() + settings.request_timeout_s
-
-        def job() -> runner.Outcome:
-            try:
-                return runner.run(body, settings, deadline=deadline)
-            finally:
-                slots.release()
-                metrics.in_flight.dec()
-
         metrics.in_flight.inc()
         handed_over = True
-        outcome = await _run_in_thread(request, job, settings.request_timeout_s + 5.0)
+        with anyio.move_on_after(settings.request_timeout_s + 5.0) as scope:
+            result = await request.app.state.workers.run(body, deadline, done)
     finally:
         if not handed_over:
             slots.release()
-    metrics.checks.labels("passed" if outcome.passed else "failed").inc()
-    metrics.elements.inc(outcome.elements)
-    for phase, ms in outcome.timings_ms.items():
+    if scope.cancelled_caught:
+        metrics.rejected.labels("time_budget").inc()
+        raise workers.time_budget_problem(settings)
+    if isinstance(result, workers.Failure):
+        metrics.rejected.labels("time_budget" if result.status == 503 else "invalid").inc()
+        return Response(result.body, status_code=result.status, media_type=MEDIA_TYPE, headers=result.headers)
+    metrics.checks.labels("passed" if result.passed else "failed").inc()
+    metrics.elements.inc(result.elements)
+    for phase, ms in result.timings_ms.items():
         metrics.phase.labels(phase).observe(ms / 1e3)
-    return Response(outcome.body, media_type="application/json")
-
-
-async def _run_in_thread(request: Request, job: Any, timeout: float) -> runner.Outcome:
-    limiter = request.app.state.limiter
-    try:
-        with anyio.fail_after(timeout):
-            return await anyio.to_thread.run_sync(job, limiter=limiter, abandon_on_cancel=True)
-    except (TimeoutError, TimeBudgetError) as exc:
-        request.app.state.metrics.rejected.labels("time_budget").inc()
-        detail = f"the check did not finish within {request.app.state.settings.request_timeout_s:g} s"
-        raise ProblemError(503, "time-budget", "Over the time budget", detail,
-                           headers={"Retry-After": "10"}) from exc
+    return Response(result.body, media_type="application/json")
 
 
 @router.get("/v1/variants", response_model=list[VariantInfo], summary="The backward formulas bncheck knows")

@@ -31,8 +31,7 @@ DEFAULT_MAX_ELEMENTS = 1 << 24
 def _decode(value: Any, info: ValidationInfo) -> codec.Decoded:
     ctx = info.context or {}
     try:
-        return codec.decode(value, max_elements=ctx.get("max_elements", DEFAULT_MAX_ELEMENTS),
-                            check_bools=ctx.get("check_bools", True))
+        return codec.decode(value, max_elements=ctx.get("max_elements", DEFAULT_MAX_ELEMENTS))
     except codec.TensorError as exc:
         raise PydanticCustomError("tensor", "{reason}", {"reason": str(exc)}) from None  # noqa: EM101 (a type, not a message)
 

@@ -25,3 +25,5 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     token: SecretStr | None = Field(None, description="when set, /v1/* and /metrics need 'Authorization: Bearer'")
     device: Literal["cpu", "gpu", "auto"] = Field("cpu", description="where checks run unless a request says")
+    executor: Literal["process", "thread"] = Field(
+        "process", description="checks run in worker processes (the event loop stays free) or threads")

@@ -20,7 +20,7 @@ def make_client() -> Callable[..., httpx.AsyncClient]:
     """An in-process client (httpx.ASGITransport) for an app built with these settings."""
 
     def make(**overrides: Any) -> httpx.AsyncClient:
-        app = create_app(Settings(**overrides))
+        app = create_app(Settings(**{"executor": "thread", **overrides}))
         return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://bncheck.test")
 
     return make

@@ -130,14 +130,21 @@ def test_deep_nesting_is_refused():
         codec.decode(deep, max_elements=1000)
 
 
-def test_the_boolean_scan_is_sound_and_cheap():
-    assert codec.body_may_hold_list_bools(b'{"x": [[1, true], [2, 3]]}')
-    assert codec.body_may_hold_list_bools(b'{"x": [false]}')
-    assert codec.body_may_hold_list_bools(b'{"x": [1,\n  true\n]}')
-    assert not codec.body_may_hold_list_bools(b'{"x": [[1, 2]], "training": false, "output": {"reference": true}}')
-    assert not codec.body_may_hold_list_bools(b'{"b64": "truefalse+/AAA="}')
+@pytest.mark.parametrize("value", [
+    [[1.5, True]], [[0.0, False], [2.0, 3.0]], [[True] + [0.5] * 200], [[1.0] * 100 + [True]],
+    [[0.0, 1.0] * 100 + [False]],
+])
+def test_booleans_are_found_among_zeros_and_ones(value):
+    with pytest.raises(codec.TensorError, match="booleans"):
+        codec.decode(value, max_elements=10_000)
+    with pytest.raises(codec.TensorError, match="booleans"):
+        codec.decode({"shape": [len(value[0])], "datatype": "FP32", "data": value[0]}, max_elements=10_000)
 
 
-def test_without_the_scan_numpy_would_take_booleans_for_numbers():
-    """Why the scan exists: np.asarray([1.5, True]) is [1.5, 1.0]."""
-    assert codec.decode([[1.5, True]], max_elements=10, check_bools=False).array.tolist() == [[1.5, 1.0]]
+def test_exact_zeros_and_ones_are_numbers():
+    assert codec.decode([[0.0, 1, 1.0, 0]], max_elements=10).array.tolist() == [[0.0, 1.0, 1.0, 0.0]]
+
+
+def test_why_booleans_need_looking_for():
+    """np.asarray([1.5, True]) is [1.5, 1.0]: NumPy alone would take a boolean for a number."""
+    assert np.asarray([1.5, True]).tolist() == [1.5, 1.0]

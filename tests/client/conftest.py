@@ -38,7 +38,7 @@ def anyio_backend() -> str:
 
 @pytest.fixture
 def app():
-    return create_app(Settings())
+    return create_app(Settings(executor="thread"))
 
 
 @pytest.fixture

@@ -82,11 +82,11 @@ def test_problem_becomes_a_typed_exception(sync_transport):
 
 
 def test_413_and_503_map_to_their_classes():
-    small = PortalTransportFor(Settings(max_body_bytes=2048))
+    small = PortalTransportFor(Settings(max_body_bytes=2048, executor="thread"))
     with Client(transport=small.transport, base_url="http://t") as bn, pytest.raises(PayloadTooLarge):
         bn.check(np.ones((64, 8)), np.ones((64, 8)))
     small.close()
-    busy = PortalTransportFor(Settings(request_timeout_s=1e-9))
+    busy = PortalTransportFor(Settings(request_timeout_s=1e-9, executor="thread"))
     with Client(transport=busy.transport, base_url="http://t") as bn, pytest.raises(ServiceUnavailable) as info:
         bn.check(np.ones((4, 2)), np.ones((4, 2)))
     assert info.value.retry_after == 10.0
@@ -142,7 +142,7 @@ def test_injected_http_client_is_not_closed():
 
 @pytest.mark.anyio
 async def test_async_client_in_process():
-    app = create_app(Settings())
+    app = create_app(Settings(executor="thread"))
     transport = httpx.ASGITransport(app=app)
     case = make("constant_dy", shape=(16, 3))
     async with AsyncClient(transport=transport, base_url="http://t") as bn:

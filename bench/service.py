@@ -1,0 +1,116 @@
+"""The HTTP service: transport overhead, JSON parsing, and liveness under load.
+
+    python -m bench.service            (make bench)
+
+1. /v1/check over real HTTP (b64 float32, 4M elements) against the same check
+   in-process (target: at most 1.5x).
+2. Parsing 1M elements sent as nested lists against orjson.loads of the same
+   text (target: at most 1.3x).
+3. /livez latency while four large checks run (target: p99 under 50 ms).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import httpx
+import numpy as np
+import orjson
+
+from client import build_request
+from service.api import Settings, runner
+from service.numerics import FDOptions, check
+
+from ._server import Server
+from ._timing import best_ms, machine, table
+
+SHAPE = (65536, 64)
+
+
+def _data(shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    return (rng.standard_normal(shape) + 1).astype(np.float32), rng.standard_normal(shape).astype(np.float32)
+
+
+def transport_rows(server: Server) -> list[list[str]]:
+    x, dy = _data(SHAPE)
+    body = orjson.dumps(build_request(x, dy))
+    local_ms = best_ms(lambda: check(x, dy, finite_difference=FDOptions("auto")), repeat=3)
+    runner_ms = best_ms(lambda: runner.run(body, Settings()), repeat=3)
+    with httpx.Client(base_url=server.url, timeout=300) as http:
+        def post() -> None:
+            r = http.post("/v1/check", content=body, headers={"content-type": "application/json"})
+            r.raise_for_status()
+
+        http_ms = best_ms(post, repeat=3)
+    size = len(body) / 2**20
+    return [
+        ["numerics `check()` in-process (4M float32, FD auto)", f"{local_ms:.0f}", "1.00"],
+        [f"`runner.run`: parse {size:.0f} MiB body + check + encode", f"{runner_ms:.0f}",
+         f"{runner_ms / local_ms:.2f}"],
+        ["POST /v1/check over HTTP, b64 (uvicorn, same machine)", f"{http_ms:.0f}", f"{http_ms / local_ms:.2f}"],
+    ]
+
+
+def parse_rows() -> list[list[str]]:
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((512, 1024)).tolist()
+    dy = rng.standard_normal((512, 1024)).tolist()
+    text = json.dumps({"x": x, "dy": dy, "variant": "qianfeng", "training": True}).encode()
+    settings = Settings()
+    loads_ms = best_ms(lambda: orjson.loads(text), repeat=5)
+    parse_ms = best_ms(lambda: runner.parse(text, settings), repeat=5)
+    stdlib_ms = best_ms(lambda: json.loads(text), repeat=3)
+    return [
+        [f"orjson.loads, 1M numbers as nested lists ({len(text) / 2**20:.0f} MiB)", f"{loads_ms:.0f}", "1.00"],
+        ["bncheck parse: orjson + schema + arrays", f"{parse_ms:.0f}", f"{parse_ms / loads_ms:.2f}"],
+        ["stdlib json.loads (FastAPI's body parser)", f"{stdlib_ms:.0f}", f"{stdlib_ms / loads_ms:.2f}"],
+    ]
+
+
+def livez_rows(server: Server, seconds: float = 15.0) -> list[list[str]]:
+    x, dy = _data(SHAPE)
+    body = orjson.dumps(build_request(x, dy))
+    stop = threading.Event()
+    done = [0]
+
+    def load() -> None:
+        with httpx.Client(base_url=server.url, timeout=300) as http:
+            while not stop.is_set():
+                http.post("/v1/check", content=body, headers={"content-type": "application/json"})
+                done[0] += 1
+
+    workers = [threading.Thread(target=load) for _ in range(4)]
+    for w in workers:
+        w.start()
+    time.sleep(1.0)
+    latencies = []
+    with httpx.Client(base_url=server.url, timeout=30) as http:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            start = time.perf_counter()
+            http.get("/livez").raise_for_status()
+            latencies.append((time.perf_counter() - start) * 1e3)
+            time.sleep(0.01)
+    stop.set()
+    for w in workers:
+        w.join()
+    lat = np.array(latencies)
+    return [[f"/livez while 4 checks of 4M elements run ({len(lat)} probes, {done[0]} checks done)",
+             f"{np.percentile(lat, 50):.1f}", f"{np.percentile(lat, 99):.1f}", f"{lat.max():.1f}"]]
+
+
+def main() -> None:
+    print(f"# bncheck service ({machine()})\n")
+    with Server(max_concurrent="4") as server:
+        print(table(["what", "ms (best of 3)", "÷ in-process"], transport_rows(server)))
+        print()
+        print(table(["what", "ms (best of 5)", "÷ orjson.loads"], parse_rows()))
+        print()
+        print(table(["what", "p50 ms", "p99 ms", "max ms"], livez_rows(server)))
+
+
+if __name__ == "__main__":
+    main()
