@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import secrets
 import threading
 import time
 
 import anyio
 import numpy as np
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -31,7 +32,24 @@ def _state(request: Request) -> tuple[Settings, Metrics]:
     return request.app.state.settings, request.app.state.metrics
 
 
-@router.post("/v1/check", response_model=CheckResponse, responses=PROBLEM_RESPONSES,
+def require_token(request: Request) -> None:
+    """With BNCHECK_TOKEN set, /v1/* and /metrics need 'Authorization: Bearer <token>'.
+    The comparison takes the same time however much of the token is right."""
+    token = request.app.state.settings.token
+    if token is None:
+        return
+    sent = request.headers.get("authorization", "")
+    if not secrets.compare_digest(sent.encode(), f"Bearer {token.get_secret_value()}".encode()):
+        request.app.state.metrics.rejected.labels("unauthorized").inc()
+        detail = "send 'Authorization: Bearer <token>' with the server's BNCHECK_TOKEN"
+        raise ProblemError(401, "unauthorized", "Unauthorized", detail, [("authorization", detail)],
+                           headers={"WWW-Authenticate": 'Bearer realm="bncheck"'})
+
+
+AUTH = [Depends(require_token)]
+
+
+@router.post("/v1/check", response_model=CheckResponse, responses=PROBLEM_RESPONSES, dependencies=AUTH,
              openapi_extra={"requestBody": REQUEST_BODY}, summary="Check a batch-norm backward",
              description="Gradients of the chosen formula in the chosen precision, a float64 reference, "
                          "finite-difference evidence for it, and a report on any candidate outputs sent.")
@@ -76,7 +94,8 @@ async def post_check(request: Request) -> Response:
     return Response(result.body, media_type="application/json")
 
 
-@router.get("/v1/variants", response_model=list[VariantInfo], summary="The backward formulas bncheck knows")
+@router.get("/v1/variants", response_model=list[VariantInfo], summary="The backward formulas bncheck knows",
+            dependencies=AUTH, responses={401: PROBLEM_RESPONSES[401]})
 async def variants() -> list[VariantInfo]:
     return [VariantInfo(name=v.name, summary=v.summary, formula=v.formula, reference=v.reference,
                         seed_function=v.seed_function) for v in VARIANTS.values()]
@@ -104,8 +123,9 @@ def _self_check() -> bool:
     return check(x, np.ones_like(x) - x, variant="all", dtype="float64").passed
 
 
-@router.get("/metrics", summary="Prometheus metrics", response_class=Response,
-            responses={200: {"content": {CONTENT_TYPE_LATEST.split(";")[0]: {"schema": {"type": "string"}}}}})
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response, dependencies=AUTH,
+            responses={200: {"content": {CONTENT_TYPE_LATEST.split(";")[0]: {"schema": {"type": "string"}}}},
+                       401: PROBLEM_RESPONSES[401]})
 async def metrics(request: Request) -> Response:
     return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
