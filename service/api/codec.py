@@ -219,4 +219,4 @@ def encode(arr: np.ndarray, encoding: str) -> tuple[Any, str]:
         return {**header, "data": arr.astype(np.float64, copy=False).reshape(-1).tolist()}, encoding
     little = arr if arr.dtype == BFLOAT16 else arr.astype(arr.dtype.newbyteorder("<"), copy=False)
     raw = np.ascontiguousarray(little).view(np.uint8)  # a plain byte buffer (bfloat16 has none)
-    return {**header, "b64": pybase64.b64encode_as_string(raw)}, encoding
+    return {**header, "b64": pybase64.b64encode_as_string(raw.data)}, encoding

@@ -120,7 +120,7 @@ class ProcessWorkers:
     async def run(self, body: bytes, deadline: float, done: Callable[[], None]) -> runner.Outcome | Failure:
         future: Future[Any] = self.pool.submit(job, body, self.settings, deadline)
         future.add_done_callback(lambda _: done())
-        return await asyncio.wrap_future(future)  # type: ignore[no-any-return]
+        return await asyncio.wrap_future(future)
 
     def shutdown(self) -> None:
         """Let running checks finish, then stop the workers."""

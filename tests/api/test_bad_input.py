@@ -22,9 +22,9 @@ def test_the_catalogue_is_large_and_distinct():
 
 def test_every_case_is_documented():
     doc = DOC.read_text()
-    for case_id, what, *_ in CASES:
+    for case_id, _what, *_ in CASES:
         assert f"| `{case_id}` |" in doc, case_id
-    for case_id, what, status, _ in SPECIAL:
+    for case_id, _what, _status, _ in SPECIAL:
         assert f"| `{case_id}` |" in doc, case_id
 
 
@@ -34,7 +34,8 @@ def _check_problem(r, status, field, words):
     problem = r.json()
     assert problem["status"] == status
     assert problem["type"].startswith("/problems/")
-    assert problem["title"] and problem["detail"]
+    assert problem["title"]
+    assert problem["detail"]
     assert len(r.content) < 4000  # never an echo of a big input
     if field is not None:
         assert field in [e["field"] for e in problem["errors"]], problem
@@ -78,4 +79,6 @@ async def test_nan_in_candidate_is_reported_not_refused(client):
     r = await client.post("/v1/check", json=body(candidate={"dx": b64(dx)}))
     assert r.status_code == 200
     m = r.json()["checks"]["candidate"]["dx"]
-    assert m["nonfinite"] == 1 and m["worst_index"] == [0, 1] and not m["passed"]
+    assert m["nonfinite"] == 1
+    assert m["worst_index"] == [0, 1]
+    assert not m["passed"]
