@@ -34,6 +34,8 @@ from .layout import Block, Layout
 
 __all__ = [
     "DEVICES",
+    "channel_count",
+    "channel_max",
     "channel_sum",
     "device_name",
     "gpu_available",
@@ -162,14 +164,49 @@ def sum_parts(parts: Sequence[Any]) -> Any:
 
 def channel_sum(a3: Any, xp: ModuleType) -> Any:
     """Sum a (p, C, s) block over axes 0 and 2, fast, in its own dtype; returns (C,)."""
-    p, c, s = a3.shape
     if not is_numpy(xp):
-        ones_s = xp.ones(s, dtype=a3.dtype)
-        ones_p = xp.ones(p, dtype=a3.dtype)
-        return ones_p @ (xp.ascontiguousarray(a3).reshape(p * c, s) @ ones_s).reshape(p, c)
-    if s == 1:
+        return matvec_channel_sum(a3, xp)
+    if a3.shape[2] == 1:
         return np.add.reduce(a3[:, :, 0], axis=0)
     return a3.sum(axis=(0, 2))
+
+
+def matvec_channel_sum(a3: Any, xp: ModuleType) -> Any:
+    """Channel sums as matrix-vector products with ones (cuBLAS on the GPU): a tall, skinny
+    reduction keeps every multiprocessor busy, where a plain sum(axis=0) does not."""
+    p, c, s = a3.shape
+    a3 = xp.ascontiguousarray(a3)
+    if s == 1:
+        return xp.ones(p, dtype=a3.dtype) @ a3.reshape(p, c)
+    rows = a3.reshape(p * c, s) @ xp.ones(s, dtype=a3.dtype)
+    return xp.ones(p, dtype=a3.dtype) @ rows.reshape(p, c) if p > 1 else rows
+
+
+def channel_count(mask3: Any, xp: ModuleType) -> Any:
+    """How many True per channel of a boolean (p, C, s) block; returns (C,) integers."""
+    if is_numpy(xp):
+        return mask3.sum(axis=(0, 2))
+    return matvec_channel_sum(mask3.astype(xp.float64), xp).round().astype(xp.int64)
+
+
+def channel_max(a3: Any, xp: ModuleType) -> Any:
+    """Largest value per channel of a (p, C, s) block; returns (C,)."""
+    if is_numpy(xp):
+        return a3.max(axis=(0, 2))
+    return two_stage_channel_max(a3, xp)
+
+
+def two_stage_channel_max(a3: Any, xp: ModuleType, *, chunks: int = 1024) -> Any:
+    """max over axes 0 and 2: first along the contiguous axis 2, then over ``chunks`` slices
+    of the rows, each reduced by its own thread block, then over those partial maxima."""
+    flat = a3.max(axis=2) if a3.shape[2] > 1 else a3[:, :, 0]
+    n, c = flat.shape
+    k = max(1, min(chunks, n // 64))
+    head = (n // k) * k
+    partial = flat[:head].reshape(k, n // k, c).max(axis=1)
+    if head < n:
+        partial = xp.concatenate([partial, flat[head:].max(axis=0, keepdims=True)])
+    return partial.max(axis=0)
 
 
 def channel_dot(a3: Any, b3: Any, xp: ModuleType) -> Any:
@@ -203,6 +240,19 @@ def pairwise_channel_sum(a3: Any, xp: ModuleType) -> Any:
     if not is_numpy(xp):
         return channel_sum(a3, xp).reshape(1, -1, 1)
     return _halve(_halve(a3, 2), 0)
+
+
+_FUSED: dict[Callable[..., Any], Callable[..., Any]] = {}
+
+
+def fuse(fn: Callable[..., Any], xp: ModuleType) -> Callable[..., Any]:
+    """``fn`` as one fused CuPy kernel (compiled once per function and dtypes), or ``fn`` itself
+    for NumPy. The kernel runs the same operations in the same order."""
+    if is_numpy(xp):
+        return fn
+    if fn not in _FUSED:
+        _FUSED[fn] = xp.fuse(fn)
+    return _FUSED[fn]
 
 
 def round_to(a: Any, dtype: np.dtype[Any], xp: ModuleType) -> Any:

@@ -322,7 +322,7 @@ def _fd_block(ctx: _Ctx, opts: FDOptions, limits: Limits) -> FDBlock:
 
 
 def _channel_max(a3: Any, lay: Layout, xp: ModuleType) -> Any:
-    m = lay.view(a3).max(axis=(0, 2))
+    m = backend.channel_max(lay.view(a3), xp)
     return xp.where(m > 0, m, 1.0)
 
 

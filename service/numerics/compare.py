@@ -101,7 +101,7 @@ class _Inputs:
         # The first non-finite element is the worst; otherwise the largest ratio.
         worst = int(xp.argmin(finite)) if finite is not None and n_nonfinite else int(xp.argmax(ratio))
         local = tuple(int(i) for i in np.unravel_index(worst, ratio.shape))
-        ch_abs = err.max(axis=(0, 2))
+        ch_abs = backend.channel_max(err, xp)
         part = _Part(
             n_bad=int(xp.count_nonzero(bad)),
             n_nonfinite=n_nonfinite,
@@ -116,9 +116,9 @@ class _Inputs:
             worst_cand=float(cand[local]),
             worst_ref=float(ref[local]),
             worst_atol=tol.atol * (float(xp.broadcast_to(scale, ratio.shape)[local]) if natural else 1.0),
-            ch_ratio=backend.to_numpy(ratio.max(axis=(0, 2))),
+            ch_ratio=backend.to_numpy(backend.channel_max(ratio, xp)),
             ch_abs=backend.to_numpy(ch_abs),
-            ch_bad=backend.to_numpy(bad.sum(axis=(0, 2))),
+            ch_bad=backend.to_numpy(backend.channel_count(bad, xp)),
         )
         if part.max_abs > 0:
             part.max_rel, part.max_ulp = self._relative(err, aref, ref, allowed)

@@ -162,12 +162,12 @@ def stats_dx(pr: Problem, st: Stats, dbeta: Any, raw: Any, rel_step: float) -> N
         xp.subtract(dy, a_mean, out=b)
         fd = out[blk[0], :, blk[1]]
         terms = difference(d, b, q1, e1, fd, work)
-        rounding = terms.max(axis=(0, 2))
+        rounding = backend.channel_max(terms, xp)
         # Richardson: the O(h^2) error of fd is (fd(2h) - fd(h)) / 3.
         difference(d, b, q2, e2, fd2, work)
         fd2 -= fd
         xp.abs(fd2, out=fd2)
-        return fd2.max(axis=(0, 2)) / 3.0 + (16 * U64) * rounding
+        return backend.channel_max(fd2, xp) / 3.0 + (16 * U64) * rounding
 
     err = _max_parts(backend.map_blocks(part, lay, xp), xp)
     return Numeric(out, err, h)
@@ -189,7 +189,7 @@ def _inference_dx(pr: Problem, st: Stats, h: Any, out: Any) -> Numeric:
         y_minus = (x_minus - mean) * scale + shift
         # Divide by the step actually taken: x + h rounds when |x| >> h.
         out[blk[0], :, blk[1]] = dy * (y_plus - y_minus) / (x_plus - x_minus)
-        return (xp.abs(dy) * (xp.abs(y_plus) + xp.abs(y_minus))).max(axis=(0, 2))
+        return backend.channel_max(xp.abs(dy) * (xp.abs(y_plus) + xp.abs(y_minus)), xp)
 
     big = _max_parts(backend.map_blocks(part, lay, xp), xp)
     return Numeric(out, 4 * U64 * big / h, h)

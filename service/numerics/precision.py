@@ -14,6 +14,7 @@ correctly, so the emulation is exact operation by operation.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
@@ -47,6 +48,14 @@ class Arith:
     def csum(self, a3: Any) -> Any:
         """Channel sums, kept as (1, C, 1) so formulas broadcast like the seed's axis-0 sums."""
         return backend.pairwise_channel_sum(a3, self.xp)
+
+    def const(self, value: float) -> Any:
+        """A scalar rounded to accum, as NumPy rounds a Python scalar it combines with an array."""
+        return np.dtype(backend.container(self.accum, self.xp)).type(value)
+
+    def ew(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """An element-wise function: one fused kernel on the GPU, plain NumPy on the CPU."""
+        return backend.fuse(fn, self.xp)
 
     def store(self, a: Any) -> Any:
         return backend.round_to(a, self.storage, self.xp)

@@ -43,6 +43,27 @@ class Grads:
     dbeta: Any
 
 
+# Element-wise pieces. On the GPU each becomes one fused kernel (cupy.fuse) that performs the
+# same operations in the same order; on the CPU they are plain NumPy expressions. Constants
+# arrive already rounded to the accumulation dtype (ar.const), as NumPy's weak Python scalars are.
+
+
+def _mul(a: Any, b: Any) -> Any:
+    return a * b
+
+
+def _sub(a: Any, b: Any) -> Any:
+    return a - b
+
+
+def _add(a: Any, b: Any) -> Any:
+    return a + b
+
+
+def _square(a: Any) -> Any:
+    return a * a  # NumPy's x**2 is x*x; CUDA's pow would round differently
+
+
 def forward_cache(
     x: Any, gamma: Any, ar: Arith, *, eps: float, mean: Any = None, invstd: Any = None, var: Any = None
 ) -> Cache:
@@ -52,80 +73,98 @@ def forward_cache(
     ``mean`` and ``invstd`` are a kernel's saved statistics; ``mean`` and ``var``
     are running statistics (inference mode). All arrive as (1, C, 1) in accum.
     """
-    N = ar.R
+    inv_n, e = ar.const(1.0 / ar.R), ar.const(eps)
     if mean is None:
-        mean = 1.0 / N * ar.csum(x)
-    xmu = x - mean
+        mean = inv_n * ar.csum(x)
+    xmu = ar.ew(_sub)(x, mean)
     if invstd is not None:
         ivar = invstd
-        sqrtvar = 1.0 / ivar
-        var = sqrtvar**2 - eps
+        sqrtvar = ar.const(1.0) / ivar
+        var = sqrtvar * sqrtvar - e
     else:
         if var is None:
-            sq = xmu**2
-            var = 1.0 / N * ar.csum(sq)
-        sqrtvar = ar.xp.sqrt(var + eps)
-        ivar = 1.0 / sqrtvar
-    xhat = xmu * ivar
+            var = inv_n * ar.csum(ar.ew(_square)(xmu))
+        sqrtvar = ar.xp.sqrt(var + e)
+        ivar = ar.const(1.0) / sqrtvar
+    xhat = ar.ew(_mul)(xmu, ivar)
     return Cache(xhat, gamma, xmu, ivar, sqrtvar, var, eps, mean)
+
+
+def _staged_divar_terms(dy: Any, gamma: Any, xmu: Any) -> Any:
+    return dy * gamma * xmu  # dxhat * xmu with dxhat = dgammax * gamma, dgammax = dy
+
+
+def _staged_dx1(dy: Any, gamma: Any, ivar: Any, two: Any, xmu: Any, dsq: Any) -> Any:
+    return dy * gamma * ivar + two * xmu * dsq  # dxmu1 + dxmu2
 
 
 def staged(dy: Any, c: Cache, ar: Arith) -> Grads:
     """The seed's ``batchnorm_backward``: nine steps back through the graph."""
-    N = ar.R
+    inv_n = ar.const(1.0 / ar.R)
     dbeta = ar.csum(dy)
-    dgammax = dy
-    dgamma = ar.csum(dgammax * c.xhat)
-    dxhat = dgammax * c.gamma
-    divar = ar.csum(dxhat * c.xmu)
-    dxmu1 = dxhat * c.ivar
-    dsqrtvar = -1.0 / (c.sqrtvar**2) * divar
-    dvar = 0.5 * 1.0 / c.sqrtvar * dsqrtvar
+    dgamma = ar.csum(ar.ew(_mul)(dy, c.xhat))
+    divar = ar.csum(ar.ew(_staged_divar_terms)(dy, c.gamma, c.xmu))
+    dsqrtvar = ar.const(-1.0) / (c.sqrtvar * c.sqrtvar) * divar
+    dvar = ar.const(0.5) / c.sqrtvar * dsqrtvar
     # The seed multiplies by np.ones((N, D)), which is float64 whatever dy is, so its float32
     # run does these steps in float64. Here they stay in accum; 1/N * 1 rounds to 1/N, so a
     # (1, C, 1) row gives the values of the full array.
-    dsq = 1.0 / N * dvar
-    dxmu2 = 2 * c.xmu * dsq
-    dx1 = dxmu1 + dxmu2
-    dmu = -1 * ar.csum(dxmu1 + dxmu2)
-    dx2 = 1.0 / N * dmu
-    dx = dx1 + dx2
-    return Grads(dx, dgamma, dbeta)
+    dsq = inv_n * dvar
+    dx1 = ar.ew(_staged_dx1)(dy, c.gamma, c.ivar, ar.const(2.0), c.xmu, dsq)
+    dmu = ar.const(-1.0) * ar.csum(dx1)  # the seed sums dxmu1 + dxmu2 again: the same values
+    dx2 = inv_n * dmu
+    return Grads(ar.ew(_add)(dx1, dx2), dgamma, dbeta)
+
+
+def _kevin_dx(inv_n: Any, ivar: Any, n: Any, dxhat: Any, s1: Any, xhat: Any, s2: Any) -> Any:
+    return inv_n * ivar * (n * dxhat - s1 - xhat * s2)
 
 
 def kevin(dy: Any, c: Cache, ar: Arith) -> Grads:
     """The seed's ``kevin_batchnorm_backward``."""
-    N = ar.R
-    dxhat = dy * c.gamma
-    dx = (1.0 / N) * c.ivar * (N * dxhat - ar.csum(dxhat) - c.xhat * ar.csum(dxhat * c.xhat))
-    dbeta = ar.csum(dy)
-    dgamma = ar.csum(c.xhat * dy)
-    return Grads(dx, dgamma, dbeta)
+    dxhat = ar.ew(_mul)(dy, c.gamma)
+    s1, s2 = ar.csum(dxhat), ar.csum(ar.ew(_mul)(dxhat, c.xhat))
+    dx = ar.ew(_kevin_dx)(ar.const(1.0 / ar.R), c.ivar, ar.const(ar.R), dxhat, s1, c.xhat, s2)
+    return Grads(dx, ar.csum(ar.ew(_mul)(c.xhat, dy)), ar.csum(dy))
+
+
+def _rocking_inner(inv_n: Any, xhat: Any, s: Any, dy: Any) -> Any:
+    return inv_n * xhat * s - dy
+
+
+def _rocking_dx(inv_n: Any, ivar: Any, gamma: Any, n: Any, dy: Any, xhat: Any, s: Any, t: Any) -> Any:
+    return (inv_n * ivar * gamma) * (n * dy - xhat * s + t)
 
 
 def rocking(dy: Any, c: Cache, ar: Arith) -> Grads:
     """The seed's ``rocking_batchnorm_backward``, without the Python list around the
     bracket that gives the seed's dx an extra leading axis of length 1."""
-    N = ar.R
-    s = ar.csum(c.xhat * dy)
-    dx = (1.0 / N * c.ivar * c.gamma) * (N * dy - c.xhat * s + ar.csum(1 / N * c.xhat * s - dy))
-    dbeta = ar.csum(dy)
-    dgamma = ar.csum(c.xhat * dy)
-    return Grads(dx, dgamma, dbeta)
+    inv_n = ar.const(1.0 / ar.R)
+    s = ar.csum(ar.ew(_mul)(c.xhat, dy))
+    t = ar.csum(ar.ew(_rocking_inner)(inv_n, c.xhat, s, dy))
+    dx = ar.ew(_rocking_dx)(inv_n, c.ivar, c.gamma, ar.const(ar.R), dy, c.xhat, s, t)
+    return Grads(dx, s, ar.csum(dy))  # the seed's dgamma is sum(x_hat * dy): s again
+
+
+def _qianfeng_dx(inv_n: Any, ivar: Any, gamma: Any, n: Any, dy: Any, dbeta: Any, xhat: Any, dgamma: Any) -> Any:
+    return inv_n * ivar * gamma * (n * dy - dbeta - xhat * dgamma)
 
 
 def qianfeng(dy: Any, c: Cache, ar: Arith) -> Grads:
     """The seed's ``qianfeng_batchnorm_backward``."""
-    N = ar.R
     dbeta = ar.csum(dy)
-    dgamma = ar.csum(c.xhat * dy)
-    dx = (1.0 / N) * c.ivar * c.gamma * (N * dy - dbeta - c.xhat * dgamma)
+    dgamma = ar.csum(ar.ew(_mul)(c.xhat, dy))
+    dx = ar.ew(_qianfeng_dx)(ar.const(1.0 / ar.R), c.ivar, c.gamma, ar.const(ar.R), dy, dbeta, c.xhat, dgamma)
     return Grads(dx, dgamma, dbeta)
+
+
+def _inference_dx(dy: Any, gamma: Any, ivar: Any) -> Any:
+    return dy * gamma * ivar
 
 
 def inference_backward(dy: Any, c: Cache, ar: Arith) -> Grads:
     """Inference mode: the statistics are constants, so dx = dy * gamma * invstd."""
-    return Grads(dy * c.gamma * c.ivar, ar.csum(dy * c.xhat), ar.csum(dy))
+    return Grads(ar.ew(_inference_dx)(dy, c.gamma, c.ivar), ar.csum(ar.ew(_mul)(dy, c.xhat)), ar.csum(dy))
 
 
 @dataclass(frozen=True)

@@ -100,3 +100,20 @@ def test_threaded_reference_equals_single_block(monkeypatch):
     single = reference.backward(x3, dy3, g, reference.batch_stats(x3, lay, 1e-5, np), lay, training=True, xp=np)
     assert lay.M > 2 * backend.BLOCK_ELEMENTS
     np.testing.assert_allclose(threaded.dx, single.dx, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("shape", [(7, 3, 1), (1, 3, 9), (5, 2, 6), (1, 4, 1), (3000, 5, 1), (40, 3, 70)])
+def test_gpu_reduction_strategies_with_numpy_standing_in(shape):
+    """The CuPy path's algorithms, run on NumPy: matrix-vector channel sums and the
+    two-stage channel max give what the plain reductions give."""
+    a = np.random.default_rng(4).standard_normal(shape)
+    np.testing.assert_allclose(backend.matvec_channel_sum(a, np), a.sum(axis=(0, 2)), rtol=1e-12)
+    np.testing.assert_array_equal(backend.two_stage_channel_max(a, np), a.max(axis=(0, 2)))
+    np.testing.assert_array_equal(backend.two_stage_channel_max(a, np, chunks=7), a.max(axis=(0, 2)))
+
+
+def test_fuse_is_the_identity_on_numpy():
+    def f(a, b):
+        return a * b + 1
+
+    assert backend.fuse(f, np) is f

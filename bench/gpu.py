@@ -1,0 +1,110 @@
+"""The CuPy path against PyTorch's CUDA batch-norm backward, on the same data.
+
+    python -m bench.gpu          (needs CuPy, PyTorch with CUDA, and a GPU; runs in under 2 minutes)
+
+For each shape and dtype: every variant's backward given its forward cache (what
+native_batch_norm_backward does given saved mean and invstd), the same with the
+forward included, the float64 reference backward, the `stats` finite difference
+of every element, and torch.ops.aten.native_batch_norm_backward. Times are CUDA
+event times, best of 10 after warm-up. Target: every variant within 2x of PyTorch.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from service.numerics import VARIANTS, fd
+from service.numerics import reference as ref
+from service.numerics.layout import Layout
+from service.numerics.precision import make_arith
+from service.numerics.variants import forward_cache
+
+from ._timing import table
+
+SHAPES = [((1048576, 32), "1,048,576 x 32"), ((65536, 256), "65,536 x 256"), ((4096, 4096), "4,096 x 4,096"),
+          ((32, 256, 56, 56), "NCHW 32 x 256 x 56 x 56")]
+EPS = 1e-5
+
+
+def gpu_ms(cp: Any, fn: Callable[[], object], repeat: int = 10, warmup: int = 2) -> float:
+    for _ in range(warmup):
+        fn()
+    cp.cuda.Device().synchronize()
+    best = float("inf")
+    for _ in range(repeat):
+        start, end = cp.cuda.Event(), cp.cuda.Event()
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        best = min(best, cp.cuda.get_elapsed_time(start, end))
+    return best
+
+
+def _dtype_rows(cp: Any, torch: Any, lay: Layout, label: str, dtype: str, data: tuple[Any, ...]) -> list[list[str]]:
+    x3, dy3, g64, st = data
+    t = [torch.as_tensor(a, device="cuda").to(getattr(torch, dtype))
+         for a in (lay.restore(dy3), lay.restore(x3), g64, st.mean, st.invstd)]
+    torch_ms = gpu_ms(cp, lambda: torch.ops.aten.native_batch_norm_backward(
+        t[0], t[1], t[2], None, None, t[3], t[4], True, EPS, [True, True, True]))
+    rows = [[label, dtype, "torch native_batch_norm_backward (CUDA)", f"{torch_ms:.3f}", "1.00"]]
+    ar = make_arith(dtype, None, R=lay.R, xp=cp)
+    xs, dys, gs = ar.load(x3), ar.load(dy3), ar.param(g64)
+    cache = forward_cache(xs, gs, ar, eps=EPS)
+    for name, v in VARIANTS.items():
+        ms = gpu_ms(cp, lambda v=v: v.fn(dys, cache, ar))
+        full = gpu_ms(cp, lambda v=v: v.fn(dys, forward_cache(xs, gs, ar, eps=EPS), ar))
+        rows.append([label, dtype, f"`{name}` backward (given its forward cache)", f"{ms:.3f}", f"{ms / torch_ms:.2f}"])
+        rows.append([label, dtype, f"`{name}` forward + backward", f"{full:.3f}", f"{full / torch_ms:.2f}"])
+    return rows
+
+
+def shape_rows(cp: Any, torch: Any, shape: tuple[int, ...], label: str) -> list[list[str]]:
+    rng = np.random.default_rng(0)
+    lay = Layout.of(shape, 1)
+    host_x = rng.standard_normal(shape) + 1
+    host_dy = rng.standard_normal(shape)
+    gamma = rng.uniform(0.5, 1.5, lay.C)
+    rows: list[list[str]] = []
+    x64, dy64 = cp.asarray(host_x), cp.asarray(host_dy)
+    x3, dy3, g64 = lay.view(x64), lay.view(dy64), cp.asarray(gamma)
+    st = ref.batch_stats(x3, lay, EPS, cp)
+    for dtype in ("float32", "float64"):
+        rows += _dtype_rows(cp, torch, lay, label, dtype, (x3, dy3, g64, st))
+    ref_ms = gpu_ms(cp, lambda: ref.backward(x3, dy3, g64, st, lay, training=True, xp=cp), repeat=5)
+    grads = ref.backward(x3, dy3, g64, st, lay, training=True, xp=cp)
+    pr = fd.Problem(x3, dy3, g64, cp.zeros(lay.C), EPS, True, None, lay, cp)
+    fd_ms = gpu_ms(cp, lambda: fd.stats_dx(pr, st, grads.dbeta, grads.dgamma / st.invstd, 1e-4), repeat=3)
+    rows.append([label, "float64", "reference backward (bncheck, float64)", f"{ref_ms:.3f}", ""])
+    rows.append([label, "float64", "`stats` finite difference, every element", f"{fd_ms:.3f}",
+                 f"{fd_ms / ref_ms:.2f} x reference"])
+    cp.get_default_memory_pool().free_all_blocks()
+    return rows
+
+
+def main() -> None:
+    try:
+        import cupy as cp
+        import torch
+    except ImportError as exc:
+        print(f"bench.gpu needs CuPy and PyTorch: {exc}")
+        sys.exit(0)
+    if not torch.cuda.is_available():
+        print("bench.gpu: no CUDA device")
+        sys.exit(0)
+    start = time.perf_counter()
+    name = cp.cuda.runtime.getDeviceProperties(0)["name"].decode()
+    print(f"# bncheck GPU path on {name} (CuPy {cp.__version__}, PyTorch {torch.__version__})\n")
+    rows = [row for shape, label in SHAPES for row in shape_rows(cp, torch, shape, label)]
+    print(table(["shape", "dtype", "what", "ms", "÷ torch"], rows))
+    worst = max(float(r[4]) for r in rows if "given its forward cache" in r[2])
+    print(f"\nworst variant backward / torch: {worst:.2f} (target <= 2); total {time.perf_counter() - start:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,75 @@
+"""The CuPy path agrees with the CPU path. Skipped cleanly without a CUDA device (CI has none)."""
+
+import numpy as np
+import pytest
+
+from service.numerics import VARIANTS, FDOptions, InputError, check, make
+from service.numerics.backend import gpu_available
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not gpu_available(), reason="no CUDA device (CuPy)")]
+
+LAYOUTS = [((4096, 8), 1), ((8, 16, 8, 8), 1), ((8, 6, 6, 16), -1), ((2, 4, 3, 5, 7), 1)]
+DTYPES = ["float16", "bfloat16", "float32", "float64"]
+NO_FD = FDOptions("none")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize(("shape", "axis"), LAYOUTS)
+def test_variants_on_gpu_agree_with_the_cpu(variant, dtype, shape, axis):
+    case = make("normal", shape=shape, channel_axis=axis).cast(dtype)
+    kw = {**case.kwargs(), "variant": variant, "dtype": dtype, "finite_difference": NO_FD}
+    gpu = check(case.x, case.dy, device="gpu", **kw)
+    assert gpu.device == "gpu"
+    assert gpu.checks.variant.passed, {k: t.tol_ratio for k, t in gpu.checks.variant.tensors.items()}
+    cpu = check(case.x, case.dy, device="cpu", candidate=gpu.gradients, **kw)
+    assert cpu.checks.candidate.passed, {k: t.tol_ratio for k, t in cpu.checks.candidate.tensors.items()}
+    for name in ("dx", "dgamma", "dbeta"):
+        assert gpu.gradients[name].dtype == cpu.gradients[name].dtype
+        np.testing.assert_allclose(gpu.reference[name], cpu.reference[name], rtol=1e-10,
+                                   atol=1e-12 * np.abs(cpu.reference[name]).max())
+
+
+@pytest.mark.parametrize("name", ["normal", "mean_offset", "near_eps", "constant_channel", "constant_dy",
+                                  "heavy_tails", "tiny_batch", "single_element", "mixed_scales"])
+@pytest.mark.parametrize("method", ["auto", "stats", "brute", "directional"])
+def test_finite_differences_on_gpu(name, method):
+    case = make(name)
+    r = check(case.x, case.dy, **case.kwargs(), dtype="float64", device="gpu", finite_difference=FDOptions(method))
+    assert r.passed, {k: t.tol_ratio for k, t in r.checks.finite_difference.tensors.items()}
+    cpu = check(case.x, case.dy, **case.kwargs(), dtype="float64", device="cpu", finite_difference=FDOptions(method))
+    assert r.checks.finite_difference.method == cpu.checks.finite_difference.method
+
+
+def test_long_reduction_on_gpu():
+    case = make("long_reduction").cast("float32")
+    r = check(case.x, case.dy, **case.kwargs(), variant="all", device="gpu", finite_difference=FDOptions("stats"))
+    assert r.passed
+
+
+def test_candidates_inference_and_saved_statistics_on_gpu():
+    case = make("normal", shape=(64, 8, 4))
+    ref = check(case.x, case.dy, **case.kwargs(), dtype="float64").reference
+    dx = ref["dx"].astype(np.float32)
+    dx[3, 2, 1] += 1.0
+    r = check(case.x, case.dy, **case.kwargs(), device="gpu", candidate={"dx": dx, "dgamma": ref["dgamma"]})
+    m = r.checks.candidate.tensors["dx"]
+    assert not m.passed
+    assert m.worst_index == [3, 2, 1]
+    assert m.mismatched == 1
+    assert r.checks.candidate.tensors["dgamma"].passed
+    rm, rv = np.zeros(8), np.ones(8)
+    inf = check(case.x, case.dy, **case.kwargs(), training=False, running_mean=rm, running_var=rv, device="gpu",
+                variant="all")
+    assert inf.passed
+    mean = case.x.mean(axis=(0, 2))
+    invstd = 1 / np.sqrt(case.x.var(axis=(0, 2)) + case.eps)
+    saved = check(case.x, case.dy, **case.kwargs(), saved_mean=mean, saved_invstd=invstd, device="gpu")
+    assert saved.passed
+
+
+def test_auto_picks_the_gpu_and_bfloat16_accumulation_is_refused():
+    case = make("normal")
+    assert check(case.x, case.dy, device="auto", finite_difference=NO_FD).device == "gpu"
+    with pytest.raises(InputError, match="accum_dtype"):
+        check(case.x, case.dy, dtype="bfloat16", accum_dtype="bfloat16", device="gpu")
