@@ -32,7 +32,7 @@ def _data(shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray, n
 
 def _variant_ms(name: str, x: np.ndarray, dy: np.ndarray, gamma: np.ndarray, dtype: str) -> float:
     lay = Layout.of(x.shape, 1)
-    ar = make_arith(dtype, None, R=lay.R, xp=np)
+    ar = make_arith(dtype, None, shape=lay.view_shape, xp=np)
     x3, dy3 = ar.load(lay.view(x)), ar.load(lay.view(dy))
     g = ar.param(gamma)
 

@@ -53,7 +53,7 @@ def _dtype_rows(cp: Any, torch: Any, lay: Layout, label: str, dtype: str, data: 
     torch_ms = gpu_ms(cp, lambda: torch.ops.aten.native_batch_norm_backward(
         t[0], t[1], t[2], None, None, t[3], t[4], True, EPS, [True, True, True]))
     rows = [[label, dtype, "torch native_batch_norm_backward (CUDA)", f"{torch_ms:.3f}", "1.00"]]
-    ar = make_arith(dtype, None, R=lay.R, xp=cp)
+    ar = make_arith(dtype, None, shape=lay.view_shape, xp=cp)
     xs, dys, gs = ar.load(x3), ar.load(dy3), ar.param(g64)
     cache = forward_cache(xs, gs, ar, eps=EPS)
     for name, v in VARIANTS.items():

@@ -242,7 +242,7 @@ def pairwise_channel_sum(a3: Any, xp: ModuleType) -> Any:
     return _halve(_halve(a3, 2), 0)
 
 
-_FUSED: dict[Callable[..., Any], Callable[..., Any]] = {}
+_FUSED: dict[tuple[Callable[..., Any], int], Callable[..., Any]] = {}
 
 
 def fuse(fn: Callable[..., Any], xp: ModuleType) -> Callable[..., Any]:
@@ -250,9 +250,67 @@ def fuse(fn: Callable[..., Any], xp: ModuleType) -> Callable[..., Any]:
     for NumPy. The kernel runs the same operations in the same order."""
     if is_numpy(xp):
         return fn
-    if fn not in _FUSED:
-        _FUSED[fn] = xp.fuse(fn)
-    return _FUSED[fn]
+    key = (fn, id(xp))
+    if key not in _FUSED:
+        _FUSED[key] = xp.fuse(fn)
+    return _FUSED[key]
+
+
+_REDUCERS: dict[tuple[Callable[..., Any], int, int], Any] = {}
+_FUSED_REDUCTION_OK = [True]
+_ROW_CHUNKS = 1024
+
+
+def fused_channel_sum(fn: Callable[..., Any], args: Sequence[Any], shape: tuple[int, int, int],
+                      xp: ModuleType) -> Any:
+    """Channel sums of ``fn(*args)``, (1, C, 1), without materialising ``fn(*args)`` on the GPU.
+
+    ``args`` are (P, C, S) views, (1, C, 1) per-channel arrays or scalars. On the GPU each
+    product is reduced inside one fused kernel: along the contiguous axis S when S > 1, else
+    over ``_ROW_CHUNKS`` slices of the rows; cuBLAS adds up the partial sums. If CuPy cannot
+    fuse the reduction, the product is written out and summed as a matrix-vector product.
+    """
+    if is_numpy(xp):
+        return pairwise_channel_sum(fn(*args), xp)
+    if _FUSED_REDUCTION_OK[0]:
+        try:
+            return _fused_sum(fn, args, shape, xp).reshape(1, -1, 1)
+        except Exception:  # an unsupported fusion: remember, and take the plain path
+            _FUSED_REDUCTION_OK[0] = False
+    return channel_sum(fuse(fn, xp)(*args), xp).reshape(1, -1, 1)
+
+
+def _reducer(fn: Callable[..., Any], axis: int, xp: ModuleType) -> Any:
+    key = (fn, axis, id(xp))
+    if key not in _REDUCERS:
+        def reduce(*args: Any) -> Any:
+            return xp.sum(fn(*args), axis=axis)
+
+        _REDUCERS[key] = xp.fuse(reduce)
+    return _REDUCERS[key]
+
+
+def _fused_sum(fn: Callable[..., Any], args: Sequence[Any], shape: tuple[int, int, int], xp: ModuleType) -> Any:
+    P, C, S = shape
+    full = [hasattr(a, "shape") and a.shape == (P, C, S) for a in args]
+    if S > 1:
+        rows = _reducer(fn, 2, xp)(*args)  # (P, C)
+        return xp.ones(P, dtype=rows.dtype) @ rows
+    k = max(1, min(_ROW_CHUNKS, P // 64))
+    m = P // k
+    head = k * m
+
+    def view(a: Any, is_full: bool, part: slice, n: int) -> Any:
+        if is_full:
+            return a[part, :, 0].reshape(n, -1, C)
+        return a.reshape(1, 1, C) if hasattr(a, "shape") and a.ndim == 3 else a
+
+    partial = _reducer(fn, 1, xp)(*[view(a, f, slice(0, head), k) for a, f in zip(args, full, strict=True)])
+    total = xp.ones(k, dtype=partial.dtype) @ partial
+    if head < P:
+        rest = _reducer(fn, 1, xp)(*[view(a, f, slice(head, P), 1) for a, f in zip(args, full, strict=True)])
+        total = total + rest[0]
+    return total
 
 
 def round_to(a: Any, dtype: np.dtype[Any], xp: ModuleType) -> Any:

@@ -141,7 +141,7 @@ def check(
                        candidate=candidate)
         _validate_fd(opts)
         xp = backend.resolve_device(device)
-        arith = make_arith(inp.dtype, inp.accum_dtype, R=inp.layout.R, xp=xp)
+        arith = make_arith(inp.dtype, inp.accum_dtype, shape=inp.layout.view_shape, xp=xp)
     with _timed(timings, "reference"):
         ctx = _context(inp, xp, timings)
     limits.tick("the variants")
@@ -392,7 +392,7 @@ def _candidate_block(ctx: _Ctx, ar: Arith, tolerance: tuple[float, float] | None
     precise of the request's dtype and its own; plain lists arrive as float64."""
     lay, cand = ctx.lay, ctx.inp.candidate
     storage = least_precise(ar.storage, *(float_dtype(a) for a in cand.values()))
-    floor_ar = ar if storage == ar.storage else make_arith(storage, None, R=lay.R, xp=ctx.xp)
+    floor_ar = ar if storage == ar.storage else make_arith(storage, None, shape=lay.view_shape, xp=ctx.xp)
     refs = _candidate_refs(ctx, cand)
     floors = _noise_floors(ctx, floor_ar, refs) if tolerance is None else {}
     tensors: dict[str, TensorMetrics] = {}

@@ -33,7 +33,11 @@ class Arith:
     storage: np.dtype[Any]
     accum: np.dtype[Any]
     xp: ModuleType
-    R: int
+    shape: tuple[int, int, int]  # the (P, C, S) view
+
+    @property
+    def R(self) -> int:
+        return self.shape[0] * self.shape[2]
 
     def load(self, a: Any) -> Any:
         """A tensor as the kernel sees it: rounded to storage, computed on in accum."""
@@ -48,6 +52,10 @@ class Arith:
     def csum(self, a3: Any) -> Any:
         """Channel sums, kept as (1, C, 1) so formulas broadcast like the seed's axis-0 sums."""
         return backend.pairwise_channel_sum(a3, self.xp)
+
+    def csum_of(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``csum(fn(*args))``; on the GPU without writing ``fn(*args)`` out."""
+        return backend.fused_channel_sum(fn, args, self.shape, self.xp)
 
     def const(self, value: float) -> Any:
         """A scalar rounded to accum, as NumPy rounds a Python scalar it combines with an array."""
@@ -65,7 +73,7 @@ class Arith:
         return backend.round_to(a, self.accum, self.xp)
 
 
-def make_arith(dtype: Any, accum_dtype: Any, *, R: int, xp: ModuleType) -> Arith:
+def make_arith(dtype: Any, accum_dtype: Any, *, shape: tuple[int, int, int], xp: ModuleType) -> Arith:
     storage = resolve(dtype, field="dtype")
     accum = default_accum(storage) if accum_dtype is None else resolve(accum_dtype, field="accum_dtype")
     if accum != storage and precision_bits(accum) < 24:
@@ -78,4 +86,4 @@ def make_arith(dtype: Any, accum_dtype: Any, *, R: int, xp: ModuleType) -> Arith
     if accum == BFLOAT16 and not backend.is_numpy(xp):
         msg = "bfloat16 arithmetic runs on the CPU only: CuPy has no bfloat16 type"
         raise InputError(msg, field="accum_dtype")
-    return Arith(storage, accum, xp, R)
+    return Arith(storage, accum, xp, shape)

@@ -83,7 +83,7 @@ def forward_cache(
         var = sqrtvar * sqrtvar - e
     else:
         if var is None:
-            var = inv_n * ar.csum(ar.ew(_square)(xmu))
+            var = inv_n * ar.csum_of(_square, xmu)
         sqrtvar = ar.xp.sqrt(var + e)
         ivar = ar.const(1.0) / sqrtvar
     xhat = ar.ew(_mul)(xmu, ivar)
@@ -98,34 +98,42 @@ def _staged_dx1(dy: Any, gamma: Any, ivar: Any, two: Any, xmu: Any, dsq: Any) ->
     return dy * gamma * ivar + two * xmu * dsq  # dxmu1 + dxmu2
 
 
+def _staged_dx(dy: Any, gamma: Any, ivar: Any, two: Any, xmu: Any, dsq: Any, dx2: Any) -> Any:
+    return _staged_dx1(dy, gamma, ivar, two, xmu, dsq) + dx2  # dx1 + dx2
+
+
 def staged(dy: Any, c: Cache, ar: Arith) -> Grads:
     """The seed's ``batchnorm_backward``: nine steps back through the graph."""
     inv_n = ar.const(1.0 / ar.R)
     dbeta = ar.csum(dy)
-    dgamma = ar.csum(ar.ew(_mul)(dy, c.xhat))
-    divar = ar.csum(ar.ew(_staged_divar_terms)(dy, c.gamma, c.xmu))
+    dgamma = ar.csum_of(_mul, dy, c.xhat)
+    divar = ar.csum_of(_staged_divar_terms, dy, c.gamma, c.xmu)
     dsqrtvar = ar.const(-1.0) / (c.sqrtvar * c.sqrtvar) * divar
     dvar = ar.const(0.5) / c.sqrtvar * dsqrtvar
     # The seed multiplies by np.ones((N, D)), which is float64 whatever dy is, so its float32
     # run does these steps in float64. Here they stay in accum; 1/N * 1 rounds to 1/N, so a
     # (1, C, 1) row gives the values of the full array.
     dsq = inv_n * dvar
-    dx1 = ar.ew(_staged_dx1)(dy, c.gamma, c.ivar, ar.const(2.0), c.xmu, dsq)
-    dmu = ar.const(-1.0) * ar.csum(dx1)  # the seed sums dxmu1 + dxmu2 again: the same values
+    terms = (dy, c.gamma, c.ivar, ar.const(2.0), c.xmu, dsq)
+    dmu = ar.const(-1.0) * ar.csum_of(_staged_dx1, *terms)  # the seed's sum(dxmu1 + dxmu2)
     dx2 = inv_n * dmu
-    return Grads(ar.ew(_add)(dx1, dx2), dgamma, dbeta)
+    return Grads(ar.ew(_staged_dx)(*terms, dx2), dgamma, dbeta)
 
 
-def _kevin_dx(inv_n: Any, ivar: Any, n: Any, dxhat: Any, s1: Any, xhat: Any, s2: Any) -> Any:
-    return inv_n * ivar * (n * dxhat - s1 - xhat * s2)
+def _kevin_s2(dy: Any, gamma: Any, xhat: Any) -> Any:
+    return dy * gamma * xhat  # dxhat * x_hat
+
+
+def _kevin_dx(inv_n: Any, ivar: Any, n: Any, dy: Any, gamma: Any, s1: Any, xhat: Any, s2: Any) -> Any:
+    return inv_n * ivar * (n * (dy * gamma) - s1 - xhat * s2)
 
 
 def kevin(dy: Any, c: Cache, ar: Arith) -> Grads:
-    """The seed's ``kevin_batchnorm_backward``."""
-    dxhat = ar.ew(_mul)(dy, c.gamma)
-    s1, s2 = ar.csum(dxhat), ar.csum(ar.ew(_mul)(dxhat, c.xhat))
-    dx = ar.ew(_kevin_dx)(ar.const(1.0 / ar.R), c.ivar, ar.const(ar.R), dxhat, s1, c.xhat, s2)
-    return Grads(dx, ar.csum(ar.ew(_mul)(c.xhat, dy)), ar.csum(dy))
+    """The seed's ``kevin_batchnorm_backward``. dxhat = dy * gamma is recomputed where it is
+    used rather than stored: the same operation gives the same values."""
+    s1, s2 = ar.csum_of(_mul, dy, c.gamma), ar.csum_of(_kevin_s2, dy, c.gamma, c.xhat)
+    dx = ar.ew(_kevin_dx)(ar.const(1.0 / ar.R), c.ivar, ar.const(ar.R), dy, c.gamma, s1, c.xhat, s2)
+    return Grads(dx, ar.csum_of(_mul, c.xhat, dy), ar.csum(dy))
 
 
 def _rocking_inner(inv_n: Any, xhat: Any, s: Any, dy: Any) -> Any:
@@ -140,8 +148,8 @@ def rocking(dy: Any, c: Cache, ar: Arith) -> Grads:
     """The seed's ``rocking_batchnorm_backward``, without the Python list around the
     bracket that gives the seed's dx an extra leading axis of length 1."""
     inv_n = ar.const(1.0 / ar.R)
-    s = ar.csum(ar.ew(_mul)(c.xhat, dy))
-    t = ar.csum(ar.ew(_rocking_inner)(inv_n, c.xhat, s, dy))
+    s = ar.csum_of(_mul, c.xhat, dy)
+    t = ar.csum_of(_rocking_inner, inv_n, c.xhat, s, dy)
     dx = ar.ew(_rocking_dx)(inv_n, c.ivar, c.gamma, ar.const(ar.R), dy, c.xhat, s, t)
     return Grads(dx, s, ar.csum(dy))  # the seed's dgamma is sum(x_hat * dy): s again
 
@@ -153,7 +161,7 @@ def _qianfeng_dx(inv_n: Any, ivar: Any, gamma: Any, n: Any, dy: Any, dbeta: Any,
 def qianfeng(dy: Any, c: Cache, ar: Arith) -> Grads:
     """The seed's ``qianfeng_batchnorm_backward``."""
     dbeta = ar.csum(dy)
-    dgamma = ar.csum(ar.ew(_mul)(c.xhat, dy))
+    dgamma = ar.csum_of(_mul, c.xhat, dy)
     dx = ar.ew(_qianfeng_dx)(ar.const(1.0 / ar.R), c.ivar, c.gamma, ar.const(ar.R), dy, dbeta, c.xhat, dgamma)
     return Grads(dx, dgamma, dbeta)
 
@@ -164,7 +172,7 @@ def _inference_dx(dy: Any, gamma: Any, ivar: Any) -> Any:
 
 def inference_backward(dy: Any, c: Cache, ar: Arith) -> Grads:
     """Inference mode: the statistics are constants, so dx = dy * gamma * invstd."""
-    return Grads(ar.ew(_inference_dx)(dy, c.gamma, c.ivar), ar.csum(ar.ew(_mul)(dy, c.xhat)), ar.csum(dy))
+    return Grads(ar.ew(_inference_dx)(dy, c.gamma, c.ivar), ar.csum_of(_mul, dy, c.xhat), ar.csum(dy))
 
 
 @dataclass(frozen=True)

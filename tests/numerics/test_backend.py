@@ -117,3 +117,29 @@ def test_fuse_is_the_identity_on_numpy():
         return a * b + 1
 
     assert backend.fuse(f, np) is f
+
+
+class _NumpyPosingAsCupy:
+    """NumPy behind a module that is not NumPy, with CuPy's fuse (here the identity)."""
+
+    def __getattr__(self, name):
+        return getattr(np, name)
+
+    @staticmethod
+    def fuse(fn):
+        return fn
+
+
+@pytest.mark.parametrize("shape", [(4096, 3, 1), (4099, 3, 1), (1, 5, 1), (37, 4, 1), (6, 4, 25)])
+def test_fused_channel_sum_layouts_with_numpy_standing_in(shape):
+    """The GPU's fused reductions (rows in chunks, or along S), checked on the CPU."""
+    rng = np.random.default_rng(5)
+    a, b = rng.standard_normal(shape), rng.standard_normal(shape)
+    g = rng.standard_normal((1, shape[1], 1))
+
+    def fn(a, g, k, b):
+        return a * g * k + b
+
+    got = backend.fused_channel_sum(fn, (a, g, 2.0, b), shape, _NumpyPosingAsCupy())
+    np.testing.assert_allclose(got.reshape(-1), (a * g * 2.0 + b).sum(axis=(0, 2)), rtol=1e-10, atol=1e-12)
+    assert backend._FUSED_REDUCTION_OK[0]

@@ -14,7 +14,7 @@ from .seed_gist import SEED, batchnorm_forward
 
 def _ours(name, x, dy, gamma, eps, dtype):
     lay = Layout.of(x.shape, 1)
-    ar = make_arith(dtype, dtype, R=lay.R, xp=np)
+    ar = make_arith(dtype, dtype, shape=lay.view_shape, xp=np)
     cache = forward_cache(ar.load(lay.view(x)), ar.param(gamma), ar, eps=eps)
     g = VARIANTS[name].fn(ar.load(lay.view(dy)), cache, ar)
     return lay.restore(g.dx), g.dgamma.reshape(-1), g.dbeta.reshape(-1)

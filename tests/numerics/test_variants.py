@@ -35,7 +35,7 @@ def test_long_reduction_float64(variant):
 
 def _variant_dx(name, case, dtype="float64"):
     lay = Layout.of(case.x.shape, case.channel_axis)
-    ar = make_arith(dtype, None, R=lay.R, xp=np)
+    ar = make_arith(dtype, None, shape=lay.view_shape, xp=np)
     cache = forward_cache(ar.load(lay.view(case.x)), ar.param(case.gamma), ar, eps=case.eps)
     return lay, cache, VARIANTS[name].fn(ar.load(lay.view(case.dy)), cache, ar)
 
