@@ -177,9 +177,25 @@ def matvec_channel_sum(a3: Any, xp: ModuleType) -> Any:
     p, c, s = a3.shape
     a3 = xp.ascontiguousarray(a3)
     if s == 1:
-        return xp.ones(p, dtype=a3.dtype) @ a3.reshape(p, c)
-    rows = a3.reshape(p * c, s) @ xp.ones(s, dtype=a3.dtype)
-    return xp.ones(p, dtype=a3.dtype) @ rows.reshape(p, c) if p > 1 else rows
+        return ones(p, a3.dtype, xp) @ a3.reshape(p, c)
+    rows = a3.reshape(p * c, s) @ ones(s, a3.dtype, xp)
+    return ones(p, a3.dtype, xp) @ rows.reshape(p, c) if p > 1 else rows
+
+
+_ONES: dict[tuple[int, str, int], Any] = {}
+
+
+def ones(n: int, dtype: Any, xp: ModuleType) -> Any:
+    """A vector of ones, kept: on the GPU a fresh one costs an allocation and a kernel."""
+    if is_numpy(xp):
+        return np.ones(n, dtype=dtype)
+    device = int(xp.cuda.runtime.getDevice()) if hasattr(xp, "cuda") else 0
+    key = (n, np.dtype(dtype).str, device)
+    if key not in _ONES:
+        if len(_ONES) > 64:
+            _ONES.clear()
+        _ONES[key] = xp.ones(n, dtype=dtype)
+    return _ONES[key]
 
 
 def channel_count(mask3: Any, xp: ModuleType) -> Any:
@@ -295,8 +311,9 @@ def _fused_sum(fn: Callable[..., Any], args: Sequence[Any], shape: tuple[int, in
     full = [hasattr(a, "shape") and a.shape == (P, C, S) for a in args]
     if S > 1:
         rows = _reducer(fn, 2, xp)(*args)  # (P, C)
-        return xp.ones(P, dtype=rows.dtype) @ rows
-    k = max(1, min(_ROW_CHUNKS, P // 64))
+        return ones(P, rows.dtype, xp) @ rows
+    # About 64K partial sums: enough thread blocks for any GPU, few enough to add up cheaply.
+    k = max(1, min(_ROW_CHUNKS, P, (1 << 16) // C))
     m = P // k
     head = k * m
 
@@ -306,7 +323,7 @@ def _fused_sum(fn: Callable[..., Any], args: Sequence[Any], shape: tuple[int, in
         return a.reshape(1, 1, C) if hasattr(a, "shape") and a.ndim == 3 else a
 
     partial = _reducer(fn, 1, xp)(*[view(a, f, slice(0, head), k) for a, f in zip(args, full, strict=True)])
-    total = xp.ones(k, dtype=partial.dtype) @ partial
+    total = ones(k, partial.dtype, xp) @ partial
     if head < P:
         rest = _reducer(fn, 1, xp)(*[view(a, f, slice(head, P), 1) for a, f in zip(args, full, strict=True)])
         total = total + rest[0]

@@ -94,30 +94,43 @@ def _staged_divar_terms(dy: Any, gamma: Any, xmu: Any) -> Any:
     return dy * gamma * xmu  # dxhat * xmu with dxhat = dgammax * gamma, dgammax = dy
 
 
-def _staged_dx1(dy: Any, gamma: Any, ivar: Any, two: Any, xmu: Any, dsq: Any) -> Any:
+def _staged_dsq(inv_n: Any, half: Any, minus_one: Any, sqrtvar: Any, divar: Any) -> Any:
+    dsqrtvar = minus_one / (sqrtvar * sqrtvar) * divar
+    dvar = half / sqrtvar * dsqrtvar
+    return inv_n * dvar  # dsq, per channel
+
+
+def _staged_dx1(dy: Any, gamma: Any, ivar: Any, two: Any, xmu: Any, inv_n: Any, half: Any, minus_one: Any,
+                sqrtvar: Any, divar: Any) -> Any:
+    dsq = _staged_dsq(inv_n, half, minus_one, sqrtvar, divar)
     return dy * gamma * ivar + two * xmu * dsq  # dxmu1 + dxmu2
 
 
-def _staged_dx(dy: Any, gamma: Any, ivar: Any, two: Any, xmu: Any, dsq: Any, dx2: Any) -> Any:
-    return _staged_dx1(dy, gamma, ivar, two, xmu, dsq) + dx2  # dx1 + dx2
+def _staged_dx(dy: Any, gamma: Any, ivar: Any, two: Any, xmu: Any, inv_n: Any, half: Any, minus_one: Any,
+               sqrtvar: Any, divar: Any, dmu_sum: Any) -> Any:
+    dx1 = _staged_dx1(dy, gamma, ivar, two, xmu, inv_n, half, minus_one, sqrtvar, divar)
+    dx2 = inv_n * (minus_one * dmu_sum)
+    return dx1 + dx2
 
 
 def staged(dy: Any, c: Cache, ar: Arith) -> Grads:
-    """The seed's ``batchnorm_backward``: nine steps back through the graph."""
-    inv_n = ar.const(1.0 / ar.R)
+    """The seed's ``batchnorm_backward``: nine steps back through the graph.
+
+    The per-channel steps (dsqrtvar, dvar, dsq, dx2) run inside the element-wise kernels:
+    recomputed per element from the same operands, they give the same values, and the GPU
+    launches three kernels instead of ten.
+
+    The seed multiplies by np.ones((N, D)), which is float64 whatever dy is, so its float32
+    run does dsq and dx2 in float64. Here they stay in accum; 1/N * 1 rounds to 1/N, so a
+    per-channel value gives the values of the full array.
+    """
     dbeta = ar.csum(dy)
     dgamma = ar.csum_of(_mul, dy, c.xhat)
     divar = ar.csum_of(_staged_divar_terms, dy, c.gamma, c.xmu)
-    dsqrtvar = ar.const(-1.0) / (c.sqrtvar * c.sqrtvar) * divar
-    dvar = ar.const(0.5) / c.sqrtvar * dsqrtvar
-    # The seed multiplies by np.ones((N, D)), which is float64 whatever dy is, so its float32
-    # run does these steps in float64. Here they stay in accum; 1/N * 1 rounds to 1/N, so a
-    # (1, C, 1) row gives the values of the full array.
-    dsq = inv_n * dvar
-    terms = (dy, c.gamma, c.ivar, ar.const(2.0), c.xmu, dsq)
-    dmu = ar.const(-1.0) * ar.csum_of(_staged_dx1, *terms)  # the seed's sum(dxmu1 + dxmu2)
-    dx2 = inv_n * dmu
-    return Grads(ar.ew(_staged_dx)(*terms, dx2), dgamma, dbeta)
+    terms = (dy, c.gamma, c.ivar, ar.const(2.0), c.xmu, ar.const(1.0 / ar.R), ar.const(0.5), ar.const(-1.0),
+             c.sqrtvar, divar)
+    dmu_sum = ar.csum_of(_staged_dx1, *terms)  # the seed's sum(dxmu1 + dxmu2); dmu = -1 * it
+    return Grads(ar.ew(_staged_dx)(*terms, dmu_sum), dgamma, dbeta)
 
 
 def _kevin_s2(dy: Any, gamma: Any, xhat: Any) -> Any:
