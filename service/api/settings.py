@@ -27,3 +27,4 @@ class Settings(BaseSettings):
     device: Literal["cpu", "gpu", "auto"] = Field("cpu", description="where checks run unless a request says")
     executor: Literal["process", "thread"] = Field(
         "process", description="checks run in worker processes (the event loop stays free) or threads")
+    worker_nice: int = Field(5, ge=0, le=19, description="niceness of worker processes: the server stays responsive")

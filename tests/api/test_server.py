@@ -34,3 +34,17 @@ def test_413_over_real_http():
                        headers={"content-type": "application/json"})
     assert r.status_code == 413
     assert r.headers["content-type"] == "application/problem+json"
+
+
+def test_worker_processes_answer_checks_and_problems():
+    """The default executor: checks run in spawned worker processes; problems come back intact."""
+    with LiveServer(executor="process", max_concurrent=1) as server:
+        ok = httpx.post(f"{server.url}/v1/check", json={"x": [[1.0, 2.0], [3.0, 5.0]], "dy": [[1.0, 0.0], [0.0, 1.0]]},
+                        timeout=60)
+        bad = httpx.post(f"{server.url}/v1/check", json={"x": [[1.0, 2.0], [3.0, 5.0]], "dy": [[1.0, 0.0], [0.0, 1.0]],
+                                                         "gamma": [1.0, 2.0, 3.0]}, timeout=60)
+    assert ok.status_code == 200
+    assert ok.json()["passed"] is True
+    assert bad.status_code == 422
+    assert bad.headers["content-type"] == "application/problem+json"
+    assert bad.json()["errors"][0]["field"] == "gamma"
