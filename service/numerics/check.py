@@ -29,7 +29,7 @@ from .reference import Stats
 from .report import Block, CheckReport, Checks, CrossCheck, FDBlock, TensorMetrics, VariantsBlock
 from .scales import Scales
 from .tolerance import FLOOR_MARGIN, Tolerance, default_tolerance, fd_tolerance, least_precise, user_tolerance
-from .variants import VARIANTS, Grads, forward_cache, inference_backward
+from .variants import VARIANTS, Cache, Grads, forward_cache, inference_backward
 
 __all__ = ["FD_METHODS", "FDOptions", "Limits", "check", "reference_outputs"]
 
@@ -75,9 +75,9 @@ class _Ctx:
     exact: Stats  # x's own statistics (running in inference mode)
     ref: Grads  # float64, with `used`
     scales: Scales
-    timings: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
-    runs: dict[tuple[str, str, str], tuple[Grads, Any]] = field(default_factory=dict)
+    runs: dict[tuple[str, str, str], Grads] = field(default_factory=dict)
+    caches: dict[tuple[str, str], Cache] = field(default_factory=dict)
 
     @property
     def lay(self) -> Layout:
@@ -143,16 +143,16 @@ def check(
         xp = backend.resolve_device(device)
         arith = make_arith(inp.dtype, inp.accum_dtype, shape=inp.layout.view_shape, xp=xp)
     with _timed(timings, "reference"):
-        ctx = _context(inp, xp, timings)
+        ctx = _context(inp, xp)
     limits.tick("the variants")
     with _timed(timings, "variant"):
         runs = [(name, _run(ctx, name, arith)) for name in inp.variants]
-        blocks = {name: _variant_block(ctx, grads, arith) for name, (grads, _) in runs}
+        blocks = {name: _variant_block(ctx, grads, arith) for name, grads in runs}
     checks = Checks()
     if len(blocks) == 1:
         checks.variant = next(iter(blocks.values()))
     else:
-        checks.variants = _variants_block(blocks, [g for _, (g, _) in runs])
+        checks.variants = _variants_block(blocks, [g for _, g in runs])
     if opts.method != "none":
         limits.tick("the finite differences")
         with _timed(timings, "finite_difference"):
@@ -165,7 +165,7 @@ def check(
         checks.saved_statistics = _saved_block(ctx, arith)
     gradients = None
     if len(runs) == 1:
-        g = runs[0][1][0]
+        g = runs[0][1]
         gradients = {"dx": backend.from_container(ctx.lay.restore(g.dx), arith.storage),
                      "dgamma": backend.from_container(g.dgamma, arith.accum),
                      "dbeta": backend.from_container(g.dbeta, arith.accum)}
@@ -209,7 +209,7 @@ def _validate_fd(o: FDOptions) -> None:
         raise InputError(msg, field="finite_difference.seed")
 
 
-def _context(inp: Inputs, xp: ModuleType, timings: dict[str, float]) -> _Ctx:
+def _context(inp: Inputs, xp: ModuleType) -> _Ctx:
     lay = inp.layout
     x3, dy3 = lay.view(xp.asarray(inp.x)), lay.view(xp.asarray(inp.dy))
     gamma, beta = xp.asarray(inp.gamma), xp.asarray(inp.beta)
@@ -222,25 +222,30 @@ def _context(inp: Inputs, xp: ModuleType, timings: dict[str, float]) -> _Ctx:
         used = reference.stats_from_invstd(xp.asarray(inp.saved_mean), xp.asarray(inp.saved_invstd), inp.eps)
     ref = reference.backward(x3, dy3, gamma, used, lay, training=inp.training, xp=xp)
     scales = Scales(x3, dy3, gamma, beta, used, lay, xp)
-    return _Ctx(inp, xp, x3, dy3, gamma, beta, used, exact, ref, scales, timings)
+    return _Ctx(inp, xp, x3, dy3, gamma, beta, used, exact, ref, scales)
 
 
-def _run(ctx: _Ctx, name: str, ar: Arith) -> tuple[Grads, Any]:
-    """Run one variant in ``ar``'s precision (memoised); returns its grads and cache."""
+def _forward(ctx: _Ctx, ar: Arith) -> Cache:
+    """The forward cache in ``ar``'s precision, shared by every variant (memoised)."""
+    key = (ar.storage.name, ar.accum.name)
+    if key not in ctx.caches:
+        kw: dict[str, Any] = {}
+        if not ctx.inp.training:
+            kw = {"mean": ar.param(ctx.used.mean), "var": ar.param(ctx.used.var)}
+        elif ctx.inp.saved_mean is not None:
+            kw = {"mean": ar.param(ctx.used.mean), "invstd": ar.param(ctx.used.invstd)}
+        ctx.caches[key] = forward_cache(ar.load(ctx.x3), ar.param(ctx.gamma), ar, eps=ctx.inp.eps, **kw)
+    return ctx.caches[key]
+
+
+def _run(ctx: _Ctx, name: str, ar: Arith) -> Grads:
+    """One variant in ``ar``'s precision (memoised)."""
     key = (name, ar.storage.name, ar.accum.name)
-    if key in ctx.runs:
-        return ctx.runs[key]
-    inp, lay = ctx.inp, ctx.lay
-    kw: dict[str, Any] = {}
-    if not inp.training:
-        kw = {"mean": ar.param(ctx.used.mean), "var": ar.param(ctx.used.var)}
-    elif inp.saved_mean is not None:
-        kw = {"mean": ar.param(ctx.used.mean), "invstd": ar.param(ctx.used.invstd)}
-    cache = forward_cache(ar.load(ctx.x3), ar.param(ctx.gamma), ar, eps=inp.eps, **kw)
-    fn = VARIANTS[name].fn if inp.training else inference_backward
-    g = fn(ar.load(ctx.dy3), cache, ar)
-    out = Grads(ar.store(g.dx), ar.keep(g.dgamma).reshape(lay.C), ar.keep(g.dbeta).reshape(lay.C))
-    ctx.runs[key] = (out, cache)
+    if key not in ctx.runs:
+        fn = VARIANTS[name].fn if ctx.inp.training else inference_backward
+        g = fn(ar.load(ctx.dy3), _forward(ctx, ar), ar)
+        C = ctx.lay.C
+        ctx.runs[key] = Grads(ar.store(g.dx), ar.keep(g.dgamma).reshape(C), ar.keep(g.dbeta).reshape(C))
     return ctx.runs[key]
 
 
@@ -442,10 +447,9 @@ def _noise_floors(ctx: _Ctx, ar: Arith, refs: Mapping[str, Any]) -> dict[str, fl
         return default_tolerance(ar.storage, ar.accum, out, ctx.lay.R)
 
     for name in VARIANTS if ctx.inp.training else ("qianfeng",):
-        grads, _ = _run(ctx, name, ar)
-        for t, m in _grad_compare(ctx, grads, ar, tol_for).items():
+        for t, m in _grad_compare(ctx, _run(ctx, name, ar), ar, tol_for).items():
             floors[t] = max(floors.get(t, 0.0), m.tol_ratio)
-    _, cache = _run(ctx, "qianfeng", ar)
+    cache = _forward(ctx, ar)
     scales = _exact_scales(ctx)
     for t, value in (("mean", cache.mean), ("invstd", cache.ivar)):
         m = compare(ar.keep(value).reshape(ctx.lay.C), refs[t], tol=tol_for(t, ar.accum), lay=_clay(ctx),
@@ -485,7 +489,7 @@ def reference_outputs(x: Any, dy: Any, gamma: Any = None, beta: Any = None, *, e
     inp = validate(x, dy, gamma, beta, variant="qianfeng", dtype="float64", accum_dtype=None, eps=eps,
                    channel_axis=channel_axis, training=training, running_mean=running_mean,
                    running_var=running_var, saved_mean=None, saved_invstd=None, candidate=None)
-    ctx = _context(inp, np, {})
+    ctx = _context(inp, np)
     lay = ctx.lay
     y = reference.forward_y(ctx.x3, ctx.gamma, ctx.beta, ctx.exact, lay, np)
     return {"y": lay.restore(y), "mean": ctx.exact.mean, "invstd": ctx.exact.invstd,
