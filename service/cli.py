@@ -194,23 +194,18 @@ def _run_check(args: argparse.Namespace) -> int:
 
 
 def _in_process(body: dict[str, Any]) -> dict[str, Any]:
-    """The same path as the service: parse, check, encode; problems become client errors."""
+    """The service's own job (parse, check, encode) in this process; a problem answer
+    becomes the client's exception, as it would over HTTP."""
     import httpx
     import orjson
 
     from client._exceptions import raise_for_problem
-    from service.api import Settings, runner
-    from service.api.errors import ProblemError, from_domain, problem_body
-    from service.numerics.errors import InputError
+    from service.api import Settings, workers
 
-    try:
-        return dict(orjson.loads(runner.run(orjson.dumps(body), Settings()).body))
-    except (ProblemError, InputError) as exc:
-        problem = exc if isinstance(exc, ProblemError) else from_domain(exc)
-        response = httpx.Response(problem.status, content=problem_body(problem),
-                                  headers={"content-type": "application/problem+json"})
-        raise_for_problem(response)
-        raise
+    result = workers.job(orjson.dumps(body), Settings(), None)
+    if isinstance(result, workers.Failure):
+        raise_for_problem(httpx.Response(result.status, content=result.body, headers=result.headers))
+    return dict(orjson.loads(result.body))
 
 
 def _write_outputs(out: Path, result: Any) -> None:

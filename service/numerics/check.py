@@ -83,6 +83,14 @@ class _Ctx:
     def lay(self) -> Layout:
         return self.inp.layout
 
+    @functools.cached_property
+    def exact_scales(self) -> Scales:
+        """Scales for x's own statistics (forward outputs, finite differences): the same as
+        ``scales`` unless saved statistics were sent, and then built once."""
+        if self.used is self.exact:
+            return self.scales
+        return Scales(self.x3, self.dy3, self.gamma, self.beta, self.exact, self.lay, self.xp)
+
 
 @contextmanager
 def _timed(timings: dict[str, float], name: str) -> Iterator[None]:
@@ -291,8 +299,7 @@ def _fd_block(ctx: _Ctx, opts: FDOptions, limits: Limits) -> FDBlock:
     # The finite differences verify the reference for x's own statistics.
     ref = ctx.ref if ctx.used is ctx.exact else reference.backward(
         ctx.x3, ctx.dy3, ctx.gamma, ctx.exact, lay, training=inp.training, xp=xp)
-    scales = ctx.scales if ctx.used is ctx.exact else Scales(
-        ctx.x3, ctx.dy3, ctx.gamma, ctx.beta, ctx.exact, lay, xp)
+    scales = ctx.exact_scales
     tol = fd_tolerance()
     method = "stats" if opts.method == "auto" else opts.method
     block = FDBlock(True, {}, method=method, requested=opts.method, step=opts.step, seed=opts.seed)
@@ -410,8 +417,8 @@ def _candidate_block(ctx: _Ctx, ar: Arith, tolerance: tuple[float, float] | None
         else:
             tol = user_tolerance(*tolerance)
         tensors[name] = compare(_device(ctx, value), refs[name], tol=tol, lay=lay if full else _clay(ctx),
-                                out_dtype=out_dtype, scale=_exact_scales(ctx).y if name == "y" else
-                                ctx.scales.of(name) if name in GRAD_NAMES else _exact_scales(ctx).of(name))
+                                out_dtype=out_dtype,
+                                scale=(ctx.scales if name in GRAD_NAMES else ctx.exact_scales).of(name))
     if floors:
         ctx.notes.append("candidate: noise floor = worst tol_ratio of bncheck's own formulas in "
                          f"{dtype_name(floor_ar.storage)}/{dtype_name(floor_ar.accum)}: "
@@ -421,13 +428,6 @@ def _candidate_block(ctx: _Ctx, ar: Arith, tolerance: tuple[float, float] | None
 
 def _clay(ctx: _Ctx) -> Layout:
     return channel_layout(ctx.lay.C)
-
-
-def _exact_scales(ctx: _Ctx) -> Scales:
-    """Scales for forward outputs, which follow x's own statistics."""
-    if ctx.used is ctx.exact:
-        return ctx.scales
-    return Scales(ctx.x3, ctx.dy3, ctx.gamma, ctx.beta, ctx.exact, ctx.lay, ctx.xp)
 
 
 def _candidate_refs(ctx: _Ctx, cand: Mapping[str, Any]) -> dict[str, Any]:
@@ -450,7 +450,7 @@ def _noise_floors(ctx: _Ctx, ar: Arith, refs: Mapping[str, Any]) -> dict[str, fl
         for t, m in _grad_compare(ctx, _run(ctx, name, ar), ar, tol_for).items():
             floors[t] = max(floors.get(t, 0.0), m.tol_ratio)
     cache = _forward(ctx, ar)
-    scales = _exact_scales(ctx)
+    scales = ctx.exact_scales
     for t, value in (("mean", cache.mean), ("invstd", cache.ivar)):
         m = compare(ar.keep(value).reshape(ctx.lay.C), refs[t], tol=tol_for(t, ar.accum), lay=_clay(ctx),
                     out_dtype=ar.accum, scale=scales.of(t))
@@ -471,7 +471,7 @@ def _saved_block(ctx: _Ctx, ar: Arith) -> Block:
     assert inp.saved_dtype is not None
     out = least_precise(ar.accum, inp.saved_dtype)
     tol = default_tolerance(ar.storage, ar.accum, out, ctx.lay.R)
-    scales = _exact_scales(ctx)
+    scales = ctx.exact_scales
     tensors = {
         "mean": compare(xp.asarray(inp.saved_mean), ctx.exact.mean, tol=tol, lay=_clay(ctx), out_dtype=out,
                         scale=scales.mean),

@@ -24,7 +24,8 @@ from . import backend
 from .layout import Block, Layout
 from .variants import Grads
 
-__all__ = ["Stats", "backward", "batch_stats", "forward_y", "stats_from_invstd", "stats_from_var"]
+__all__ = ["Stats", "backward", "batch_stats", "forward_y", "forward_y_into", "stats_from_invstd", "stats_from_var",
+           "y_coefficients"]
 
 
 @dataclass(frozen=True)
@@ -100,18 +101,23 @@ def backward(x3: Any, dy3: Any, gamma: Any, st: Stats, layout: Layout, *, traini
     return Grads(dx, raw * st.invstd, dbeta)
 
 
+def y_coefficients(gamma: Any, beta: Any, st: Stats, layout: Layout) -> tuple[Any, Any, Any]:
+    """(mean, gamma * invstd, beta) as (1, C, 1): what the forward needs per channel."""
+    return layout.per_channel(st.mean), layout.per_channel(gamma * st.invstd), layout.per_channel(beta)
+
+
+def forward_y_into(out: Any, x: Any, coef: tuple[Any, Any, Any], xp: ModuleType) -> Any:
+    """out = (x - mean) * gamma * invstd + beta, for one block: the forward itself."""
+    mean, scale, shift = coef
+    xp.subtract(x, mean, out=out)
+    out *= scale
+    out += shift
+    return out
+
+
 def forward_y(x3: Any, gamma: Any, beta: Any, st: Stats, layout: Layout, xp: ModuleType) -> Any:
     """y = gamma * (x - mean) * invstd + beta, in float64."""
     y = xp.empty(layout.view_shape, dtype=xp.float64)
-    mean = layout.per_channel(st.mean)
-    scale = layout.per_channel(gamma * st.invstd)
-    shift = layout.per_channel(beta)
-
-    def elementwise(b: Block) -> None:
-        out = y[b[0], :, b[1]]
-        xp.subtract(x3[b[0], :, b[1]], mean, out=out)
-        out *= scale
-        out += shift
-
-    backend.map_blocks(elementwise, layout, xp)
+    coef = y_coefficients(gamma, beta, st, layout)
+    backend.map_blocks(lambda b: forward_y_into(y[b[0], :, b[1]], x3[b[0], :, b[1]], coef, xp), layout, xp)
     return y
