@@ -87,6 +87,30 @@ def shape_rows(cp: Any, torch: Any, shape: tuple[int, ...], label: str) -> list[
     return rows
 
 
+def before_after(cp: Any, shape: tuple[int, ...], dtype: str) -> list[list[str]]:
+    """Each variant's backward with the generated kernels and with CuPy's own (fused
+    reductions, cuBLAS, cupy.fuse), in the same run on the same data."""
+    from service.numerics import backend
+
+    rng = np.random.default_rng(1)
+    lay = Layout.of(shape, 1)
+    ar = make_arith(dtype, None, shape=lay.view_shape, xp=cp)
+    xs, dys = ar.load(cp.asarray(lay.view(rng.standard_normal(shape) + 1))), ar.load(cp.asarray(lay.view(
+        rng.standard_normal(shape))))
+    gs = ar.param(cp.asarray(rng.uniform(0.5, 1.5, lay.C)))
+    cache = forward_cache(xs, gs, ar, eps=EPS)
+    rows = []
+    for name, v in VARIANTS.items():
+        new = gpu_ms(cp, lambda v=v: v.fn(dys, cache, ar))
+        backend.RAW_KERNELS_OK[0] = False
+        try:
+            old = gpu_ms(cp, lambda v=v: v.fn(dys, cache, ar))
+        finally:
+            backend.RAW_KERNELS_OK[0] = not backend.RAW_KERNEL_ERRORS
+        rows.append([f"{shape}", dtype, f"`{name}`", f"{old:.3f}", f"{new:.3f}", f"{old / new:.2f}"])
+    return rows
+
+
 def main() -> None:
     try:
         import cupy as cp
@@ -103,10 +127,14 @@ def main() -> None:
     rows = [row for shape, label in SHAPES for row in shape_rows(cp, torch, shape, label)]
     print(table(["shape", "dtype", "what", "ms", "÷ torch"], rows))
     worst = max(float(r[4]) for r in rows if "given its forward cache" in r[2])
+    ab = before_after(cp, (65536, 256), "float32") + before_after(cp, (32, 256, 56, 56), "float32")
+    print("\nBackward given the forward cache: CuPy's kernels (before) and the generated ones (after)\n")
+    print(table(["shape", "dtype", "variant", "before ms", "after ms", "speed-up"], ab))
     from service.numerics import backend
 
-    fused = "fused in-kernel" if backend._FUSED_REDUCTION_OK[0] else "written out, then cuBLAS (fusion failed)"
-    print(f"\nworst variant backward / torch: {worst:.2f} (target <= 2); product sums {fused}; "
+    kernels = ("generated kernels (kernels.py)" if backend.RAW_KERNELS_OK[0]
+               else f"CuPy fallbacks, generated kernels failed: {backend.RAW_KERNEL_ERRORS[:1]}")
+    print(f"\nworst variant backward / torch: {worst:.2f} (target <= 2); {kernels}; "
           f"total {time.perf_counter() - start:.0f} s")
 
 

@@ -22,7 +22,11 @@ for dtype in ("float16", "bfloat16", "float32", "float64"):
             print(f"smoke {dtype:9s} {v:9s} passed={r.passed} device={r.device} {time.perf_counter() - t:.2f}s")
         except Exception:
             print(f"smoke {dtype} {v} FAILED"); traceback.print_exc()
+from service.numerics import backend
+print("generated kernels ok:", backend.RAW_KERNELS_OK[0], "built:", len(backend._RAW_KERNELS), backend.RAW_KERNEL_ERRORS[:2])
 PY
+timeout 120 $PY -m pytest -q -p no:cacheprovider -x tests/numerics/test_gpu.py -k generated_kernels 2>&1 \
+    | tee "$OUT/gpu_kernel_tests.txt" | tail -30
 timeout "${TEST_TIMEOUT:-240}" $PY -m pytest -q -p no:cacheprovider -W default --maxfail=25 \
     tests/numerics/test_gpu.py 2>&1 | tee "$OUT/gpu_tests.txt" | tail -40
 timeout "${BENCH_TIMEOUT:-170}" $PY -m bench.gpu 2>&1 | tee "$OUT/bench_gpu.txt"

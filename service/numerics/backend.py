@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from . import kernels
 from .dtypes import BFLOAT16
 from .errors import DeviceUnavailableError, InputError
 from .layout import Block, Layout
@@ -37,7 +38,9 @@ __all__ = [
     "channel_count",
     "channel_max",
     "channel_sum",
+    "channel_sums",
     "device_name",
+    "elementwise",
     "gpu_available",
     "is_numpy",
     "map_blocks",
@@ -165,7 +168,8 @@ def sum_parts(parts: Sequence[Any]) -> Any:
 def channel_sum(a3: Any, xp: ModuleType) -> Any:
     """Sum a (p, C, s) block over axes 0 and 2, fast, in its own dtype; returns (C,)."""
     if not is_numpy(xp):
-        return matvec_channel_sum(a3, xp)
+        got = _raw("reduce", [(same, (a3,))], a3.shape, xp)
+        return got[0].reshape(-1) if got is not None else matvec_channel_sum(a3, xp)
     if a3.shape[2] == 1:
         return np.add.reduce(a3[:, :, 0], axis=0)
     return a3.sum(axis=(0, 2))
@@ -228,7 +232,8 @@ def two_stage_channel_max(a3: Any, xp: ModuleType, *, chunks: int = 1024) -> Any
 def channel_dot(a3: Any, b3: Any, xp: ModuleType) -> Any:
     """Per-channel sum of a*b without materialising the product on the CPU."""
     if not is_numpy(xp):
-        return channel_sum(a3 * b3, xp)
+        got = _raw("reduce", [(_product, (a3, b3))], a3.shape, xp)
+        return got[0].reshape(-1) if got is not None else channel_sum(a3 * b3, xp)
     if a3.shape[2] == 1:
         return np.einsum("pc,pc->c", a3[:, :, 0], b3[:, :, 0])
     return np.einsum("pcs,pcs->c", a3, b3)
@@ -354,3 +359,115 @@ def container(dtype: np.dtype[Any], xp: ModuleType) -> np.dtype[Any]:
 def from_container(a: Any, dtype: np.dtype[Any]) -> np.ndarray:
     """Bring an array to the host in its logical dtype (float32-held bfloat16 included)."""
     return to_numpy(a).astype(dtype, copy=False)
+
+
+def same(a: Any) -> Any:
+    """The identity, as a term: ``channel_sums([(same, (a,))])`` is the channel sum of a."""
+    return a
+
+
+def _product(a: Any, b: Any) -> Any:
+    return a * b
+
+
+def channel_sums(terms: Sequence[kernels.Term], shape: tuple[int, int, int], xp: ModuleType) -> list[Any]:
+    """The channel sums of ``fn(*args)`` for each term, each (1, C, 1).
+
+    On the CPU each is a pairwise sum of the written-out values. On the GPU all of them
+    come from one pass over memory (one generated kernel, see kernels.py); where the
+    operands do not suit it, each term goes through a fused CuPy reduction instead.
+    """
+    if is_numpy(xp):
+        return [pairwise_channel_sum(fn(*args), xp) for fn, args in terms]
+    got = _raw("reduce", terms, shape, xp)
+    if got is not None:
+        return got
+    return [fused_channel_sum(fn, args, shape, xp) for fn, args in terms]
+
+
+def elementwise(fn: Callable[..., Any], shape: tuple[int, int, int], xp: ModuleType) -> Callable[..., Any]:
+    """``fn`` over (P, C, S) views, per-channel (1, C, 1) vectors and scalars: plain NumPy on
+    the CPU; on the GPU one generated kernel with the same rounded operations (kernels.py),
+    or ``cupy.fuse`` where the operands do not suit it."""
+    if is_numpy(xp):
+        return fn
+
+    def run(*args: Any) -> Any:
+        got = _raw("map", [(fn, args)], shape, xp)
+        return got if got is not None else fuse(fn, xp)(*args)
+
+    return run
+
+
+_CTYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
+_RAW_KERNELS: dict[Any, Any] = {}
+RAW_KERNELS_OK = [True]  # False once a generated kernel failed to build: then CuPy's own kernels serve
+RAW_KERNEL_ERRORS: list[str] = []
+
+
+def _raw(mode: str, terms: Sequence[kernels.Term], shape: tuple[int, ...], xp: ModuleType) -> Any:
+    """Run ``terms`` as one generated kernel; None where that does not apply."""
+    if not RAW_KERNELS_OK[0] or len(shape) != 3:
+        return None
+    P, C, S = (int(n) for n in shape)
+    found = kernels.operands(terms, (P, C, S))
+    if found is None:
+        return None
+    values, kinds, slotted = found
+    arrays = [v for v, k in zip(values, kinds, strict=True) if k != "scalar"]
+    if "full" not in kinds:
+        return None
+    dtype = arrays[0].dtype
+    if dtype not in _CTYPES or any(a.dtype != dtype or not a.flags.c_contiguous for a in arrays):
+        return None
+    launch = kernels.plan((P, C, S), _target_blocks(xp))
+    if launch is None:
+        return None
+    key = (mode, launch.template, dtype.str, tuple(kinds), tuple(slotted))
+    kernel = _RAW_KERNELS.get(key)
+    try:
+        if kernel is None:
+            try:
+                src = kernels.source(mode, launch, _CTYPES[dtype], kinds, slotted)
+            except kernels.Untraceable:
+                return None
+            kernel = xp.RawKernel(src.code, src.name)
+            build = getattr(kernel, "compile", None)
+            _ = build() if callable(build) else kernel.kernel  # compile now, so a failure lands here
+            _RAW_KERNELS[key] = kernel
+    except Exception as exc:  # a compiler that refuses the source: remember, and use CuPy's kernels
+        RAW_KERNELS_OK[0] = False
+        RAW_KERNEL_ERRORS.append(f"{type(exc).__name__}: {exc}")
+        return None
+    args = [dtype.type(v) if k == "scalar" else v for v, k in zip(values, kinds, strict=True)]
+    tail = (np.int32(P), np.int32(C), np.int32(S), np.int32(launch.chunk))
+    if mode == "map":
+        out = xp.empty((P, C, S), dtype=dtype)
+        kernel(launch.grid, launch.block, (*args, out, *tail))
+        return out
+    partial = xp.empty((len(terms), launch.chunks, C), dtype=dtype)
+    sums = xp.empty((len(terms), C), dtype=dtype)
+    kernel(launch.grid, launch.block, (*args, partial, sums, _counter(launch.tiles, xp), *tail))
+    return [sums[k].reshape(1, C, 1) for k in range(len(terms))]
+
+
+_COUNTERS: dict[tuple[int, int], Any] = {}
+_SM_COUNT: dict[int, int] = {}
+
+
+def _counter(n: int, xp: ModuleType) -> Any:
+    """Zeroed uint32 counters, one per channel tile, for the reductions' last-block hand-off.
+    Kept per device and stream: each kernel's last block sets its counter back to 0."""
+    key = (int(xp.cuda.runtime.getDevice()), int(xp.cuda.get_current_stream().ptr))
+    held = _COUNTERS.get(key)
+    if held is None or held.size < n:
+        held = _COUNTERS[key] = xp.zeros(max(n, 1024), dtype=xp.uint32)
+    return held
+
+
+def _target_blocks(xp: ModuleType) -> int:
+    """Four blocks per multiprocessor: enough loads in flight to keep memory busy."""
+    device = int(xp.cuda.runtime.getDevice())
+    if device not in _SM_COUNT:
+        _SM_COUNT[device] = int(xp.cuda.Device(device).attributes["MultiProcessorCount"])
+    return 4 * _SM_COUNT[device]

@@ -51,11 +51,15 @@ class Arith:
 
     def csum(self, a3: Any) -> Any:
         """Channel sums, kept as (1, C, 1) so formulas broadcast like the seed's axis-0 sums."""
-        return backend.pairwise_channel_sum(a3, self.xp)
+        return self.csums((backend.same, (a3,)))[0]
 
     def csum_of(self, fn: Callable[..., Any], *args: Any) -> Any:
         """``csum(fn(*args))``; on the GPU without writing ``fn(*args)`` out."""
-        return backend.fused_channel_sum(fn, args, self.shape, self.xp)
+        return self.csums((fn, args))[0]
+
+    def csums(self, *terms: tuple[Callable[..., Any], tuple[Any, ...]]) -> list[Any]:
+        """``csum_of(fn, *args)`` for each ``(fn, args)``; on the GPU in one pass over memory."""
+        return backend.channel_sums(terms, self.shape, self.xp)
 
     def const(self, value: float) -> Any:
         """A scalar rounded to accum, as NumPy rounds a Python scalar it combines with an array."""
@@ -63,7 +67,7 @@ class Arith:
 
     def ew(self, fn: Callable[..., Any]) -> Callable[..., Any]:
         """An element-wise function: one fused kernel on the GPU, plain NumPy on the CPU."""
-        return backend.fuse(fn, self.xp)
+        return backend.elementwise(fn, self.shape, self.xp)
 
     def store(self, a: Any) -> Any:
         return backend.round_to(a, self.storage, self.xp)

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from .backend import same
 from .precision import Arith
 
 __all__ = ["VARIANTS", "Cache", "Grads", "Variant", "forward_cache", "inference_backward"]
@@ -124,9 +125,7 @@ def staged(dy: Any, c: Cache, ar: Arith) -> Grads:
     run does dsq and dx2 in float64. Here they stay in accum; 1/N * 1 rounds to 1/N, so a
     per-channel value gives the values of the full array.
     """
-    dbeta = ar.csum(dy)
-    dgamma = ar.csum_of(_mul, dy, c.xhat)
-    divar = ar.csum_of(_staged_divar_terms, dy, c.gamma, c.xmu)
+    dbeta, dgamma, divar = ar.csums((same, (dy,)), (_mul, (dy, c.xhat)), (_staged_divar_terms, (dy, c.gamma, c.xmu)))
     terms = (dy, c.gamma, c.ivar, ar.const(2.0), c.xmu, ar.const(1.0 / ar.R), ar.const(0.5), ar.const(-1.0),
              c.sqrtvar, divar)
     dmu_sum = ar.csum_of(_staged_dx1, *terms)  # the seed's sum(dxmu1 + dxmu2); dmu = -1 * it
@@ -144,9 +143,10 @@ def _kevin_dx(inv_n: Any, ivar: Any, n: Any, dy: Any, gamma: Any, s1: Any, xhat:
 def kevin(dy: Any, c: Cache, ar: Arith) -> Grads:
     """The seed's ``kevin_batchnorm_backward``. dxhat = dy * gamma is recomputed where it is
     used rather than stored: the same operation gives the same values."""
-    s1, s2 = ar.csum_of(_mul, dy, c.gamma), ar.csum_of(_kevin_s2, dy, c.gamma, c.xhat)
+    s1, s2, dgamma, dbeta = ar.csums((_mul, (dy, c.gamma)), (_kevin_s2, (dy, c.gamma, c.xhat)),
+                                     (_mul, (c.xhat, dy)), (same, (dy,)))
     dx = ar.ew(_kevin_dx)(ar.const(1.0 / ar.R), c.ivar, ar.const(ar.R), dy, c.gamma, s1, c.xhat, s2)
-    return Grads(dx, ar.csum_of(_mul, c.xhat, dy), ar.csum(dy))
+    return Grads(dx, dgamma, dbeta)
 
 
 def _rocking_inner(inv_n: Any, xhat: Any, s: Any, dy: Any) -> Any:
@@ -161,10 +161,10 @@ def rocking(dy: Any, c: Cache, ar: Arith) -> Grads:
     """The seed's ``rocking_batchnorm_backward``, without the Python list around the
     bracket that gives the seed's dx an extra leading axis of length 1."""
     inv_n = ar.const(1.0 / ar.R)
-    s = ar.csum_of(_mul, c.xhat, dy)
+    s, dbeta = ar.csums((_mul, (c.xhat, dy)), (same, (dy,)))
     t = ar.csum_of(_rocking_inner, inv_n, c.xhat, s, dy)
     dx = ar.ew(_rocking_dx)(inv_n, c.ivar, c.gamma, ar.const(ar.R), dy, c.xhat, s, t)
-    return Grads(dx, s, ar.csum(dy))  # the seed's dgamma is sum(x_hat * dy): s again
+    return Grads(dx, s, dbeta)  # the seed's dgamma is sum(x_hat * dy): s again
 
 
 def _qianfeng_dx(inv_n: Any, ivar: Any, gamma: Any, n: Any, dy: Any, dbeta: Any, xhat: Any, dgamma: Any) -> Any:
@@ -173,8 +173,7 @@ def _qianfeng_dx(inv_n: Any, ivar: Any, gamma: Any, n: Any, dy: Any, dbeta: Any,
 
 def qianfeng(dy: Any, c: Cache, ar: Arith) -> Grads:
     """The seed's ``qianfeng_batchnorm_backward``."""
-    dbeta = ar.csum(dy)
-    dgamma = ar.csum_of(_mul, c.xhat, dy)
+    dbeta, dgamma = ar.csums((same, (dy,)), (_mul, (c.xhat, dy)))
     dx = ar.ew(_qianfeng_dx)(ar.const(1.0 / ar.R), c.ivar, c.gamma, ar.const(ar.R), dy, dbeta, c.xhat, dgamma)
     return Grads(dx, dgamma, dbeta)
 
@@ -185,7 +184,8 @@ def _inference_dx(dy: Any, gamma: Any, ivar: Any) -> Any:
 
 def inference_backward(dy: Any, c: Cache, ar: Arith) -> Grads:
     """Inference mode: the statistics are constants, so dx = dy * gamma * invstd."""
-    return Grads(ar.ew(_inference_dx)(dy, c.gamma, c.ivar), ar.csum_of(_mul, dy, c.xhat), ar.csum(dy))
+    dgamma, dbeta = ar.csums((_mul, (dy, c.xhat)), (same, (dy,)))
+    return Grads(ar.ew(_inference_dx)(dy, c.gamma, c.ivar), dgamma, dbeta)
 
 
 @dataclass(frozen=True)

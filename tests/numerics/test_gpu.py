@@ -8,7 +8,8 @@ from service.numerics.backend import gpu_available
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not gpu_available(), reason="no CUDA device (CuPy)")]
 
-LAYOUTS = [((4096, 8), 1), ((8, 16, 8, 8), 1), ((8, 6, 6, 16), -1), ((2, 4, 3, 5, 7), 1)]
+# Every thread layout of kernels.py: packed (C <= 256), rows (C > 256), planes (S > 1).
+LAYOUTS = [((4096, 8), 1), ((64, 300), 1), ((8, 16, 8, 8), 1), ((8, 6, 6, 16), -1), ((2, 4, 3, 5, 7), 1)]
 DTYPES = ["float16", "bfloat16", "float32", "float64"]
 NO_FD = FDOptions("none")
 
@@ -73,3 +74,31 @@ def test_auto_picks_the_gpu_and_bfloat16_accumulation_is_refused():
     assert check(case.x, case.dy, device="auto", finite_difference=NO_FD).device == "gpu"
     with pytest.raises(InputError, match="accum_dtype"):
         check(case.x, case.dy, dtype="bfloat16", accum_dtype="bfloat16", device="gpu")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(4096, 8, 1), (1 << 16, 3, 1), (64, 300, 1), (8, 16, 64), (3, 5, 7),
+                                   (2, 3, 1 << 16)])
+def test_generated_kernels_are_exact_on_the_gpu(shape, dtype):
+    """Integer-valued data: the channel sums must be exact, the element-wise map bit-identical
+    to NumPy, and the generated kernels (not CuPy's fallbacks) must be the ones that ran."""
+    import cupy as cp
+
+    from service.numerics import backend, variants
+
+    rng = np.random.default_rng(0)
+    a, b = (rng.integers(-8, 9, size=shape).astype(dtype) for _ in range(2))
+    g = rng.integers(-3, 4, size=(1, shape[1], 1)).astype(dtype)
+    two = dtype(2.0)
+    terms = [(backend.same, (a,)), (variants._mul, (a, b)), (variants._staged_divar_terms, (a, g, b))]
+    got = backend.channel_sums([(fn, tuple(cp.asarray(v) if isinstance(v, np.ndarray) else v for v in args))
+                                for fn, args in terms], shape, cp)
+    for (fn, args), s in zip(terms, got, strict=True):
+        want = fn(*[v.astype(np.float64) for v in args]).sum(axis=(0, 2), keepdims=True)
+        np.testing.assert_array_equal(s.get(), want.astype(dtype))
+    args = (two, g, g, two, a, g, b, g)
+    out = backend.elementwise(variants._qianfeng_dx, shape, cp)(
+        *[cp.asarray(v) if isinstance(v, np.ndarray) else v for v in args])
+    np.testing.assert_array_equal(out.get().view(np.uint8), variants._qianfeng_dx(*args).view(np.uint8))
+    assert backend.RAW_KERNELS_OK[0], backend.RAW_KERNEL_ERRORS
+    np.testing.assert_array_equal(backend.channel_sum(cp.asarray(a), cp).get(), a.astype(np.float64).sum(axis=(0, 2)))
