@@ -17,10 +17,10 @@ Why not CuPy's own kernels:
 
 Three thread layouts over the (P, C, S) view, each for a reduction ("reduce")
 or an element-wise map ("map"):
-- ``packed``: S == 1 and C <= 256. A block of 256 threads walks whole rows; a
+- ``packed``: S == 1 and C <= 32. A block of 256 threads walks whole rows; a
   thread keeps one channel (t % C) and steps by a multiple of C, so loads are
   contiguous and no index is divided.
-- ``rows``: S == 1 and C > 256. Blocks of 32 x 8 threads; a warp reads 32
+- ``rows``: S == 1 and C > 32. Blocks of 32 x 8 threads; a warp reads 32
   neighbouring channels of a row.
 - ``planes``: S > 1. A block owns one channel and a chunk of its P*S elements,
   which lie in contiguous runs of S.
@@ -40,6 +40,8 @@ __all__ = ["BLOCK_THREADS", "Launch", "Source", "Term", "Untraceable", "operands
 
 BLOCK_THREADS = 256
 _ROWS_TILE = 32
+_PACKED_MAX_C = 32  # so that every channel has at least 8 threads to add up the partial sums
+_GATHER = 64  # at most this many partial sums per thread in a reduction's last block
 _MAX_CHUNKS = 1024
 _MAX_GRID_Y = 65535
 _INT_MAX = (1 << 31) - 1
@@ -154,7 +156,7 @@ def plan(shape: tuple[int, int, int], target_blocks: int) -> Launch | None:
     P, C, S = shape
     if max(P, C, S) > _INT_MAX or P * S > _INT_MAX:
         return None
-    if S == 1 and C <= BLOCK_THREADS:
+    if S == 1 and C <= _PACKED_MAX_C:
         template, tiles, extent = "packed", 1, P
         block, lanes, groups = (BLOCK_THREADS, 1), C, BLOCK_THREADS // C
     elif S == 1:
@@ -164,7 +166,7 @@ def plan(shape: tuple[int, int, int], target_blocks: int) -> Launch | None:
         template, tiles, extent = "planes", C, P * S
         block, lanes, groups = (BLOCK_THREADS, 1), 1, BLOCK_THREADS
         extent = P * S
-    chunks = max(1, min(_MAX_CHUNKS, -(-target_blocks // tiles), extent))
+    chunks = max(1, min(_MAX_CHUNKS, _GATHER * groups, -(-target_blocks // tiles), extent))
     if template == "planes":
         chunks = max(chunks, min(extent, -(-extent // (1 << 20))))  # at most ~1M elements a block
     chunk = -(-extent // chunks)
@@ -309,6 +311,7 @@ def _reduce_tail(T: str, nout: int) -> str:
         f"""        {{
             {T} s = 0;
             if (valid && group < groups)
+                #pragma unroll 8
                 for (unsigned int b = group; b < gridDim.y; b += groups)
                     s = {add}(s, __ldcg(&partial[((long long){k} * gridDim.y + b) * C + c]));
             sh[{k}][t] = s;

@@ -65,6 +65,7 @@ def test_tracing_refuses_what_is_not_plain_arithmetic():
 
 def test_plan_picks_the_layout_and_covers_every_element():
     assert plan((4096, 32, 1), 528).template == "packed"
+    assert plan((4096, 33, 1), 528).template == "rows"
     assert plan((4096, 300, 1), 528).template == "rows"
     assert plan((32, 256, 3136), 528).template == "planes"
     for shape in [(1048576, 32, 1), (65536, 256, 1), (4096, 4096, 1), (32, 256, 3136), (1, 3, 1 << 22), (7, 1, 1)]:
@@ -84,9 +85,9 @@ def _identity(a):
     return a
 
 
-# (P, C, S) and blocks to aim at: packed with C dividing 256 or not, rows with a ragged tile,
+# (P, C, S) and blocks to aim at: packed with C dividing 256 or not, rows with whole and ragged tiles,
 # planes with S below and above the block, one channel, one row.
-SHAPES = [((37, 5, 1), 4), ((64, 256, 1), 3), ((9, 300, 1), 3), ((3, 4, 50), 9), ((5, 3, 7), 4),
+SHAPES = [((37, 5, 1), 4), ((40, 32, 1), 3), ((64, 256, 1), 3), ((9, 300, 1), 3), ((3, 4, 50), 9), ((5, 3, 7), 4),
           ((2, 2, 300), 5), ((1, 1, 1), 2), ((300, 1, 1), 3)]
 DTYPES = [np.float32, np.float64]
 
