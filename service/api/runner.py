@@ -33,17 +33,24 @@ class Outcome:
     timings_ms: dict[str, float]
 
 
-def parse(body: bytes, settings: Settings) -> CheckRequest:
-    if not body.strip():
+def parse(body: Any, settings: Settings) -> CheckRequest:
+    """The request from its JSON ``body`` (bytes, or an mmap of them)."""
+    if not body[:4096].strip() and not bytes(body).strip():
         raise ProblemError(400, "malformed-json", "Malformed JSON", "the body is empty; send a JSON object")
+    text, lifted = codec.lift_b64(body)
     try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise ProblemError(400, "malformed-json", "Malformed JSON", f"the body is not valid JSON: {exc}") from None
+        data = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        try:  # the message's positions must be those of the body as sent
+            orjson.loads(bytes(body))
+            detail = "the body is not valid JSON"
+        except orjson.JSONDecodeError as exc:
+            detail = f"the body is not valid JSON: {exc}"
+        raise ProblemError(400, "malformed-json", "Malformed JSON", detail) from None
     if not isinstance(data, dict):
         detail = "the body must be a JSON object with at least x and dy"
         raise ProblemError(422, "invalid-input", "Invalid input", detail, [("body", detail)])
-    context = {"max_elements": settings.max_elements}
+    context = {"max_elements": settings.max_elements, "lifted": lifted}
     try:
         return CheckRequest.model_validate(data, context=context)
     except ValidationError as exc:

@@ -31,7 +31,8 @@ DEFAULT_MAX_ELEMENTS = 1 << 24
 def _decode(value: Any, info: ValidationInfo) -> codec.Decoded:
     ctx = info.context or {}
     try:
-        return codec.decode(value, max_elements=ctx.get("max_elements", DEFAULT_MAX_ELEMENTS))
+        return codec.decode(value, max_elements=ctx.get("max_elements", DEFAULT_MAX_ELEMENTS),
+                            lifted=ctx.get("lifted"))
     except codec.TensorError as exc:
         raise PydanticCustomError("tensor", "{reason}", {"reason": str(exc)}) from None  # noqa: EM101 (a type, not a message)
 

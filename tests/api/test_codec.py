@@ -4,6 +4,7 @@ import base64
 
 import ml_dtypes
 import numpy as np
+import orjson
 import pytest
 
 from service.api import codec
@@ -148,3 +149,80 @@ def test_exact_zeros_and_ones_are_numbers():
 def test_why_booleans_need_looking_for():
     """np.asarray([1.5, True]) is [1.5, 1.0]: NumPy alone would take a boolean for a number."""
     assert np.asarray([1.5, True]).tolist() == [1.5, 1.0]
+
+
+# --- long b64 strings taken out of the body before orjson parses it (codec.lift_b64) ---
+
+def _body(x: np.ndarray, dy: np.ndarray, *, sep: str = ":", extra: str = "") -> bytes:
+    def t(a: np.ndarray) -> str:
+        return (f'{{"shape"{sep}{list(a.shape)}, "datatype": "FP32", '
+                f'"b64"{sep}"{base64.b64encode(a.tobytes()).decode()}"}}')
+    return f'{{"x": {t(x)}, "dy": {t(dy)}, "output": {{"encoding": "b64"}}{extra}}}'.encode()
+
+
+def _parse(body: bytes):
+    from service.api import Settings, runner
+
+    return runner.parse(body, Settings())
+
+
+@pytest.mark.parametrize("sep", [":", " : ", "\n:\t"])
+def test_lifted_b64_parses_to_the_same_arrays(sep):
+    rng = np.random.default_rng(3)
+    x, dy = (rng.standard_normal((256, 128)).astype(np.float32) for _ in range(2))
+    body = _body(x, dy, sep=sep)
+    text, lifted = codec.lift_b64(body)
+    assert len(lifted) == 2
+    assert len(text) < 400  # only the small rest goes through orjson
+    req = _parse(body)
+    np.testing.assert_array_equal(req.x.array, x)
+    np.testing.assert_array_equal(req.dy.array, dy)
+    assert req.output.encoding == "b64"
+
+
+def test_short_escaped_and_value_b64_are_left_to_orjson():
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((256, 128)).astype(np.float32)
+    b64 = base64.b64encode(x.tobytes()).decode()
+    escaped = b64.replace("/", "\\/")  # legal JSON, and some encoders write it
+    assert escaped != b64
+    body = (f'{{"x": {{"shape": [256, 128], "datatype": "FP32", "b64": "{escaped}"}}, '
+            f'"dy": {{"shape": [2], "datatype": "FP32", "b64": "AACAPwAAAEA="}}, "note": "b64"}}').encode()
+    _, lifted = codec.lift_b64(body)
+    assert lifted == {}
+    decoded = codec.decode({"shape": [256, 128], "datatype": "FP32", "b64": escaped.replace("\\/", "/")},
+                           max_elements=1 << 20)
+    np.testing.assert_array_equal(decoded.array, x)
+
+
+def test_a_lifted_string_is_still_validated_and_bad_json_still_refused():
+    from service.api.errors import ProblemError
+
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((256, 128)).astype(np.float32)
+    good = _body(x, x)
+    i = good.index(b'"b64"') + 10
+    bad_chars = good[:i] + b"!" + good[i + 1:]
+    with pytest.raises(ProblemError) as info:
+        _parse(bad_chars)
+    assert info.value.status == 422
+    assert "base64" in str(info.value.errors)
+    truncated = good[:-1]  # the closing brace is missing: the position must be the body's own
+    with pytest.raises(ProblemError) as info:
+        _parse(truncated)
+    assert info.value.status == 400
+    with pytest.raises(orjson.JSONDecodeError) as direct:
+        orjson.loads(truncated)
+    assert info.value.detail == f"the body is not valid JSON: {direct.value}"
+
+
+def test_a_guessed_placeholder_is_just_a_string():
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((256, 128)).astype(np.float32)
+    text, lifted = codec.lift_b64(_body(x, x))
+    name = next(iter(lifted))
+    # Another request cannot know this request's nonce: its own placeholders differ.
+    _, again = codec.lift_b64(_body(x, x))
+    assert name not in again
+    with pytest.raises(codec.TensorError, match="not valid base64|multiple of 4|holds"):
+        codec.decode({"shape": [2], "datatype": "FP32", "b64": name}, max_elements=10)
