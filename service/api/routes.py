@@ -72,7 +72,7 @@ async def post_check(request: Request) -> Response:
         metrics.in_flight.dec()
 
     try:
-        body = await request.body()
+        body = await request.app.state.workers.receive(request)
         deadline = time.monotonic() + settings.request_timeout_s
         metrics.in_flight.inc()
         handed_over = True

@@ -31,6 +31,7 @@ class Outcome:
     passed: bool
     elements: int
     timings_ms: dict[str, float]
+    shared: tuple[str, int] | None = None  # the body is in this shared-memory segment instead
 
 
 def parse(body: Any, settings: Settings) -> CheckRequest:
@@ -61,7 +62,7 @@ def _array(t: codec.Decoded | None) -> np.ndarray | None:
     return None if t is None else t.array
 
 
-def run(body: bytes, settings: Settings, *, deadline: float | None = None) -> Outcome:
+def run(body: Any, settings: Settings, *, deadline: float | None = None) -> Outcome:
     start = time.perf_counter()
     req = parse(body, settings)
     decoded = (time.perf_counter() - start) * 1e3

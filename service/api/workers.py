@@ -7,13 +7,16 @@ keeps answering while every core computes. Threads remain for tests and
 embedding (``BNCHECK_EXECUTOR=thread``).
 
 A job returns picklable results only: an ``Outcome`` or a ``Failure`` that
-already holds its problem+json body.
+already holds its problem+json body. Bodies of a megabyte or more travel through
+shared memory (shm.py), not the pipe: the server writes the request into a
+segment as it arrives, and the worker writes its answer into another.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import multiprocessing
 import os
@@ -24,10 +27,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import anyio
+from starlette.requests import Request
 
 from service.numerics.errors import InputError, TimeBudgetError
 
-from . import runner
+from . import runner, shm
 from .errors import ProblemError, from_domain, problem_body
 from .settings import Settings
 
@@ -48,7 +52,7 @@ def time_budget_problem(settings: Settings) -> ProblemError:
     return ProblemError(503, "time-budget", "Over the time budget", detail, headers={"Retry-After": "10"})
 
 
-def job(body: bytes, settings: Settings, deadline: float | None) -> runner.Outcome | Failure:
+def job(body: Any, settings: Settings, deadline: float | None) -> runner.Outcome | Failure:
     """One check; every expected error comes back as a problem document."""
     try:
         return runner.run(body, settings, deadline=deadline)
@@ -61,10 +65,42 @@ def job(body: bytes, settings: Settings, deadline: float | None) -> runner.Outco
     return Failure(problem.status, problem_body(problem, "/v1/check"), problem.headers)
 
 
+def shared_job(path: str, size: int, settings: Settings, deadline: float | None, owner: int
+               ) -> runner.Outcome | Failure:
+    """``job`` on a body in a shared-memory segment, parsed in place; a large answer goes
+    back in a segment of its own (named for ``owner``, the server, which removes it)."""
+    seg = shm.Segment.open(path, size)
+    try:
+        result = job(seg.mm, settings, deadline)
+    finally:
+        seg.close()
+    if isinstance(result, runner.Outcome) and len(result.body) >= shm.MIN_BYTES:
+        out = shm.Segment.create(len(result.body), owner)
+        if out is not None:
+            out.mm[:] = result.body
+            out.close()
+            return dataclasses.replace(result, body=b"", shared=(out.path, out.size))
+    return result
+
+
+def collect(result: runner.Outcome | Failure) -> runner.Outcome | Failure:
+    """An answer with its body in memory: read from its segment, which is then removed."""
+    if isinstance(result, runner.Outcome) and result.shared is not None:
+        seg = shm.Segment.open(*result.shared)
+        try:
+            return dataclasses.replace(result, body=seg.read(), shared=None)
+        finally:
+            seg.unlink()
+    return result
+
+
 class ThreadWorkers:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.limiter = anyio.CapacityLimiter(settings.max_concurrent)
+
+    async def receive(self, request: Request) -> bytes:
+        return await request.body()
 
     async def run(self, body: bytes, deadline: float, done: Callable[[], None]) -> runner.Outcome | Failure:
         def work() -> runner.Outcome | Failure:
@@ -115,14 +151,71 @@ class ProcessWorkers:
 
     def start(self) -> None:
         """Start every worker now, so the first requests do not pay for the imports."""
+        swept = shm.sweep()
+        if swept:
+            log.info("removed %d shared-memory segments left by servers that are gone", swept)
         futures = [self.pool.submit(_warm) for _ in range(self.settings.max_concurrent)]
         pids = {f.result(timeout=120) for f in futures}
         log.info("started %d worker processes: %s", len(pids), sorted(pids))
 
-    async def run(self, body: bytes, deadline: float, done: Callable[[], None]) -> runner.Outcome | Failure:
-        future: Future[Any] = self.pool.submit(job, body, self.settings, deadline)
-        future.add_done_callback(lambda _: done())
-        return await asyncio.wrap_future(future)
+    async def receive(self, request: Request) -> bytes | shm.Segment:
+        """The body: written into a shared-memory segment as it arrives when it is large
+        and the Content-Length says so up front; otherwise bytes."""
+        length = request.headers.get("content-length", "")
+        if not length.isdigit() or int(length) < shm.MIN_BYTES:
+            return await request.body()
+        seg = await anyio.to_thread.run_sync(shm.Segment.create, int(length))
+        if seg is None:  # no /dev/shm, or no room in it: the pipe still works
+            return await request.body()
+        try:
+            at = 0
+            async for chunk in request.stream():
+                end = at + len(chunk)
+                if end > seg.size:
+                    break
+                seg.mm[at:end] = chunk
+                at = end
+            if at != seg.size:
+                detail = f"the body did not match its Content-Length of {seg.size:,} bytes"
+                raise ProblemError(400, "malformed-json", "Malformed JSON", detail)
+        except BaseException:
+            seg.unlink()
+            raise
+        seg.close()
+        return seg
+
+    async def run(self, body: bytes | shm.Segment, deadline: float, done: Callable[[], None]
+                  ) -> runner.Outcome | Failure:
+        seg = body if isinstance(body, shm.Segment) else None
+        try:
+            if seg is not None:
+                future: Future[Any] = self.pool.submit(shared_job, seg.path, seg.size, self.settings, deadline,
+                                                       os.getpid())
+            else:
+                future = self.pool.submit(job, body, self.settings, deadline)
+        except BaseException:
+            if seg is not None:
+                seg.unlink()
+            raise
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[Any] = loop.create_future()
+
+        def finished(f: Future[Any]) -> None:
+            # In the pool's thread, also when nobody waits any more (a cancelled request):
+            # every segment is removed here, whatever happened.
+            try:
+                outcome: tuple[bool, Any] = (True, collect(f.result()))
+            except BaseException as exc:  # noqa: BLE001 (handed to the waiting request)
+                outcome = (False, exc)
+            finally:
+                if seg is not None:
+                    seg.unlink()
+                done()
+            with contextlib.suppress(RuntimeError):  # the loop has closed: nobody to tell
+                loop.call_soon_threadsafe(_settle, waiter, outcome)
+
+        future.add_done_callback(finished)
+        return await waiter
 
     def shutdown(self) -> None:
         """Let running checks finish, then stop the workers."""
@@ -130,6 +223,16 @@ class ProcessWorkers:
             if self._pool is not None:
                 self._pool.shutdown(wait=True)
                 self._pool = None
+
+
+def _settle(waiter: asyncio.Future[Any], outcome: tuple[bool, Any]) -> None:
+    if waiter.done():
+        return
+    ok, value = outcome
+    if ok:
+        waiter.set_result(value)
+    else:
+        waiter.set_exception(value)
 
 
 def make_workers(settings: Settings) -> ThreadWorkers | ProcessWorkers:

@@ -1,11 +1,14 @@
 """Tensor encodings: exact round trips, and refusals that name the problem."""
 
 import base64
+import json
 
 import ml_dtypes
 import numpy as np
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from service.api import codec
 
@@ -226,3 +229,42 @@ def test_a_guessed_placeholder_is_just_a_string():
     assert name not in again
     with pytest.raises(codec.TensorError, match="not valid base64|multiple of 4|holds"):
         codec.decode({"shape": [2], "datatype": "FP32", "b64": name}, max_elements=10)
+
+
+def _restore(value, lifted):
+    """The parsed document with every placeholder put back as the text it stands for."""
+    if isinstance(value, dict):
+        return {k: _restore(v, lifted) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_restore(v, lifted) for v in value]
+    if isinstance(value, str) and value in lifted:
+        return bytes(lifted[value]).decode()
+    return value
+
+
+_b64_text = st.text(alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=", min_size=0,
+                    max_size=40)
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers(-10, 10) | st.text(alphabet='ab"\\\n/b64', max_size=8),
+    lambda inner: st.lists(inner, max_size=4)
+    | st.dictionaries(st.sampled_from(["b64", "x", 'k"b64"', "\\", "shape"]), inner | _b64_text, max_size=4),
+    max_leaves=12,
+)
+
+
+@given(doc=_json, indent=st.sampled_from([None, 1]), slash=st.booleans())
+def test_lifting_never_changes_what_the_document_says(doc, indent, slash):
+    """Oracle: orjson on the original body. Any document, any escaping, any spacing."""
+    body = json.dumps(doc, indent=indent).encode()
+    if slash:
+        body = body.replace(b"/", b"\\/")
+    text, lifted = codec.lift_b64(body, min_len=1)
+    assert _restore(orjson.loads(text), lifted) == orjson.loads(body)
+
+
+def test_lifting_walks_past_escaped_quotes():
+    b64 = "QUFB" * 20000
+    body = b'{"a": "x\\\\", "k\\"": 1, "b64" : "' + b64.encode() + b'"}'
+    text, lifted = codec.lift_b64(body)
+    assert [bytes(v).decode() for v in lifted.values()] == [b64]
+    assert _restore(orjson.loads(text), lifted) == orjson.loads(body)

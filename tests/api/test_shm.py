@@ -1,0 +1,120 @@
+"""Bodies through shared memory: segments, their clean-up, and the pipe as the fallback."""
+
+import base64
+import errno
+import os
+import socket
+import time
+
+import httpx
+import numpy as np
+import pytest
+
+from service.api import shm
+from service.numerics import FDOptions, check
+
+from ..conftest import LiveServer
+
+pytestmark = pytest.mark.skipif(not shm.available(), reason="no writable /dev/shm")
+
+
+def _mine() -> list[str]:
+    return sorted(p.name for p in shm._DIR.glob(f"{shm._PREFIX}{os.getpid()}-*"))
+
+
+def test_a_segment_round_trips_and_is_removed():
+    seg = shm.Segment.create(3 << 20)
+    assert seg is not None
+    data = os.urandom(3 << 20)
+    seg.mm[:] = data
+    seg.close()
+    other = shm.Segment.open(seg.path, seg.size)
+    assert other.read() == data
+    assert other.mm.find(data[1000:1016]) == 1000
+    other.unlink()
+    assert not os.path.exists(seg.path)
+    other.unlink()  # twice is harmless
+
+
+def test_no_room_means_no_segment_not_a_crash(monkeypatch):
+    def full(fd, offset, length):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    before = _mine()
+    assert shm.Segment.create(1 << 20) is None
+    assert _mine() == before
+
+
+def test_sweep_removes_only_the_segments_of_servers_that_are_gone():
+    dead = 2**22 + 12345  # above any pid_max this machine uses
+    while True:
+        try:
+            os.kill(dead, 0)
+        except ProcessLookupError:
+            break
+        dead += 1
+    left = shm.Segment.create(10, owner=dead)
+    live = shm.Segment.create(10)
+    assert left is not None
+    assert live is not None
+    assert shm.sweep() >= 1
+    assert not os.path.exists(left.path)
+    assert os.path.exists(live.path)
+    live.unlink()
+
+
+def _big_request(rng):
+    x = (rng.standard_normal((512, 1024)) + 1).astype(np.float32)
+    dy = rng.standard_normal((512, 1024)).astype(np.float32)
+
+    def t(a):
+        return {"shape": list(a.shape), "datatype": "FP32", "b64": base64.b64encode(a.tobytes()).decode()}
+
+    return x, dy, {"x": t(x), "dy": t(dy), "finite_difference": {"method": "none"}}
+
+
+def _count(monkeypatch, name):
+    calls = []
+    real = getattr(shm.Segment, name)
+
+    def counted(*args, **kwargs):
+        calls.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(shm.Segment, name, staticmethod(counted))
+    return calls
+
+
+def test_large_checks_in_worker_processes_go_through_shared_memory_and_leave_nothing(monkeypatch):
+    created, opened = _count(monkeypatch, "create"), _count(monkeypatch, "open")
+    x, dy, body = _big_request(np.random.default_rng(0))
+    want = check(x, dy, finite_difference=FDOptions("none"))
+    with LiveServer(executor="process", max_concurrent=1) as server:
+        r = httpx.post(f"{server.url}/v1/check", json=body, timeout=120)
+        assert r.status_code == 200, r.text
+        assert len(r.request.content) > shm.MIN_BYTES
+        assert len(r.content) > shm.MIN_BYTES
+        got = r.json()["gradients"]["dx"]
+        dx = np.frombuffer(base64.b64decode(got["b64"]), np.float32).reshape(x.shape)
+        np.testing.assert_array_equal(dx, want.gradients["dx"])
+        assert len(created) == 1  # the request, written by the server as it arrived
+        assert len(opened) == 1  # the answer, written by the worker
+        # A client that promises more than it sends: the half-written segment is removed too.
+        with socket.create_connection(("127.0.0.1", server.port)) as s:
+            s.sendall(b"POST /v1/check HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                      b"Content-Length: 4194304\r\n\r\n" + b"{" + b" " * (2 << 20))
+        deadline = time.monotonic() + 10
+        while _mine() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _mine() == []
+
+
+def test_without_shared_memory_the_pipe_carries_the_body(monkeypatch):
+    monkeypatch.setattr(shm, "available", lambda: False)
+    x, dy, body = _big_request(np.random.default_rng(1))
+    with LiveServer(executor="process", max_concurrent=1) as server:
+        r = httpx.post(f"{server.url}/v1/check", json=body, timeout=120)
+    assert r.status_code == 200, r.text
+    assert r.json()["passed"] is True
+    assert _mine() == []
