@@ -21,6 +21,22 @@ def best_ms(fn: Callable[[], object], *, repeat: int = 7, warmup: int = 1) -> fl
     return min(times) * 1e3
 
 
+def interleaved_ms(fns: dict[str, Callable[[], object]], *, rounds: int = 5, warmup: int = 1
+                   ) -> dict[str, tuple[float, float]]:
+    """Best and median of each function over ``rounds`` rounds that run them in turn, so that
+    the machine's slow and fast spells fall on all of them alike."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append((time.perf_counter() - start) * 1e3)
+    return {name: (min(t), sorted(t)[len(t) // 2]) for name, t in times.items()}
+
+
 def machine() -> str:
     return f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, {date.today()}"
 

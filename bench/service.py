@@ -3,7 +3,7 @@
     python -m bench.service            (make bench)
 
 1. /v1/check over real HTTP (b64 float32, 4M elements) against the same check
-   in-process (target: at most 1.5x).
+   in-process (target: at most 1.5x), timed in turn over 5 rounds after a warm-up.
 2. Parsing 1M elements sent as nested lists against orjson.loads of the same
    text (target: at most 1.3x).
 3. /livez latency while four large checks run (target: p99 under 50 ms).
@@ -24,7 +24,7 @@ from service.api import Settings, runner
 from service.numerics import FDOptions, check
 
 from ._server import Server
-from ._timing import best_ms, machine, table
+from ._timing import best_ms, interleaved_ms, machine, table
 
 SHAPE = (65536, 64)
 
@@ -34,23 +34,32 @@ def _data(shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
     return (rng.standard_normal(shape) + 1).astype(np.float32), rng.standard_normal(shape).astype(np.float32)
 
 
-def transport_rows(server: Server) -> list[list[str]]:
+def transport_rows(rounds: int = 5) -> list[list[str]]:
+    """One worker process (max_concurrent 1), warmed by a first request as the in-process
+    runs are by theirs; the three are timed in turn, round after round."""
     x, dy = _data(SHAPE)
     body = orjson.dumps(build_request(x, dy))
-    local_ms = best_ms(lambda: check(x, dy, finite_difference=FDOptions("auto")), repeat=3)
-    runner_ms = best_ms(lambda: runner.run(body, Settings()), repeat=3)
-    with httpx.Client(base_url=server.url, timeout=300) as http:
+    with Server(max_concurrent="1") as server, httpx.Client(base_url=server.url, timeout=300) as http:
         def post() -> None:
             r = http.post("/v1/check", content=body, headers={"content-type": "application/json"})
             r.raise_for_status()
 
-        http_ms = best_ms(post, repeat=3)
+        ms = interleaved_ms({
+            "check": lambda: check(x, dy, finite_difference=FDOptions("auto")),
+            "runner": lambda: runner.run(body, Settings()),
+            "http": post,
+        }, rounds=rounds)
     size = len(body) / 2**20
+    base_best, base_median = ms["check"]
+
+    def row(what: str, key: str) -> list[str]:
+        best, median = ms[key]
+        return [what, f"{best:.0f}", f"{median:.0f}", f"{best / base_best:.2f}", f"{median / base_median:.2f}"]
+
     return [
-        ["numerics `check()` in-process (4M float32, FD auto)", f"{local_ms:.0f}", "1.00"],
-        [f"`runner.run`: parse {size:.0f} MiB body + check + encode", f"{runner_ms:.0f}",
-         f"{runner_ms / local_ms:.2f}"],
-        ["POST /v1/check over HTTP, b64 (uvicorn, same machine)", f"{http_ms:.0f}", f"{http_ms / local_ms:.2f}"],
+        row("numerics `check()` in-process (4M float32, FD auto)", "check"),
+        row(f"`runner.run`: parse {size:.0f} MiB body + check + encode", "runner"),
+        row("POST /v1/check over HTTP, b64 (uvicorn, 1 worker process)", "http"),
     ]
 
 
@@ -104,11 +113,12 @@ def livez_rows(server: Server, seconds: float = 15.0) -> list[list[str]]:
 
 def main() -> None:
     print(f"# bncheck service ({machine()})\n")
+    print(table(["what", "best ms", "median ms", "÷ in-process (best)", "÷ in-process (median)"],
+                transport_rows()))
+    print()
+    print(table(["what", "ms (best of 5)", "÷ orjson.loads"], parse_rows()))
+    print()
     with Server(max_concurrent="4") as server:
-        print(table(["what", "ms (best of 3)", "÷ in-process"], transport_rows(server)))
-        print()
-        print(table(["what", "ms (best of 5)", "÷ orjson.loads"], parse_rows()))
-        print()
         print(table(["what", "p50 ms", "p99 ms", "max ms"], livez_rows(server)))
 
 

@@ -25,6 +25,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from service.numerics.errors import DeviceUnavailableError, InputError, WorkLimitError
 
@@ -120,6 +121,13 @@ def install(app: FastAPI) -> None:
         title = _HTTP_TITLES.get(exc.status_code, "HTTP error")
         headers = dict(exc.headers or {})
         err = ProblemError(exc.status_code, "http", title, str(exc.detail), headers=headers)
+        return problem_response(err, request.url.path)
+
+    @app.exception_handler(ClientDisconnect)
+    async def _gone(request: Request, exc: ClientDisconnect) -> Response:
+        # Not a bug: the client closed the connection before its body arrived. Nobody
+        # will read this answer; the access log shows the 400.
+        err = ProblemError(400, "client-disconnected", "Client disconnected", "the body did not arrive in full")
         return problem_response(err, request.url.path)
 
     @app.exception_handler(Exception)

@@ -15,7 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from service.numerics import check
 from service.numerics.variants import VARIANTS
 
-from . import workers
+from . import shm, workers
 from .errors import MEDIA_TYPE, ProblemError
 from .metrics import Metrics
 from .openapi import PROBLEM_RESPONSES, REQUEST_BODY
@@ -91,6 +91,8 @@ async def post_check(request: Request) -> Response:
     metrics.elements.inc(result.elements)
     for phase, ms in result.timings_ms.items():
         metrics.phase.labels(phase).observe(ms / 1e3)
+    if result.shared is not None:
+        return shm.SegmentResponse(shm.Segment.open(*result.shared))
     return Response(result.body, media_type="application/json")
 
 

@@ -11,7 +11,8 @@ Here ``posix_fallocate`` reserves the pages up front and a full /dev/shm is an
 OSError, after which the caller falls back to the pipe. And the server owns every
 segment's name, so nothing depends on multiprocessing's resource tracker.
 
-Names are ``bncheck-<server pid>-<random>``; ``sweep`` removes those of servers
+Names are ``bncheck-<server pid>-<owner>-<random>``. A server removes its own when
+its workers stop (``remove_all``), and on start ``sweep`` removes those of servers
 that are no longer running (a crash leaves them behind).
 """
 
@@ -22,8 +23,12 @@ import mmap
 import os
 import secrets
 from pathlib import Path
+from typing import Any
 
-__all__ = ["MIN_BYTES", "Segment", "available", "sweep"]
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+__all__ = ["MIN_BYTES", "Segment", "SegmentResponse", "available", "owner_tag", "remove_all", "sweep"]
 
 MIN_BYTES = 1 << 20  # smaller bodies go through the pipe: a segment costs two system calls
 _DIR = Path("/dev/shm")
@@ -41,12 +46,12 @@ class Segment:
         self.path, self.mm, self.size = path, mm, size
 
     @classmethod
-    def create(cls, size: int, owner: int | None = None) -> Segment | None:
+    def create(cls, size: int, owner: str | None = None) -> Segment | None:
         """A new segment of ``size`` bytes with its pages reserved, or None where /dev/shm
-        is missing or has no room."""
+        is missing or has no room. ``owner`` (see ``owner_tag``) names who removes it."""
         if not available():
             return None
-        path = str(_DIR / f"{_PREFIX}{owner or os.getpid()}-{secrets.token_hex(8)}")
+        path = str(_DIR / f"{_PREFIX}{owner or owner_tag()}-{secrets.token_hex(8)}")
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         except OSError:
@@ -81,6 +86,40 @@ class Segment:
         self.close()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
+
+
+class SegmentResponse(Response):
+    """A JSON answer sent straight from a worker's segment (no copy into the server's
+    memory), which is removed once sent or once the client has gone."""
+
+    def __init__(self, seg: Segment, headers: dict[str, str] | None = None) -> None:
+        self.seg = seg
+        super().__init__(b"", media_type="application/json", headers=headers)
+        self.headers["content-length"] = str(seg.size)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+            body: Any = memoryview(self.seg.mm)[: self.seg.size]
+            await send({"type": "http.response.body", "body": body})
+        finally:
+            self.seg.unlink()
+
+
+def owner_tag() -> str:
+    """``<pid>-<random>``: a new owner in this process (a server's set of workers)."""
+    return f"{os.getpid()}-{secrets.token_hex(4)}"
+
+
+def remove_all(owner: str) -> int:
+    """Remove every segment of ``owner``: for a server whose workers have stopped, so that
+    an answer finished after the event loop stopped is not left behind."""
+    removed = 0
+    for entry in _DIR.glob(f"{_PREFIX}{owner}-*") if available() else ():
+        with contextlib.suppress(OSError):
+            entry.unlink()
+            removed += 1
+    return removed
 
 
 def sweep() -> int:

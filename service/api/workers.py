@@ -65,7 +65,7 @@ def job(body: Any, settings: Settings, deadline: float | None) -> runner.Outcome
     return Failure(problem.status, problem_body(problem, "/v1/check"), problem.headers)
 
 
-def shared_job(path: str, size: int, settings: Settings, deadline: float | None, owner: int
+def shared_job(path: str, size: int, settings: Settings, deadline: float | None, owner: str
                ) -> runner.Outcome | Failure:
     """``job`` on a body in a shared-memory segment, parsed in place; a large answer goes
     back in a segment of its own (named for ``owner``, the server, which removes it)."""
@@ -83,15 +83,11 @@ def shared_job(path: str, size: int, settings: Settings, deadline: float | None,
     return result
 
 
-def collect(result: runner.Outcome | Failure) -> runner.Outcome | Failure:
-    """An answer with its body in memory: read from its segment, which is then removed."""
+def discard(result: Any) -> None:
+    """Remove the segment of an answer nobody will send (its request was cancelled)."""
     if isinstance(result, runner.Outcome) and result.shared is not None:
-        seg = shm.Segment.open(*result.shared)
-        try:
-            return dataclasses.replace(result, body=seg.read(), shared=None)
-        finally:
-            seg.unlink()
-    return result
+        with contextlib.suppress(OSError):
+            os.unlink(result.shared[0])
 
 
 class ThreadWorkers:
@@ -138,6 +134,7 @@ class ProcessWorkers:
         self.settings = settings
         self._pool: ProcessPoolExecutor | None = None
         self._lock = threading.Lock()
+        self.owner = shm.owner_tag()  # every shared-memory segment of these workers
 
     @property
     def pool(self) -> ProcessPoolExecutor:
@@ -164,7 +161,7 @@ class ProcessWorkers:
         length = request.headers.get("content-length", "")
         if not length.isdigit() or int(length) < shm.MIN_BYTES:
             return await request.body()
-        seg = await anyio.to_thread.run_sync(shm.Segment.create, int(length))
+        seg = await anyio.to_thread.run_sync(shm.Segment.create, int(length), self.owner)
         if seg is None:  # no /dev/shm, or no room in it: the pipe still works
             return await request.body()
         try:
@@ -190,7 +187,7 @@ class ProcessWorkers:
         try:
             if seg is not None:
                 future: Future[Any] = self.pool.submit(shared_job, seg.path, seg.size, self.settings, deadline,
-                                                       os.getpid())
+                                                       self.owner)
             else:
                 future = self.pool.submit(job, body, self.settings, deadline)
         except BaseException:
@@ -204,15 +201,20 @@ class ProcessWorkers:
             # In the pool's thread, also when nobody waits any more (a cancelled request):
             # every segment is removed here, whatever happened.
             try:
-                outcome: tuple[bool, Any] = (True, collect(f.result()))
+                outcome: tuple[bool, Any] = (True, f.result())
             except BaseException as exc:  # noqa: BLE001 (handed to the waiting request)
                 outcome = (False, exc)
             finally:
                 if seg is not None:
                     seg.unlink()
                 done()
-            with contextlib.suppress(RuntimeError):  # the loop has closed: nobody to tell
+            if waiter.cancelled():  # over the time budget: nobody will send the answer
+                discard(outcome[1])
+                return
+            try:
                 loop.call_soon_threadsafe(_settle, waiter, outcome)
+            except RuntimeError:  # the loop has closed
+                discard(outcome[1])
 
         future.add_done_callback(finished)
         return await waiter
@@ -223,10 +225,12 @@ class ProcessWorkers:
             if self._pool is not None:
                 self._pool.shutdown(wait=True)
                 self._pool = None
+        shm.remove_all(self.owner)  # answers that finished after the event loop stopped
 
 
 def _settle(waiter: asyncio.Future[Any], outcome: tuple[bool, Any]) -> None:
-    if waiter.done():
+    if waiter.done():  # cancelled: over the time budget, or the server is stopping
+        discard(outcome[1])
         return
     ok, value = outcome
     if ok:
