@@ -5,11 +5,12 @@ way on two cores (and the answer as much again); through a file in /dev/shm it
 costs a copy. The server writes the body into a segment as it arrives, the worker
 maps it and parses it in place, and writes its answer into a segment of its own.
 
-Why not ``multiprocessing.shared_memory``: it sizes segments with ftruncate, so a
-full /dev/shm (64 MB by default in Docker) shows up as SIGBUS on first write.
-Here ``posix_fallocate`` reserves the pages up front and a full /dev/shm is an
-OSError, after which the caller falls back to the pipe. And the server owns every
-segment's name, so nothing depends on multiprocessing's resource tracker.
+Why not ``multiprocessing.shared_memory``: it sizes segments with ftruncate and is
+written through a mapping, so a full /dev/shm (64 MB by default in Docker) shows up
+as SIGBUS. Here segments are written with pwrite, so a full /dev/shm is an OSError,
+after which the body goes through the pipe; they are only ever mapped to be read.
+And the server owns every segment's name, so nothing depends on multiprocessing's
+resource tracker.
 
 Names are ``bncheck-<server pid>-<owner>-<random>``. A server removes its own when
 its workers stop (``remove_all``), and on start ``sweep`` removes those of servers
@@ -40,47 +41,72 @@ def available() -> bool:
 
 
 class Segment:
-    """A file in /dev/shm and its mapping. ``mm`` is an ``mmap``: bytes-like, with ``find``."""
+    """A file in /dev/shm. The writer fills it with ``write`` (system calls, so a full
+    /dev/shm is an OSError); readers map it: ``mm`` is a read-only ``mmap``, bytes-like
+    and with ``find``."""
 
-    def __init__(self, path: str, mm: mmap.mmap, size: int) -> None:
-        self.path, self.mm, self.size = path, mm, size
+    def __init__(self, path: str, size: int, *, fd: int | None = None, mm: mmap.mmap | None = None) -> None:
+        self.path, self.size, self.fd, self._mm = path, size, fd, mm
+
+    @property
+    def mm(self) -> mmap.mmap:
+        if self._mm is None:
+            msg = "a segment being written has no mapping; open it to read"
+            raise ValueError(msg)
+        return self._mm
 
     @classmethod
     def create(cls, size: int, owner: str | None = None) -> Segment | None:
-        """A new segment of ``size`` bytes with its pages reserved, or None where /dev/shm
-        is missing or has no room. ``owner`` (see ``owner_tag``) names who removes it."""
+        """A new, empty segment for ``size`` bytes, or None where /dev/shm is missing or
+        has no room for them now. ``owner`` (see ``owner_tag``) names who removes it."""
         if not available():
             return None
-        path = str(_DIR / f"{_PREFIX}{owner or owner_tag()}-{secrets.token_hex(8)}")
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+            st = os.statvfs(_DIR)
+            if st.f_bavail * st.f_frsize < size:
+                return None
+            path = str(_DIR / f"{_PREFIX}{owner or owner_tag()}-{secrets.token_hex(8)}")
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except OSError:
             return None
+        return cls(path, size, fd=fd)
+
+    def write(self, offset: int, data: bytes | memoryview) -> None:
+        """Write ``data`` at ``offset``; OSError (ENOSPC) when /dev/shm fills up meanwhile."""
+        assert self.fd is not None
+        view = memoryview(data)
+        while view:
+            done = os.pwrite(self.fd, view, offset)
+            view, offset = view[done:], offset + done
+
+    def read_back(self, size: int) -> bytes:
+        """The first ``size`` bytes written: for a writer that has to give up on the segment."""
+        assert self.fd is not None
+        fd = os.open(self.path, os.O_RDONLY)
         try:
-            os.posix_fallocate(fd, 0, max(size, 1))
-            mm = mmap.mmap(fd, max(size, 1))
-        except OSError:
-            with contextlib.suppress(OSError):
-                os.unlink(path)
-            return None
+            return os.pread(fd, size, 0)
         finally:
             os.close(fd)
-        return cls(path, mm, size)
 
     @classmethod
     def open(cls, path: str, size: int) -> Segment:
-        fd = os.open(path, os.O_RDWR)
+        fd = os.open(path, os.O_RDONLY)
         try:
-            return cls(path, mmap.mmap(fd, max(size, 1)), size)
+            mm = mmap.mmap(fd, max(size, 1), prot=mmap.PROT_READ) if size else None
         finally:
             os.close(fd)
+        return cls(path, size, mm=mm)
 
     def read(self) -> bytes:
-        return self.mm[: self.size]
+        return self.mm[: self.size] if self.size else b""
 
     def close(self) -> None:
-        with contextlib.suppress(BufferError):  # a view still alive: the mapping goes with it
-            self.mm.close()
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+        if self._mm is not None:
+            with contextlib.suppress(BufferError):  # a view still alive: the mapping goes with it
+                self._mm.close()
 
     def unlink(self) -> None:
         self.close()

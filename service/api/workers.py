@@ -77,7 +77,11 @@ def shared_job(path: str, size: int, settings: Settings, deadline: float | None,
     if isinstance(result, runner.Outcome) and len(result.body) >= shm.MIN_BYTES:
         out = shm.Segment.create(len(result.body), owner)
         if out is not None:
-            out.mm[:] = result.body
+            try:
+                out.write(0, result.body)
+            except OSError:  # /dev/shm filled up meanwhile: the pipe carries it
+                out.unlink()
+                return result
             out.close()
             return dataclasses.replace(result, body=b"", shared=(out.path, out.size))
     return result
@@ -164,21 +168,26 @@ class ProcessWorkers:
         seg = await anyio.to_thread.run_sync(shm.Segment.create, int(length), self.owner)
         if seg is None:  # no /dev/shm, or no room in it: the pipe still works
             return await request.body()
+        stream = request.stream()
+        at = 0
         try:
-            at = 0
-            async for chunk in request.stream():
-                end = at + len(chunk)
-                if end > seg.size:
+            async for chunk in stream:
+                if at + len(chunk) > seg.size:
                     break
-                seg.mm[at:end] = chunk
-                at = end
-            if at != seg.size:
-                detail = f"the body did not match its Content-Length of {seg.size:,} bytes"
-                raise ProblemError(400, "malformed-json", "Malformed JSON", detail)
+                seg.write(at, chunk)
+                at += len(chunk)
+        except OSError:  # /dev/shm filled up meanwhile: keep what arrived, in memory
+            pieces = [seg.read_back(at), chunk]
+            seg.unlink()
+            return b"".join(pieces + [c async for c in stream])
         except BaseException:
             seg.unlink()
             raise
         seg.close()
+        if at != seg.size:
+            seg.unlink()
+            detail = f"the body did not match its Content-Length of {seg.size:,} bytes"
+            raise ProblemError(400, "malformed-json", "Malformed JSON", detail)
         return seg
 
     async def run(self, body: bytes | shm.Segment, deadline: float, done: Callable[[], None]

@@ -26,7 +26,9 @@ def test_a_segment_round_trips_and_is_removed():
     seg = shm.Segment.create(3 << 20)
     assert seg is not None
     data = os.urandom(3 << 20)
-    seg.mm[:] = data
+    seg.write(0, data[:1000])
+    seg.write(1000, memoryview(data)[1000:])
+    assert seg.read_back(2000) == data[:2000]
     seg.close()
     other = shm.Segment.open(seg.path, seg.size)
     assert other.read() == data
@@ -36,14 +38,49 @@ def test_a_segment_round_trips_and_is_removed():
     other.unlink()  # twice is harmless
 
 
-def test_no_room_means_no_segment_not_a_crash(monkeypatch):
-    def full(fd, offset, length):
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr(os, "posix_fallocate", full)
+def test_no_room_means_no_segment_and_a_full_disk_is_an_error_not_a_crash():
+    free = os.statvfs(shm._DIR)
     before = _mine()
-    assert shm.Segment.create(1 << 20) is None
+    assert shm.Segment.create(free.f_bavail * free.f_frsize + (1 << 30)) is None
     assert _mine() == before
+    seg = shm.Segment.create(10)
+    assert seg is not None
+    os.close(seg.fd)
+    seg.fd = os.open("/dev/full", os.O_WRONLY)  # every write: ENOSPC, as a full /dev/shm
+    with pytest.raises(OSError, match="No space") as info:
+        seg.write(0, b"x" * 10)
+    assert info.value.errno == errno.ENOSPC
+    seg.unlink()
+    assert _mine() == before
+
+
+def test_a_body_that_no_longer_fits_goes_on_in_memory(monkeypatch):
+    """/dev/shm fills up while the body arrives: what arrived is kept and the rest read."""
+    import asyncio
+
+    from service.api import Settings, workers
+
+    real_write = shm.Segment.write
+
+    def full_after_first(self, offset, data):
+        if offset:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_write(self, offset, data)
+
+    monkeypatch.setattr(shm.Segment, "write", full_after_first)
+    body = os.urandom(3 << 20)
+    chunks = [body[i:i + (1 << 18)] for i in range(0, len(body), 1 << 18)]
+
+    class FakeRequest:
+        headers = {"content-length": str(len(body))}
+
+        async def stream(self):
+            for c in chunks:
+                yield c
+
+    got = asyncio.run(workers.ProcessWorkers(Settings()).receive(FakeRequest()))
+    assert got == body
+    assert _mine() == []
 
 
 def test_sweep_removes_only_the_segments_of_servers_that_are_gone():
