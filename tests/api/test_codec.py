@@ -268,3 +268,21 @@ def test_lifting_walks_past_escaped_quotes():
     text, lifted = codec.lift_b64(body)
     assert [bytes(v).decode() for v in lifted.values()] == [b64]
     assert _restore(orjson.loads(text), lifted) == orjson.loads(body)
+
+
+def test_held_b64_is_spliced_into_the_serialised_document():
+    rng = np.random.default_rng(7)
+    a = rng.standard_normal((300, 100)).astype(np.float32)
+    b = rng.standard_normal((200, 100)).astype(np.float64)
+    held = codec.Held()
+    doc = {"first": codec.encode(a, "b64", held)[0], "note": 'a "quoted" note',
+           "second": codec.encode(b, "b64", held)[0], "small": codec.encode(np.ones(3, np.float32), "b64", held)[0]}
+    assert len(held.texts) == 2  # the small one stays in the document
+    text = held.splice(orjson.dumps(doc))
+    back = orjson.loads(text)
+    assert back["note"] == 'a "quoted" note'
+    assert back == orjson.loads(orjson.dumps({k: codec.encode(v, "b64")[0] for k, v in
+                                              (("first", a), ("second", b), ("small", np.ones(3, np.float32)))}
+                                             | {"note": 'a "quoted" note'}))
+    for key, arr in (("first", a), ("second", b)):
+        np.testing.assert_array_equal(codec.decode(back[key], max_elements=1 << 20).array, arr)
