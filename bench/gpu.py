@@ -111,6 +111,23 @@ def before_after(cp: Any, shape: tuple[int, ...], dtype: str) -> list[list[str]]
     return rows
 
 
+def check_rows(shape: tuple[int, ...], dtype: str, device: str = "gpu") -> list[list[str]]:
+    """A whole check() on the GPU, phase by phase (host arrays in, report out), best of 3."""
+    from service.numerics import FDOptions, check
+
+    rng = np.random.default_rng(2)
+    x = (rng.standard_normal(shape) + 1).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    check(x, dy, device=device, finite_difference=FDOptions("auto"))
+    best = None
+    for _ in range(3):
+        r = check(x, dy, device=device, finite_difference=FDOptions("auto"))
+        if best is None or r.timings_ms["total"] < best.timings_ms["total"]:
+            best = r
+    assert best is not None
+    return [[f"{shape}", dtype, phase, f"{ms:.1f}"] for phase, ms in best.timings_ms.items()]
+
+
 def main() -> None:
     try:
         import cupy as cp
@@ -130,6 +147,8 @@ def main() -> None:
     ab = before_after(cp, (65536, 256), "float32") + before_after(cp, (32, 256, 56, 56), "float32")
     print("\nBackward given the forward cache: CuPy's kernels (before) and the generated ones (after)\n")
     print(table(["shape", "dtype", "variant", "before ms", "after ms", "speed-up"], ab))
+    print("\nA whole check() on the GPU (FD auto, host arrays in, report out)\n")
+    print(table(["shape", "dtype", "phase", "ms"], check_rows((65536, 256), "float32")))
     from service.numerics import backend
 
     kernels = ("generated kernels (kernels.py)" if backend.RAW_KERNELS_OK[0]
