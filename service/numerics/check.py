@@ -219,7 +219,7 @@ def _validate_fd(o: FDOptions) -> None:
 
 def _context(inp: Inputs, xp: ModuleType) -> _Ctx:
     lay = inp.layout
-    x3, dy3 = lay.view(xp.asarray(inp.x)), lay.view(xp.asarray(inp.dy))
+    x3, dy3 = lay.view(backend.as_float64(inp.x, xp)), lay.view(backend.as_float64(inp.dy, xp))
     gamma, beta = xp.asarray(inp.gamma), xp.asarray(inp.beta)
     if inp.training:
         exact = reference.batch_stats(x3, lay, inp.eps, xp)

@@ -23,7 +23,9 @@ _FULL = ("y", "dx")
 
 @dataclass(frozen=True)
 class Inputs:
-    """Validated inputs: float64 host arrays and the facts derived from them."""
+    """Validated inputs: host arrays and the facts derived from them. ``x`` and ``dy`` keep
+    the dtype they came in (finite, within ``dtype``'s range): ``backend.as_float64`` makes
+    them float64 where the check runs, so a GPU receives half the bytes of float32 data."""
 
     x: np.ndarray
     dy: np.ndarray
@@ -65,17 +67,18 @@ def _finite(field: str, a: np.ndarray, *, shape: tuple[int, ...]) -> np.ndarray:
     return a64
 
 
-def _checked64(field: str, a: np.ndarray, shape: tuple[int, ...], dt: np.dtype[Any]) -> np.ndarray:
-    """``a`` as float64, once it is known finite and within ``dt``'s range.
+def _checked(field: str, a: np.ndarray, shape: tuple[int, ...], dt: np.dtype[Any]) -> np.ndarray:
+    """``a`` (float64 unless it is float16, float32 or float64 already), once it is known
+    finite and within ``dt``'s range.
 
-    The common case costs two reductions and the conversion: min and max propagate NaN
-    and show infinities, and bound every value. Only a failing array takes the slow path,
-    which finds what to say about it.
+    The common case costs two reductions: min and max propagate NaN and show infinities,
+    and bound every value. Only a failing array takes the slow path, which finds what to
+    say about it.
     """
     if a.dtype.kind == "f" and a.dtype != BFLOAT16:
         lo, hi = float(a.min()), float(a.max())
         if math.isfinite(lo) and math.isfinite(hi) and max(-lo, hi) <= finfo_max(dt):
-            return a.astype(np.float64)
+            return a
     a64 = _finite(field, a, shape=shape)
     _fits(field, a64, dt, "dtype")
     return a64
@@ -128,8 +131,8 @@ def validate(x: Any, dy: Any, gamma: Any = None, beta: Any = None, *, variant: s
         raise InputError(msg, field="eps")
     dt = _default_dtype(x_arr) if dtype is None else resolve(dtype, field="dtype")
     accum = None if accum_dtype is None else resolve(accum_dtype, field="accum_dtype")
-    x64 = _checked64("x", x_arr, lay.shape, dt)
-    dy64 = _checked64("dy", dy_arr, lay.shape, dt)
+    x64 = _checked("x", x_arr, lay.shape, dt)
+    dy64 = _checked("dy", dy_arr, lay.shape, dt)
     C = lay.C
     g = np.ones(C) if gamma is None else _vector("gamma", gamma, C)
     b = np.zeros(C) if beta is None else _vector("beta", beta, C)
