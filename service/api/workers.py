@@ -174,12 +174,13 @@ class ProcessWorkers:
             async for chunk in stream:
                 if at + len(chunk) > seg.size:
                     break
-                seg.write(at, chunk)
+                try:
+                    seg.write(at, chunk)
+                except OSError:  # /dev/shm filled up meanwhile: keep what arrived, in memory
+                    pieces = [seg.read_back(at), chunk]
+                    seg.unlink()
+                    return b"".join(pieces + [c async for c in stream])
                 at += len(chunk)
-        except OSError:  # /dev/shm filled up meanwhile: keep what arrived, in memory
-            pieces = [seg.read_back(at), chunk]
-            seg.unlink()
-            return b"".join(pieces + [c async for c in stream])
         except BaseException:
             seg.unlink()
             raise
