@@ -30,6 +30,9 @@ def probe(cp, torch, shape: tuple[int, int]) -> dict[str, float]:  # type: ignor
         "fused sum(a*b) (in-kernel, default k)": gpu_ms(cp, lambda: backend._fused_sum(_mul, (a3, b3),
                                                                                       (P, C, 1), cp)),
         "fused a*b element-wise only": gpu_ms(cp, lambda: backend.fuse(_mul, cp)(a, b)),
+        "generated kernel: sum(a) and sum(a*b) in one pass": gpu_ms(
+            cp, lambda: backend.channel_sums([(backend.same, (a3,)), (_mul, (a3, b3))], (P, C, 1), cp)),
+        "generated kernel: a*b element-wise": gpu_ms(cp, lambda: backend.elementwise(_mul, (P, C, 1), cp)(a3, b3)),
     }
     for k in (64, 256, 1024, 4096):
         backend._ROW_CHUNKS = k
