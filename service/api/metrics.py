@@ -24,3 +24,8 @@ class Metrics:
         self.elements = Counter("bncheck_checked_elements", "Elements of x checked", registry=r)
         self.in_flight = Gauge("bncheck_checks_in_flight", "Checks running now", registry=r)
         self.rejected = Counter("bncheck_rejected", "Requests refused, by reason", ["reason"], registry=r)
+        self.transport = Counter(
+            "bncheck_worker_transport",
+            "Bodies of 1 MiB or more between the server and its worker processes, by direction and "
+            "carrier: shared_memory, or pipe when /dev/shm is missing or full (Docker: --shm-size)",
+            ["direction", "carrier"], registry=r)

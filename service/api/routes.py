@@ -73,6 +73,8 @@ async def post_check(request: Request) -> Response:
 
     try:
         body = await request.app.state.workers.receive(request)
+        shared = isinstance(body, shm.Segment)
+        _count_transport(request, "request", shared, body.size if isinstance(body, shm.Segment) else len(body))
         deadline = time.monotonic() + settings.request_timeout_s
         metrics.in_flight.inc()
         handed_over = True
@@ -91,9 +93,18 @@ async def post_check(request: Request) -> Response:
     metrics.elements.inc(result.elements)
     for phase, ms in result.timings_ms.items():
         metrics.phase.labels(phase).observe(ms / 1e3)
+    _count_transport(request, "answer", result.shared is not None,
+                     result.shared[1] if result.shared else len(result.body))
     if result.shared is not None:
         return shm.SegmentResponse(shm.Segment.open(*result.shared))
     return Response(result.body, media_type="application/json")
+
+
+def _count_transport(request: Request, direction: str, shared: bool, size: int) -> None:
+    """Large bodies to and from worker processes: through shared memory, or the pipe."""
+    settings, metrics = _state(request)
+    if settings.executor == "process" and (shared or size >= shm.MIN_BYTES):
+        metrics.transport.labels(direction, "shared_memory" if shared else "pipe").inc()
 
 
 @router.get("/v1/variants", response_model=list[VariantInfo], summary="The backward formulas bncheck knows",

@@ -137,6 +137,10 @@ def test_large_checks_in_worker_processes_go_through_shared_memory_and_leave_not
         np.testing.assert_array_equal(dx, want.gradients["dx"])
         assert len(created) == 1  # the request, written by the server as it arrived
         assert len(opened) == 1  # the answer, written by the worker
+        metrics = httpx.get(f"{server.url}/metrics").text
+        assert 'bncheck_worker_transport_total{carrier="shared_memory",direction="request"} 1.0' in metrics
+        assert 'bncheck_worker_transport_total{carrier="shared_memory",direction="answer"} 1.0' in metrics
+        assert 'carrier="pipe"' not in metrics
         # A client that promises more than it sends: the half-written segment is removed too.
         with socket.create_connection(("127.0.0.1", server.port)) as s:
             s.sendall(b"POST /v1/check HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
@@ -155,8 +159,10 @@ def test_without_shared_memory_the_pipe_carries_the_body(monkeypatch):
     x, dy, body = _big_request(np.random.default_rng(1))
     with LiveServer(executor="process", max_concurrent=1) as server:
         r = httpx.post(f"{server.url}/v1/check", json=body, timeout=120)
+        metrics = httpx.get(f"{server.url}/metrics").text
     assert r.status_code == 200, r.text
     assert r.json()["passed"] is True
+    assert 'bncheck_worker_transport_total{carrier="pipe",direction="request"} 1.0' in metrics  # for operators
     assert _mine() == []
 
 
