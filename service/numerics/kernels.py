@@ -165,7 +165,6 @@ def plan(shape: tuple[int, int, int], target_blocks: int) -> Launch | None:
     else:
         template, tiles, extent = "planes", C, P * S
         block, lanes, groups = (BLOCK_THREADS, 1), 1, BLOCK_THREADS
-        extent = P * S
     chunks = max(1, min(_MAX_CHUNKS, _GATHER * groups, -(-target_blocks // tiles), extent))
     if template == "planes":
         chunks = max(chunks, min(extent, -(-extent // (1 << 20))))  # at most ~1M elements a block
