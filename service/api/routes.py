@@ -73,8 +73,10 @@ async def post_check(request: Request) -> Response:
 
     try:
         body = await request.app.state.workers.receive(request)
-        shared = isinstance(body, shm.Segment)
-        _count_transport(request, "request", shared, body.size if isinstance(body, shm.Segment) else len(body))
+        if isinstance(body, shm.Segment):
+            _count_transport(request, "request", True, body.size)
+        else:
+            _count_transport(request, "request", False, len(body))
         deadline = time.monotonic() + settings.request_timeout_s
         metrics.in_flight.inc()
         handed_over = True

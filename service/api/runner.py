@@ -36,18 +36,11 @@ class Outcome:
 
 def parse(body: Any, settings: Settings) -> CheckRequest:
     """The request from its JSON ``body`` (bytes, or an mmap of them)."""
-    if not body[:4096].strip() and not bytes(body).strip():
-        raise ProblemError(400, "malformed-json", "Malformed JSON", "the body is empty; send a JSON object")
     text, lifted = codec.lift_b64(body)
     try:
         data = orjson.loads(text)
     except orjson.JSONDecodeError:
-        try:  # the message's positions must be those of the body as sent
-            orjson.loads(bytes(body))
-            detail = "the body is not valid JSON"
-        except orjson.JSONDecodeError as exc:
-            detail = f"the body is not valid JSON: {exc}"
-        raise ProblemError(400, "malformed-json", "Malformed JSON", detail) from None
+        raise ProblemError(400, "malformed-json", "Malformed JSON", _json_error(bytes(body))) from None
     if not isinstance(data, dict):
         detail = "the body must be a JSON object with at least x and dy"
         raise ProblemError(422, "invalid-input", "Invalid input", detail, [("body", detail)])
@@ -56,6 +49,18 @@ def parse(body: Any, settings: Settings) -> CheckRequest:
         return CheckRequest.model_validate(data, context=context)
     except ValidationError as exc:
         raise validation_problem(exc.errors(include_input=False, include_url=False)) from None
+
+
+def _json_error(body: bytes) -> str:
+    """What is wrong with a body orjson refused, with positions in the body as sent (not in
+    the text lift_b64 made of it)."""
+    if not body.strip():
+        return "the body is empty; send a JSON object"
+    try:
+        orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        return f"the body is not valid JSON: {exc}"
+    return "the body is not valid JSON"
 
 
 def _array(t: codec.Decoded | None) -> np.ndarray | None:

@@ -82,7 +82,6 @@ class Segment:
 
     def read_back(self, size: int) -> bytes:
         """The first ``size`` bytes written: for a writer that has to give up on the segment."""
-        assert self.fd is not None
         fd = os.open(self.path, os.O_RDONLY)
         try:
             return os.pread(fd, size, 0)
@@ -97,9 +96,6 @@ class Segment:
         finally:
             os.close(fd)
         return cls(path, size, mm=mm)
-
-    def read(self) -> bytes:
-        return self.mm[: self.size] if self.size else b""
 
     def close(self) -> None:
         if self.fd is not None:
