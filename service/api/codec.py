@@ -247,17 +247,22 @@ class Held:
         self.texts[f'"{name}"'.encode()] = text
         return name
 
-    def splice(self, doc: bytes) -> bytes:
-        """``doc`` (JSON) with each placeholder string replaced by its text, quoted."""
+    def pieces(self, doc: bytes) -> list[bytes | memoryview]:
+        """``doc`` (JSON) with each placeholder string replaced by its text, quoted, as the
+        pieces to write one after another (a writer that needs no single copy of the whole)."""
         if not self.texts:
-            return doc
+            return [doc]
         pieces: list[bytes | memoryview] = []
         view, done = memoryview(doc), 0
         for at, key in sorted((doc.index(key), key) for key in self.texts):
             pieces += [view[done:at + 1], self.texts[key]]
             done = at + len(key) - 1
         pieces.append(view[done:])
-        return b"".join(pieces)
+        return pieces
+
+    def splice(self, doc: bytes) -> bytes:
+        """``pieces`` joined."""
+        return doc if not self.texts else b"".join(self.pieces(doc))
 
 
 LIFT_MIN = 1 << 16  # bytes; shorter b64 strings are left to orjson

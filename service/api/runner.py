@@ -6,7 +6,7 @@ parse (orjson + pydantic + codec) -> numerics.check -> wire dict -> JSON bytes.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -32,6 +32,7 @@ class Outcome:
     elements: int
     timings_ms: dict[str, float]
     shared: tuple[str, int] | None = None  # the body is in this shared-memory segment instead
+    parts: tuple[bytes | memoryview, ...] = ()  # or, in the worker only (unpicklable), in these pieces
 
 
 def parse(body: Any, settings: Settings) -> CheckRequest:
@@ -67,7 +68,9 @@ def _array(t: codec.Decoded | None) -> np.ndarray | None:
     return None if t is None else t.array
 
 
-def run(body: Any, settings: Settings, *, deadline: float | None = None) -> Outcome:
+def run(body: Any, settings: Settings, *, deadline: float | None = None, joined: bool = True) -> Outcome:
+    """The answer to one request body. ``joined=False`` leaves a long answer in ``parts``
+    (its long b64 texts are not copied into one bytes object: for a writer of pieces)."""
     start = time.perf_counter()
     req = parse(body, settings)
     decoded = (time.perf_counter() - start) * 1e3
@@ -100,8 +103,11 @@ def run(body: Any, settings: Settings, *, deadline: float | None = None) -> Outc
     response.timings_ms.update(decode=decoded, encode=(time.perf_counter() - encode_start) * 1e3,
                                total=(time.perf_counter() - start) * 1e3)
     # orjson writes the validated model 4x faster than pydantic; long b64 text joins it after.
-    out = held.splice(orjson.dumps(response.model_dump(exclude_unset=True)))
-    return Outcome(out, report.passed, int(np.prod(report.shape)), response.timings_ms)
+    doc = orjson.dumps(response.model_dump(exclude_unset=True))
+    outcome = Outcome(b"", report.passed, int(np.prod(report.shape)), response.timings_ms)
+    if joined or not held.texts:
+        return replace(outcome, body=held.splice(doc))
+    return replace(outcome, parts=tuple(held.pieces(doc)))
 
 
 def _json_safe(value: Any) -> Any:

@@ -183,3 +183,75 @@ def test_an_answer_nobody_waits_for_is_removed():
 
     asyncio.run(cancelled_request())
     assert not os.path.exists(seg.path)
+
+
+def _request_segment(body: bytes) -> shm.Segment:
+    seg = shm.Segment.create(len(body))
+    assert seg is not None
+    seg.write(0, body)
+    seg.close()
+    return seg
+
+
+def _same_answer(got: bytes, want: bytes) -> None:
+    import orjson
+
+    g, w = orjson.loads(got), orjson.loads(want)
+    g.pop("timings_ms")
+    w.pop("timings_ms")
+    assert g == w
+
+
+def test_a_worker_writes_its_answer_in_pieces_that_make_the_whole(monkeypatch):
+    """The answer's pieces (JSON around long b64 texts) land in one segment, in order, the
+    same document the joined answer is; where /dev/shm fills up meanwhile, the joined bytes."""
+    import orjson
+
+    from service.api import Settings, runner, workers
+
+    x, dy, request = _big_request(np.random.default_rng(2))
+    body = orjson.dumps(request)
+    want = runner.run(body, Settings()).body
+    assert len(want) > shm.MIN_BYTES
+    seg = _request_segment(body)
+    result = workers.shared_job(seg.path, seg.size, Settings(), None, shm.owner_tag())
+    seg.unlink()
+    assert result.shared is not None
+    assert result.body == b""
+    assert result.parts == ()  # nothing unpicklable goes back to the server
+    answer = shm.Segment.open(*result.shared)
+    _same_answer(bytes(answer.mm[: answer.size]), want)
+    answer.unlink()
+
+    real_write = shm.Segment.write
+
+    def full_after_first(self, offset, data):
+        if offset:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_write(self, offset, data)
+
+    seg = _request_segment(body)
+    monkeypatch.setattr(shm.Segment, "write", full_after_first)
+    result = workers.shared_job(seg.path, seg.size, Settings(), None, shm.owner_tag())
+    monkeypatch.undo()
+    seg.unlink()
+    assert result.shared is None
+    assert result.parts == ()
+    _same_answer(result.body, want)
+    assert _mine() == []
+
+
+def test_a_small_answer_from_a_large_body_comes_back_as_bytes():
+    import orjson
+
+    from service.api import Settings, workers
+
+    _, _, request = _big_request(np.random.default_rng(3))
+    request["output"] = {"gradients": False}
+    seg = _request_segment(orjson.dumps(request))
+    result = workers.shared_job(seg.path, seg.size, Settings(), None, shm.owner_tag())
+    seg.unlink()
+    assert result.shared is None
+    assert result.parts == ()
+    assert orjson.loads(result.body)["passed"] is True
+    assert _mine() == []
