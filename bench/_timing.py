@@ -22,9 +22,9 @@ def best_ms(fn: Callable[[], object], *, repeat: int = 7, warmup: int = 1) -> fl
 
 
 def interleaved_ms(fns: dict[str, Callable[[], object]], *, rounds: int = 5, warmup: int = 1
-                   ) -> dict[str, tuple[float, float]]:
-    """Best and median of each function over ``rounds`` rounds that run them in turn, so that
-    the machine's slow and fast spells fall on all of them alike."""
+                   ) -> dict[str, list[float]]:
+    """The times of each function over ``rounds`` rounds that run them in turn, so that the
+    machine's slow and fast spells fall on all of them alike (``times[name][i]`` is round i)."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
@@ -34,7 +34,17 @@ def interleaved_ms(fns: dict[str, Callable[[], object]], *, rounds: int = 5, war
             start = time.perf_counter()
             fn()
             times[name].append((time.perf_counter() - start) * 1e3)
-    return {name: (min(t), sorted(t)[len(t) // 2]) for name, t in times.items()}
+    return times
+
+
+def median(values: list[float]) -> float:
+    return sorted(values)[len(values) // 2]
+
+
+def round_ratio(times: dict[str, list[float]], key: str, base: str) -> float:
+    """The median over rounds of ``key``'s time over ``base``'s in the same round: a slow
+    spell that falls on one round moves both, and one round cannot move the median."""
+    return median([a / b for a, b in zip(times[key], times[base], strict=True)])
 
 
 def machine() -> str:

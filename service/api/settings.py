@@ -28,3 +28,5 @@ class Settings(BaseSettings):
     executor: Literal["process", "thread"] = Field(
         "process", description="checks run in worker processes (the event loop stays free) or threads")
     worker_nice: int = Field(5, ge=0, le=19, description="niceness of worker processes: the server stays responsive")
+    worker_heap_mb: int = Field(1024, ge=0, le=2047, description="free heap a worker keeps between checks "
+                                "(glibc), returned to the system after 10 s idle; 0: glibc's defaults")
