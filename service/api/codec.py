@@ -24,7 +24,7 @@ import pybase64
 
 from service.numerics.dtypes import BFLOAT16, WIRE_NAMES, finfo_max, resolve, wire_name
 
-__all__ = ["ENCODINGS", "Decoded", "Held", "TensorError", "decode", "encode", "lift_b64"]
+__all__ = ["ENCODINGS", "Decoded", "Held", "Numbers", "TensorError", "decode", "encode", "lift_b64"]
 
 ENCODINGS = ("list", "data", "b64")
 TENSOR_KEYS = ("shape", "datatype", "data", "b64")
@@ -45,9 +45,19 @@ class Decoded:
         return None if self.datatype is None else WIRE_NAMES[self.datatype]
 
 
+@dataclass(frozen=True)
+class Numbers:
+    """JSON numbers already read into float64 (fastlists.py): a nested-list tensor, or the
+    flat ``data`` of a tensor object."""
+
+    array: np.ndarray
+
+
 def decode(value: Any, *, max_elements: int, lifted: Mapping[str, Any] | None = None) -> Decoded:
     """One tensor from its parsed JSON. ``lifted`` maps the placeholders ``lift_b64`` left
     in the body to the base64 text it took out."""
+    if isinstance(value, Numbers):
+        return Decoded(_within(value.array, max_elements), "list", None)
     if isinstance(value, list):
         return Decoded(_from_lists(value, max_elements), "list", None)
     if isinstance(value, dict):
@@ -74,11 +84,16 @@ def _from_lists(value: list[Any], max_elements: int) -> np.ndarray:
         msg = f"nested lists cannot be read as numbers ({exc})"
         raise TensorError(msg) from None
     _check_number_array(arr, "the nested lists")
+    _within(arr, max_elements)
+    _refuse_bools(value, arr, "the nested lists")
+    return arr.astype(np.float64, copy=False)
+
+
+def _within(arr: np.ndarray, max_elements: int) -> np.ndarray:
     if arr.size > max_elements:
         msg = f"has {arr.size:,} elements, over the limit of {max_elements:,}"
         raise TensorError(msg)
-    _refuse_bools(value, arr, "the nested lists")
-    return arr.astype(np.float64, copy=False)
+    return arr
 
 
 def _check_number_array(arr: np.ndarray, what: str) -> None:
@@ -167,19 +182,23 @@ def _from_object(value: dict[str, Any], max_elements: int, lifted: Mapping[str, 
 
 def _from_data(data: Any, shape: tuple[int, ...], dt: np.dtype[Any]) -> np.ndarray:
     want = math.prod(shape)
-    if not isinstance(data, list):
+    if not isinstance(data, list | Numbers):
         msg = f"data must be a flat list of numbers; got {_kind(data)}"
         raise TensorError(msg)
-    if len(data) != want:
-        msg = f"data has {len(data):,} values but shape {list(shape)} needs {want:,}"
+    got = data.array.size if isinstance(data, Numbers) else len(data)
+    if got != want:
+        msg = f"data has {got:,} values but shape {list(shape)} needs {want:,}"
         raise TensorError(msg)
-    arr = np.asarray(data)
-    if arr.ndim != 1:
-        msg = "data must be a flat list of numbers (row-major), not nested lists"
-        raise TensorError(msg)
-    _check_number_array(arr, "data")
-    _refuse_bools(data, arr, "data")
-    f64 = arr.astype(np.float64)
+    if isinstance(data, Numbers):
+        f64 = data.array
+    else:
+        arr = np.asarray(data)
+        if arr.ndim != 1:
+            msg = "data must be a flat list of numbers (row-major), not nested lists"
+            raise TensorError(msg)
+        _check_number_array(arr, "data")
+        _refuse_bools(data, arr, "data")
+        f64 = arr.astype(np.float64)
     top = finfo_max(dt)
     over = np.abs(f64) > top
     if over.any():

@@ -7,7 +7,7 @@ of ``openapi.py``.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, WithJsonSchema
 from pydantic.functional_validators import PlainValidator
@@ -238,3 +238,15 @@ class Problem(_Out):
     detail: str
     instance: str | None = None
     errors: list[FieldError] = []
+
+
+def _tensor_fields(model: type[BaseModel]) -> frozenset[str]:
+    def bare(t: Any) -> Any:
+        return get_args(t)[0] if get_origin(t) is Annotated else t
+
+    return frozenset(name for name, f in model.model_fields.items()
+                     if codec.Decoded in {bare(t) for t in (f.annotation, *get_args(f.annotation))})
+
+
+TENSOR_FIELDS = _tensor_fields(CheckRequest)  # read straight into arrays by fastlists.py
+TENSOR_GROUPS = {"candidate": _tensor_fields(Candidate)}
