@@ -7,6 +7,12 @@ from typing import Any
 
 import numpy as np
 
+_b64: Any
+try:  # SIMD base64 where it is installed (bncheck's own install has it): 16 MB in ~2 ms, stdlib ~30-50
+    import pybase64 as _b64
+except ImportError:  # a client copied on its own needs only the standard library's
+    _b64 = None
+
 __all__ = ["decode", "encode"]
 
 _WIRE = {"float16": "FP16", "bfloat16": "BF16", "float32": "FP32", "float64": "FP64"}
@@ -30,8 +36,14 @@ def encode(value: Any) -> dict[str, Any]:
         arr = arr.astype(np.float64)
     if arr.dtype.name != "bfloat16":
         arr = arr.astype(arr.dtype.newbyteorder("<"), copy=False)
-    raw = np.ascontiguousarray(arr).tobytes()
-    return {"shape": list(arr.shape), "datatype": _WIRE[arr.dtype.name], "b64": base64.b64encode(raw).decode()}
+    raw = np.ascontiguousarray(arr).reshape(-1).view(np.uint8)  # bytes, not copied (bfloat16 has no buffer)
+    text = _b64.b64encode_as_string(raw.data) if _b64 is not None else base64.b64encode(raw.data).decode()
+    return {"shape": list(arr.shape), "datatype": _WIRE[arr.dtype.name], "b64": text}
+
+
+def _bytes(text: str) -> bytearray:
+    """Decoded base64, writable (arrays over it are as well)."""
+    return _b64.b64decode_as_bytearray(text) if _b64 is not None else bytearray(base64.b64decode(text))
 
 
 def decode(payload: Any) -> np.ndarray:
@@ -39,7 +51,7 @@ def decode(payload: Any) -> np.ndarray:
         return np.asarray(payload, dtype=np.float64)
     dt = _dtype(payload["datatype"])
     if "b64" in payload:
-        arr = np.frombuffer(base64.b64decode(payload["b64"]), dtype=dt)
+        arr = np.frombuffer(_bytes(payload["b64"]), dtype=dt)
     else:
         arr = np.asarray(payload["data"], dtype=np.float64).astype(dt)
     return arr.reshape(payload["shape"]).astype(dt.newbyteorder("="), copy=False)

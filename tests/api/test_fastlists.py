@@ -200,3 +200,30 @@ def test_a_big_ragged_body_gets_the_usual_message():
         runner.parse(text, Settings())
     assert info.value.status == 422
     assert "ragged" in str(info.value.errors)
+
+
+def test_a_body_in_shared_memory_reads_the_same(tmp_path):
+    """Large bodies reach the workers as an mmap of a /dev/shm segment (shm.py)."""
+    from service.api import shm
+
+    if not shm.available():
+        pytest.skip("no writable /dev/shm")
+    rng = np.random.default_rng(5)
+    text = json.dumps({"x": rng.standard_normal((300, 400)).tolist(),
+                       "dy": rng.standard_normal((300, 400)).tolist()}).encode()
+    seg = shm.Segment.create(len(text))
+    assert seg is not None
+    seg.write(0, text)
+    seg.close()
+    mapped = shm.Segment.open(seg.path, seg.size)
+    try:
+        got = fastlists.parse(mapped.mm, TENSOR_FIELDS, TENSOR_GROUPS)
+        want = fastlists.parse(text, TENSOR_FIELDS, TENSOR_GROUPS)
+        assert got is not None
+        assert want is not None
+        for name in ("x", "dy"):
+            assert got[name].array.tobytes() == want[name].array.tobytes()
+        np.testing.assert_array_equal(got["x"].array, np.array(orjson.loads(text)["x"]))
+    finally:
+        mapped.unlink()
+    assert fastlists._count_open(memoryview(text), chunk=7) == text.count(b"[")  # pieces cut anywhere

@@ -41,6 +41,32 @@ def test_every_dtype_round_trips(sync_transport, dtype):
     np.testing.assert_array_equal(result.reference["dx"], local.reference["dx"])
 
 
+@pytest.mark.parametrize("simd", [True, False], ids=["pybase64", "stdlib"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_the_wire_codec_is_bit_exact_and_gives_writable_arrays(monkeypatch, simd, dtype):
+    """With pybase64 or, for a client copied on its own, the standard library's base64; the
+    server's codec is the independent reader and writer."""
+    import base64
+
+    from client import _codec
+    from service.api import codec as server
+
+    if not simd:
+        monkeypatch.setattr(_codec, "_b64", None)
+    rng = np.random.default_rng(1)
+    for shape in [(3, 4, 5), (7,), (1,)]:
+        arr = (rng.standard_normal(shape) * 100).astype(dtype)
+        wire = _codec.encode(arr)
+        assert base64.b64decode(wire["b64"], validate=True) == arr.astype(arr.dtype.newbyteorder("<")).tobytes()
+        assert server.decode(wire, max_elements=1000).array.tobytes() == arr.tobytes()
+        back = _codec.decode(server.encode(arr, "b64")[0])
+        assert back.dtype == arr.dtype
+        assert back.shape == arr.shape
+        assert back.tobytes() == arr.tobytes()
+        assert back.flags.writeable
+        back[...] = 0  # the caller owns it
+
+
 def test_typed_report_and_failures(sync_transport):
     case = make("normal", shape=(32, 4))
     ref = check(case.x, case.dy, case.gamma, case.beta, dtype="float64").reference
@@ -183,5 +209,5 @@ def test_client_never_imports_service():
                 continue
             for name in names:
                 top = name.split(".")[0]
-                assert top in {"httpx", "numpy", "ml_dtypes", "base64", "collections", "contextlib", "dataclasses",
-                               "typing", "__future__"}, f"{path.name} imports {name}"
+                assert top in {"httpx", "numpy", "ml_dtypes", "base64", "pybase64", "collections", "contextlib",
+                               "dataclasses", "typing", "__future__"}, f"{path.name} imports {name}"
