@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -16,6 +16,25 @@ __all__ = ["AsyncClient", "Client"]
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 DEFAULT_TIMEOUT = 300.0
+PIECE = 1 << 20
+
+
+def _json_headers(body: bytes) -> dict[str, str]:
+    # With the length given, httpx sends the pieces below as one plain body (not chunked).
+    return {"content-type": "application/json", "content-length": str(len(body))}
+
+
+def _pieces(body: bytes) -> Iterator[memoryview]:
+    """The body a megabyte at a time. Handed the whole of a 43 MB body, httpcore re-slices
+    what is left after every partial send, copying ~0.5 GB (~45 ms) to send it."""
+    view = memoryview(body)
+    for at in range(0, len(view), PIECE):
+        yield view[at:at + PIECE]
+
+
+async def _apieces(body: bytes) -> AsyncIterator[memoryview]:
+    for piece in _pieces(body):
+        yield piece
 
 
 def build_request(
@@ -84,8 +103,9 @@ class Client:
 
     def check(self, x: Any, dy: Any, gamma: Any = None, beta: Any = None, **options: Any) -> CheckResult:
         """POST /v1/check. ``options`` are ``build_request``'s keywords."""
-        body = build_request(x, dy, gamma, beta, **options)
-        return CheckResult.from_json(self._request("POST", "/v1/check", json=body).json())
+        body = _codec.dumps(build_request(x, dy, gamma, beta, **options))
+        response = self._request("POST", "/v1/check", content=_pieces(body), headers=_json_headers(body))
+        return CheckResult.from_json(_codec.loads(response.content))
 
     def variants(self) -> list[dict[str, str]]:
         return list(self._request("GET", "/v1/variants").json())
@@ -126,8 +146,9 @@ class AsyncClient:
         return response
 
     async def check(self, x: Any, dy: Any, gamma: Any = None, beta: Any = None, **options: Any) -> CheckResult:
-        body = build_request(x, dy, gamma, beta, **options)
-        return CheckResult.from_json((await self._request("POST", "/v1/check", json=body)).json())
+        body = _codec.dumps(build_request(x, dy, gamma, beta, **options))
+        response = await self._request("POST", "/v1/check", content=_apieces(body), headers=_json_headers(body))
+        return CheckResult.from_json(_codec.loads(response.content))
 
     async def variants(self) -> list[dict[str, str]]:
         return list((await self._request("GET", "/v1/variants")).json())

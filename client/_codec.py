@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import base64
+import json
 from typing import Any
 
 import numpy as np
 
 _b64: Any
+_orjson: Any
+try:  # 43 MB of b64 JSON written in ~15 ms, where the standard library's json takes ~110
+    import orjson as _orjson
+except ImportError:
+    _orjson = None
 try:  # SIMD base64 where it is installed (bncheck's own install has it): 16 MB in ~2 ms, stdlib ~30-50
     import pybase64 as _b64
 except ImportError:  # a client copied on its own needs only the standard library's
     _b64 = None
 
-__all__ = ["decode", "encode"]
+__all__ = ["decode", "dumps", "encode", "loads"]
 
 _WIRE = {"float16": "FP16", "bfloat16": "BF16", "float32": "FP32", "float64": "FP64"}
 
@@ -55,3 +61,15 @@ def decode(payload: Any) -> np.ndarray:
     else:
         arr = np.asarray(payload["data"], dtype=np.float64).astype(dt)
     return arr.reshape(payload["shape"]).astype(dt.newbyteorder("="), copy=False)
+
+
+def dumps(body: Any) -> bytes:
+    """A request body as JSON (NumPy scalars are numbers)."""
+    if _orjson is not None:
+        text: bytes = _orjson.dumps(body, option=_orjson.OPT_SERIALIZE_NUMPY)
+        return text
+    return json.dumps(body).encode()
+
+
+def loads(text: bytes) -> Any:
+    return _orjson.loads(text) if _orjson is not None else json.loads(text)

@@ -67,6 +67,24 @@ def test_the_wire_codec_is_bit_exact_and_gives_writable_arrays(monkeypatch, simd
         back[...] = 0  # the caller owns it
 
 
+@pytest.mark.parametrize("fast", [True, False], ids=["orjson", "stdlib-json"])
+def test_the_same_answer_with_or_without_the_fast_json_and_base64(monkeypatch, sync_transport, fast):
+    from client import _codec
+
+    if not fast:  # a client copied on its own, with only httpx and NumPy
+        monkeypatch.setattr(_codec, "_orjson", None)
+        monkeypatch.setattr(_codec, "_b64", None)
+    case = make("normal", shape=(40, 3, 5))
+    local = check(case.x, case.dy, case.gamma, case.beta, finite_difference=None, eps=np.float64(1e-3))
+    with Client(transport=sync_transport, base_url="http://t") as bn:
+        result = bn.check(case.x, case.dy, case.gamma, case.beta, eps=np.float64(1e-3), finite_difference="none",
+                          tolerance=(np.float64(1e-2), 0.0))
+    assert result.passed
+    assert result.eps == 1e-3
+    for name in ("dx", "dgamma", "dbeta"):
+        assert result.gradients[name].tobytes() == local.gradients[name].tobytes()
+
+
 def test_typed_report_and_failures(sync_transport):
     case = make("normal", shape=(32, 4))
     ref = check(case.x, case.dy, case.gamma, case.beta, dtype="float64").reference
@@ -190,6 +208,38 @@ def test_sync_client_against_real_uvicorn():
     assert result.gradients["dx"].dtype == np.float16
 
 
+@pytest.mark.parametrize("asynchronous", [False, True], ids=["sync", "async"])
+def test_a_large_check_is_sent_in_pieces_as_one_body_of_known_length(asynchronous):
+    """The client streams a big body a megabyte at a time, with its Content-Length (not
+    chunked), so the server can write it into shared memory as it arrives."""
+    import asyncio
+
+    import httpx as _httpx
+
+    from service.api import shm
+
+    if not shm.available():
+        pytest.skip("no writable /dev/shm")
+    rng = np.random.default_rng(4)
+    x = (rng.standard_normal((512, 1024)) + 1).astype(np.float32)
+    dy = rng.standard_normal((512, 1024)).astype(np.float32)
+    local = check(x, dy, finite_difference=None)
+    with LiveServer(executor="process", max_concurrent=1) as server:
+        if asynchronous:
+            async def go():
+                async with AsyncClient(base_url=server.url) as bn:
+                    return await bn.check(x, dy, finite_difference="none")
+
+            result = asyncio.run(go())
+        else:
+            with Client(base_url=server.url) as bn:
+                result = bn.check(x, dy, finite_difference="none")
+        metrics = _httpx.get(f"{server.url}/metrics").text
+    assert result.passed
+    assert result.gradients["dx"].tobytes() == local.gradients["dx"].tobytes()
+    assert 'bncheck_worker_transport_total{carrier="shared_memory",direction="request"} 1.0' in metrics
+
+
 def test_public_api_is_exactly_all():
     public = {name for name in dir(client) if not name.startswith("_")}
     assert public == set(client.__all__)
@@ -209,5 +259,5 @@ def test_client_never_imports_service():
                 continue
             for name in names:
                 top = name.split(".")[0]
-                assert top in {"httpx", "numpy", "ml_dtypes", "base64", "pybase64", "collections", "contextlib",
-                               "dataclasses", "typing", "__future__"}, f"{path.name} imports {name}"
+                assert top in {"httpx", "numpy", "ml_dtypes", "base64", "json", "pybase64", "orjson", "collections",
+                               "contextlib", "dataclasses", "typing", "__future__"}, f"{path.name} imports {name}"
