@@ -4,7 +4,9 @@
 
 1. /v1/check over real HTTP (b64 float32, 4M elements) against the same check
    in-process (target: at most 1.5x), timed in turn over 9 rounds after a warm-up; the
-   ratio is the best over the best, and the median of each round's own ratio.
+   ratio is the best over the best, and the median of each round's own ratio. The body is
+   built once and sent as bncheck's client sends it (a megabyte at a time, with its length);
+   the last row is the client itself, encoding the arrays and decoding the answer too.
 2. Parsing 1M elements sent as nested lists against orjson.loads of the same
    text (target: at most 1.3x).
 3. /livez latency while four large checks run (target: p99 under 50 ms).
@@ -20,7 +22,8 @@ import httpx
 import numpy as np
 import orjson
 
-from client import build_request
+from client import Client, build_request
+from client._client import _json_headers, _pieces  # how the client sends a large body
 from service.api import Settings, runner
 from service.numerics import FDOptions, check
 
@@ -40,15 +43,18 @@ def transport_rows(rounds: int = 9) -> list[list[str]]:
     runs are by theirs; the three are timed in turn, round after round."""
     x, dy = _data(SHAPE)
     body = orjson.dumps(build_request(x, dy))
-    with Server(max_concurrent="1") as server, httpx.Client(base_url=server.url, timeout=300) as http:
+    with (Server(max_concurrent="1") as server, httpx.Client(base_url=server.url, timeout=300) as http,
+          Client(base_url=server.url, timeout=300) as bn):
         def post() -> None:
-            r = http.post("/v1/check", content=body, headers={"content-type": "application/json"})
+            r = http.post("/v1/check", content=_pieces(body), headers=_json_headers(body))
             r.raise_for_status()
+            r.read()
 
         ms = interleaved_ms({
             "check": lambda: check(x, dy, finite_difference=FDOptions("auto")),
             "runner": lambda: runner.run(body, Settings()),
             "http": post,
+            "client": lambda: bn.check(x, dy),
         }, rounds=rounds)
     size = len(body) / 2**20
     base_best = min(ms["check"])
@@ -61,6 +67,7 @@ def transport_rows(rounds: int = 9) -> list[list[str]]:
         row("numerics `check()` in-process (4M float32, FD auto)", "check"),
         row(f"`runner.run`: parse {size:.0f} MiB body + check + encode", "runner"),
         row("POST /v1/check over HTTP, b64 (uvicorn, 1 worker process)", "http"),
+        row("bncheck `Client.check`: encode, POST, decode the answer", "client"),
     ]
 
 
