@@ -1,6 +1,7 @@
 """One /v1/check, from body bytes to response bytes, run off the event loop.
 
-parse (orjson + pydantic + codec) -> numerics.check -> wire dict -> JSON bytes.
+parse (lift_b64, then simdjson for large nested lists or orjson, pydantic, codec)
+-> numerics.check -> wire dict -> JSON bytes (or, for a worker, the pieces of them).
 """
 
 from __future__ import annotations
