@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import orjson
 import pybase64
 
 from service.numerics.dtypes import BFLOAT16, WIRE_NAMES, finfo_max, resolve, wire_name
@@ -236,16 +237,22 @@ def _from_b64(text: Any, shape: tuple[int, ...], dt: np.dtype[Any]) -> np.ndarra
 
 def encode(arr: np.ndarray, encoding: str, held: Held | None = None) -> tuple[Any, str]:
     """An array on the wire, and the encoding used: JSON numbers cannot carry NaN or Inf,
-    so an array holding them goes as b64 whatever was asked. With ``held``, long b64 text
-    stays out of the document (a placeholder takes its place; ``Held.splice`` puts it
-    into the serialised JSON)."""
+    so an array holding them goes as b64 whatever was asked. With ``held``, a long array's
+    b64 text, or its numbers' JSON, stays out of the document (a placeholder takes its
+    place; ``Held.splice`` puts it into the serialised JSON)."""
     if encoding != "b64" and not bool(np.isfinite(arr.astype(np.float64, copy=False)).all()):
         encoding = "b64"
-    if encoding == "list":
-        return arr.astype(np.float64, copy=False).tolist(), encoding
     header = {"shape": list(arr.shape), "datatype": wire_name(arr.dtype)}
-    if encoding == "data":
-        return {**header, "data": arr.astype(np.float64, copy=False).reshape(-1).tolist()}, encoding
+    if encoding in ("list", "data"):
+        f64 = np.ascontiguousarray(arr, dtype=np.float64)
+        values = f64 if encoding == "list" else f64.reshape(-1)
+        if held is not None and f64.nbytes >= LIFT_MIN:
+            # orjson writes a float64 array as the very text it writes for the list of its
+            # floats (tested), three times as fast and with no Python float per number.
+            numbers: Any = held.hold(orjson.dumps(values, option=orjson.OPT_SERIALIZE_NUMPY), quoted=False)
+        else:
+            numbers = values.tolist()
+        return (numbers, encoding) if encoding == "list" else ({**header, "data": numbers}, encoding)
     little = arr if arr.dtype == BFLOAT16 else arr.astype(arr.dtype.newbyteorder("<"), copy=False)
     raw = np.ascontiguousarray(little).view(np.uint8)  # a plain byte buffer (bfloat16 has none)
     if held is not None and raw.nbytes >= LIFT_MIN:
@@ -254,28 +261,33 @@ def encode(arr: np.ndarray, encoding: str, held: Held | None = None) -> tuple[An
 
 
 class Held:
-    """Long b64 text kept out of a JSON document until it is serialised: neither pydantic
-    nor orjson then copies or scans it (orjson alone takes 12 ms for 21 MB of it)."""
+    """Long text kept out of a JSON document until it is serialised: b64 strings, or the
+    JSON text of long arrays of numbers. Neither pydantic nor orjson then copies or scans
+    it (orjson alone takes 12 ms for 21 MB of b64)."""
 
     def __init__(self) -> None:
         self.nonce = secrets.token_hex(8)
-        self.texts: dict[bytes, bytes] = {}
+        self.texts: dict[bytes, tuple[bytes, bool]] = {}
 
-    def hold(self, text: bytes) -> str:
+    def hold(self, text: bytes, *, quoted: bool = True) -> str:
+        """A placeholder string for ``text``: the characters of a string (``quoted``), or
+        JSON of its own, which replaces the placeholder's quotes too."""
         name = f"{self.nonce}{len(self.texts)}"
-        self.texts[f'"{name}"'.encode()] = text
+        self.texts[f'"{name}"'.encode()] = (text, quoted)
         return name
 
     def pieces(self, doc: bytes) -> list[bytes | memoryview]:
-        """``doc`` (JSON) with each placeholder string replaced by its text, quoted, as the
-        pieces to write one after another (a writer that needs no single copy of the whole)."""
+        """``doc`` (JSON) with each placeholder replaced by its text, as the pieces to write
+        one after another (a writer that needs no single copy of the whole)."""
         if not self.texts:
             return [doc]
         pieces: list[bytes | memoryview] = []
         view, done = memoryview(doc), 0
         for at, key in sorted((doc.index(key), key) for key in self.texts):
-            pieces += [view[done:at + 1], self.texts[key]]
-            done = at + len(key) - 1
+            text, quoted = self.texts[key]
+            keep = 1 if quoted else 0  # a string keeps the placeholder's quotes
+            pieces += [view[done:at + keep], text]
+            done = at + len(key) - keep
         pieces.append(view[done:])
         return pieces
 

@@ -286,3 +286,23 @@ def test_held_b64_is_spliced_into_the_serialised_document():
                                              | {"note": 'a "quoted" note'}))
     for key, arr in (("first", a), ("second", b)):
         np.testing.assert_array_equal(codec.decode(back[key], max_elements=1 << 20).array, arr)
+
+
+@pytest.mark.parametrize("encoding", ["list", "data"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, ml_dtypes.bfloat16])
+def test_held_numbers_are_the_text_of_the_plain_document(encoding, dtype):
+    """A long array's numbers, written by orjson from the array and spliced in, make the very
+    bytes orjson writes for the document of Python floats; short ones stay in the document."""
+    rng = np.random.default_rng(11)
+    long = (rng.standard_normal((90, 100)) * 10.0 ** rng.integers(-30, 30, (90, 100))).astype(dtype)
+    long[0, :3] = [0.0, -0.0, 1.0]
+    short = rng.standard_normal((3, 4)).astype(dtype)
+    held = codec.Held()
+    doc = {"a": codec.encode(long, encoding, held)[0], "b": codec.encode(short, encoding, held)[0], "c": [1, "x"]}
+    assert len(held.texts) == 1
+    plain = {"a": codec.encode(long, encoding)[0], "b": codec.encode(short, encoding)[0], "c": [1, "x"]}
+    assert held.splice(orjson.dumps(doc)) == orjson.dumps(plain)
+    back = orjson.loads(held.splice(orjson.dumps(doc)))
+    got = codec.decode(back["a"], max_elements=1 << 20).array
+    np.testing.assert_array_equal(got, long.astype(np.float64))
+    assert np.signbit(got.reshape(-1)[1])
