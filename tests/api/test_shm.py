@@ -255,3 +255,28 @@ def test_a_small_answer_from_a_large_body_comes_back_as_bytes():
     assert result.parts == ()
     assert orjson.loads(result.body)["passed"] is True
     assert _mine() == []
+
+
+def test_a_large_list_body_over_http_reads_and_answers_as_in_process():
+    """Nested lists of 400K elements: parsed in place from shared memory (fastlists.py), and
+    the answer's lists written straight from the arrays (codec.Held), through a segment."""
+    import json
+
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((400, 1000)) + 1
+    dy = rng.standard_normal((400, 1000))
+    body = json.dumps({"x": x.tolist(), "dy": dy.tolist(), "dtype": "float64",
+                       "finite_difference": {"method": "none"}}).encode()
+    want = check(x, dy, dtype="float64", finite_difference=FDOptions("none"))
+    with LiveServer(executor="process", max_concurrent=1) as server:
+        r = httpx.post(f"{server.url}/v1/check", content=body, headers={"content-type": "application/json"},
+                       timeout=120)
+        metrics = httpx.get(f"{server.url}/metrics").text
+    assert r.status_code == 200, r.text
+    got = r.json()
+    assert got["passed"] is True
+    np.testing.assert_array_equal(np.array(got["gradients"]["dx"]), want.gradients["dx"])
+    np.testing.assert_array_equal(np.array(got["gradients"]["dgamma"]), want.gradients["dgamma"])
+    assert 'bncheck_worker_transport_total{carrier="shared_memory",direction="request"} 1.0' in metrics
+    assert 'bncheck_worker_transport_total{carrier="shared_memory",direction="answer"} 1.0' in metrics
+    assert _mine() == []
