@@ -46,7 +46,7 @@ def transport_rows(rounds: int = 9) -> list[list[str]]:
     with (Server(max_concurrent="1") as server, httpx.Client(base_url=server.url, timeout=300) as http,
           Client(base_url=server.url, timeout=300) as bn):
         def post() -> None:
-            r = http.post("/v1/check", content=_pieces(body), headers=_json_headers(body))
+            r = http.post("/v1/check", content=_pieces([body]), headers=_json_headers([body]))
             r.raise_for_status()
             r.read()
 

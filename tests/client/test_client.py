@@ -85,6 +85,41 @@ def test_the_same_answer_with_or_without_the_fast_json_and_base64(monkeypatch, s
         assert result.gradients[name].tobytes() == local.gradients[name].tobytes()
 
 
+@pytest.mark.parametrize("fast", [True, False], ids=["orjson", "stdlib-json"])
+def test_a_body_in_pieces_is_the_body_and_an_answer_read_in_pieces_is_the_answer(monkeypatch, fast):
+    """Long b64 strings are pieces of their own going out, and cut out of answers coming in:
+    the plain JSON writer and reader are the oracles."""
+    import json
+
+    import orjson
+
+    from client import _codec, build_request
+    from service.api import Settings, runner
+
+    if not fast:
+        monkeypatch.setattr(_codec, "_orjson", None)
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((200, 120)).astype(np.float32)
+    body = build_request(x, x[::-1], gamma=np.ones(120, np.float32), candidate={"dx": x * 0.5, "dbeta": x[0]},
+                         finite_difference="none", reference=True)
+    pieces = _codec.dumps_pieces(body)
+    assert len(pieces) == 2 * 3 + 1  # x, dy and candidate dx are long; gamma and dbeta are not
+    assert b"".join(pieces) == _codec.dumps(body)
+    answer = runner.run(b"".join(pieces), Settings()).body
+    got = _codec.loads(answer)
+    want = orjson.loads(answer)
+    assert isinstance(got["gradients"]["dx"]["b64"], memoryview)
+    for group in ("gradients", "reference"):
+        for name, payload in want[group].items():
+            assert _codec.decode(got[group][name]).tobytes() == _codec.decode(payload).tobytes()
+    assert {k: v for k, v in got.items() if k not in ("gradients", "reference")} == \
+        {k: v for k, v in want.items() if k not in ("gradients", "reference")}
+    # Not our server's compact JSON, or a string with an escape: read as it is.
+    for text in (json.dumps(want, indent=1).encode(),
+                 orjson.dumps({"a": {"b64": "QUFB" * 20000 + "\\u0041"}, "b": [1]})):
+        assert _codec.loads(text) == json.loads(text)
+
+
 def test_typed_report_and_failures(sync_transport):
     case = make("normal", shape=(32, 4))
     ref = check(case.x, case.dy, case.gamma, case.beta, dtype="float64").reference
@@ -259,5 +294,6 @@ def test_client_never_imports_service():
                 continue
             for name in names:
                 top = name.split(".")[0]
-                assert top in {"httpx", "numpy", "ml_dtypes", "base64", "json", "pybase64", "orjson", "collections",
-                               "contextlib", "dataclasses", "typing", "__future__"}, f"{path.name} imports {name}"
+                assert top in {"httpx", "numpy", "ml_dtypes", "base64", "json", "secrets", "pybase64", "orjson",
+                               "collections", "contextlib", "dataclasses", "typing", "__future__"}, \
+                    f"{path.name} imports {name}"
