@@ -32,7 +32,9 @@ SCRIPT = textwrap.dedent("""
         after = rss_mb() - base
         time.sleep(1.2)  # a trim is never due while a check runs
         busy = rss_mb() - base
-    time.sleep(1.6)  # idle for longer than idle_s: the free heap goes back
+    deadline = time.monotonic() + 20  # idle for longer than idle_s: the free heap goes back
+    while rss_mb() - base > 40 and time.monotonic() < deadline:
+        time.sleep(0.1)
     idle = rss_mb() - base
     print(kept, round(after), round(busy), round(idle))
 """)
