@@ -5,9 +5,10 @@ length against ``prod(shape) * itemsize``, a shape's product against the
 element limit (Python integers, so no overflow), a ``data`` list's length
 against the shape.
 
-Nested lists are parsed by orjson and turned into one array by NumPy. NumPy
-quietly turns booleans into numbers; only elements that came out as 0 or 1
-can have been booleans, and only those are looked up in the lists.
+Nested lists are parsed by orjson and turned into one array by NumPy (large
+bodies: by simdjson, straight into arrays, see fastlists.py). NumPy quietly
+turns booleans into numbers; only elements that came out as 0 or 1 can have
+been booleans, and only those are looked up in the lists.
 """
 
 from __future__ import annotations
@@ -240,19 +241,19 @@ def encode(arr: np.ndarray, encoding: str, held: Held | None = None) -> tuple[An
     so an array holding them goes as b64 whatever was asked. With ``held``, a long array's
     b64 text, or its numbers' JSON, stays out of the document (a placeholder takes its
     place; ``Held.splice`` puts it into the serialised JSON)."""
-    if encoding != "b64" and not bool(np.isfinite(arr.astype(np.float64, copy=False)).all()):
-        encoding = "b64"
     header = {"shape": list(arr.shape), "datatype": wire_name(arr.dtype)}
-    if encoding in ("list", "data"):
+    if encoding != "b64":
         f64 = np.ascontiguousarray(arr, dtype=np.float64)
-        values = f64 if encoding == "list" else f64.reshape(-1)
-        if held is not None and f64.nbytes >= LIFT_MIN:
-            # orjson writes a float64 array as the very text it writes for the list of its
-            # floats (tested), three times as fast and with no Python float per number.
-            numbers: Any = held.hold(orjson.dumps(values, option=orjson.OPT_SERIALIZE_NUMPY), quoted=False)
-        else:
-            numbers = values.tolist()
-        return (numbers, encoding) if encoding == "list" else ({**header, "data": numbers}, encoding)
+        if bool(np.isfinite(f64).all()):
+            values = f64 if encoding == "list" else f64.reshape(-1)
+            if held is not None and f64.nbytes >= LIFT_MIN:
+                # orjson writes a float64 array as the very text it writes for the list of its
+                # floats (tested), three times as fast and with no Python float per number.
+                numbers: Any = held.hold(orjson.dumps(values, option=orjson.OPT_SERIALIZE_NUMPY), quoted=False)
+            else:
+                numbers = values.tolist()
+            return (numbers, encoding) if encoding == "list" else ({**header, "data": numbers}, encoding)
+        encoding = "b64"
     little = arr if arr.dtype == BFLOAT16 else arr.astype(arr.dtype.newbyteorder("<"), copy=False)
     raw = np.ascontiguousarray(little).view(np.uint8)  # a plain byte buffer (bfloat16 has none)
     if held is not None and raw.nbytes >= LIFT_MIN:

@@ -88,8 +88,11 @@ class _Reader:
         if isinstance(value, simdjson.Array):
             return codec.Numbers(self.lists(value))
         if isinstance(value, simdjson.Object):  # {"shape", "datatype", "data" | "b64"}
-            return {k: self.flat(value[k]) if k == "data" and isinstance(value[k], simdjson.Array)
-                    else self.plain(value[k]) for k in self.keys(value)}
+            out = {}
+            for k in self.keys(value):
+                member = value[k]
+                out[k] = self.flat(member) if k == "data" and isinstance(member, simdjson.Array) else self.plain(member)
+            return out
         return self.plain(value)
 
     def lists(self, arr: Any) -> np.ndarray:

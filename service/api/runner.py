@@ -7,7 +7,7 @@ parse (lift_b64, then simdjson for large nested lists or orjson, pydantic, codec
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -107,10 +107,10 @@ def run(body: Any, settings: Settings, *, deadline: float | None = None, joined:
                                total=(time.perf_counter() - start) * 1e3)
     # orjson writes the validated model 4x faster than pydantic; long b64 text joins it after.
     doc = orjson.dumps(response.model_dump(exclude_unset=True))
-    outcome = Outcome(b"", report.passed, int(np.prod(report.shape)), response.timings_ms)
+    elements = int(np.prod(report.shape))
     if joined or not held.texts:
-        return replace(outcome, body=held.splice(doc))
-    return replace(outcome, parts=tuple(held.pieces(doc)))
+        return Outcome(held.splice(doc), report.passed, elements, response.timings_ms)
+    return Outcome(b"", report.passed, elements, response.timings_ms, parts=tuple(held.pieces(doc)))
 
 
 def _json_safe(value: Any) -> Any:

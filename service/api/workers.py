@@ -79,14 +79,15 @@ def shared_job(path: str, size: int, settings: Settings, deadline: float | None,
     if not isinstance(result, runner.Outcome) or not result.parts:
         return result
     # The answer's pieces go into the segment one after another: no joined copy of them.
-    answer = sum(memoryview(part).nbytes for part in result.parts)
+    sizes = [memoryview(part).nbytes for part in result.parts]
+    answer = sum(sizes)
     out = shm.Segment.create(answer, owner) if answer >= shm.MIN_BYTES else None
     if out is not None:
         try:
             at = 0
-            for part in result.parts:
+            for part, size in zip(result.parts, sizes, strict=True):
                 out.write(at, part)
-                at += memoryview(part).nbytes
+                at += size
         except OSError:  # /dev/shm filled up meanwhile: the pipe carries it
             out.unlink()
         else:
