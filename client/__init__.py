@@ -21,7 +21,7 @@ from ._exceptions import (
     TransportError,
     Unauthorized,
 )
-from ._models import Block, ChannelError, CheckResult, TensorReport, Tolerance, VariantsBlock
+from ._models import Block, ChannelError, CheckResult, Resolution, TensorReport, Tolerance, VariantsBlock
 
 __all__ = [
     "APIError",
@@ -35,6 +35,7 @@ __all__ = [
     "InvalidInput",
     "PayloadTooLarge",
     "RequestTimeout",
+    "Resolution",
     "ServiceUnavailable",
     "TensorReport",
     "Tolerance",

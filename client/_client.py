@@ -43,7 +43,8 @@ def build_request(
     accum_dtype: str | None = None, eps: float = 1e-5, channel_axis: int = 1, training: bool = True,
     running_mean: Any = None, running_var: Any = None, saved_mean: Any = None, saved_invstd: Any = None,
     candidate: Mapping[str, Any] | None = None, finite_difference: Mapping[str, Any] | str | None = None,
-    tolerance: tuple[float, float] | None = None, reference: bool = False, gradients: bool = True,
+    tolerance: tuple[float, float] | Mapping[str, tuple[float, float]] | None = None, reference: bool = False,
+    gradients: bool = True,
     device: str | None = None,
 ) -> dict[str, Any]:
     """The JSON body of /v1/check; every array travels as b64 (exact bits, NaN-safe)."""
@@ -62,7 +63,9 @@ def build_request(
         body["finite_difference"] = {"method": finite_difference}
     elif finite_difference is not None:
         body["finite_difference"] = dict(finite_difference)
-    if tolerance is not None:
+    if isinstance(tolerance, Mapping):  # per tensor; the others get the calibrated verdict
+        body["tolerance"] = {name: {"rtol": t[0], "atol": t[1]} for name, t in tolerance.items()}
+    elif tolerance is not None:
         body["tolerance"] = {"rtol": tolerance[0], "atol": tolerance[1]}
     return body
 

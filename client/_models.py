@@ -9,9 +9,15 @@ import numpy as np
 
 from . import _codec
 
-__all__ = ["Block", "ChannelError", "CheckResult", "TensorReport", "Tolerance", "VariantsBlock"]
+__all__ = ["Block", "ChannelError", "CheckResult", "Resolution", "TensorReport", "Tolerance", "VariantsBlock"]
 
 TENSORS = ("dx", "dgamma", "dbeta", "y", "mean", "invstd")
+
+
+def _known(cls: Any, d: dict[str, Any]) -> dict[str, Any]:
+    """The fields this client knows: a newer server may send more."""
+    names = cls.__dataclass_fields__
+    return {k: v for k, v in d.items() if k in names}
 
 
 @dataclass(frozen=True)
@@ -20,6 +26,20 @@ class Tolerance:
     atol: float
     mode: str
     floor: float
+    basis: str = "analytic"  # analytic | calibrated | user
+    envelope: float | None = None  # calibrated: correct kernels' worst error on these inputs, natural units
+    margin: float | None = None
+    members: int | None = None
+    abs_floor: float = 0.0
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """What a pass could not see: errors below these went unflagged."""
+
+    natural: float | None  # allowance where the reference is 0, in natural-scale units
+    max_abs: float  # the largest error any element was allowed
+    ulp: float | None  # max_abs in ulps of the dtype at the tensor's largest |reference|
 
 
 @dataclass(frozen=True)
@@ -51,11 +71,16 @@ class TensorReport:
     dtype: str
     tolerance: Tolerance
     compared: str = ""
+    failed_channels: str = ""  # every failing channel, in order, as ranges: "16-23,30"
+    resolution: Resolution | None = None
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> TensorReport:
-        return cls(**{**d, "worst_channels": [ChannelError(**c) for c in d["worst_channels"]],
-                      "tolerance": Tolerance(**d["tolerance"])})
+        res = d.get("resolution")
+        return cls(**{**_known(cls, d), "worst_channels": [ChannelError(**_known(ChannelError, c))
+                                                           for c in d["worst_channels"]],
+                      "tolerance": Tolerance(**_known(Tolerance, d["tolerance"])),
+                      "resolution": None if res is None else Resolution(**_known(Resolution, res))})
 
 
 @dataclass(frozen=True)

@@ -95,7 +95,7 @@ def run(body: Any, settings: Settings, *, deadline: float | None = None, joined:
         saved_invstd=_array(req.saved_invstd),
         candidate=candidate,
         finite_difference=FDOptions(fd.method, fd.samples, fd.directions, fd.seed, fd.step),
-        tolerance=None if req.tolerance is None else (req.tolerance.rtol, req.tolerance.atol),
+        tolerance=_tolerance(req),
         device=req.device or settings.device,
         limits=Limits(fd_work=settings.fd_work, deadline=deadline),
     )
@@ -111,6 +111,15 @@ def run(body: Any, settings: Settings, *, deadline: float | None = None, joined:
     if joined or not held.texts:
         return Outcome(held.splice(doc), report.passed, elements, response.timings_ms)
     return Outcome(b"", report.passed, elements, response.timings_ms, parts=tuple(held.pieces(doc)))
+
+
+def _tolerance(req: CheckRequest) -> tuple[float, float] | dict[str, tuple[float, float]] | None:
+    t = req.tolerance
+    if t is None:
+        return None
+    if t.rtol is not None and t.atol is not None:
+        return (t.rtol, t.atol)
+    return {name: (v.rtol, v.atol) for name, v in t.per_tensor().items()}
 
 
 def _json_safe(value: Any) -> Any:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, WithJsonSchema
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, WithJsonSchema, model_validator
 from pydantic.functional_validators import PlainValidator
 from pydantic_core import PydanticCustomError
 
@@ -75,6 +75,35 @@ class ToleranceIn(_Strict):
     atol: float = Field(ge=0, allow_inf_nan=False)
 
 
+class ToleranceSpec(_Strict):
+    """Plain allclose terms, |candidate - reference| <= atol + rtol * |reference|: ``rtol`` and
+    ``atol`` for every candidate tensor, or per tensor (``{"dgamma": {"rtol": 0, "atol": 1e-4}}``),
+    the tensors left out getting the calibrated verdict."""
+
+    rtol: float | None = Field(None, ge=0, le=1, allow_inf_nan=False)
+    atol: float | None = Field(None, ge=0, allow_inf_nan=False)
+    y: ToleranceIn | None = None
+    mean: ToleranceIn | None = None
+    invstd: ToleranceIn | None = None
+    dx: ToleranceIn | None = None
+    dgamma: ToleranceIn | None = None
+    dbeta: ToleranceIn | None = None
+
+    @model_validator(mode="after")
+    def _one_form(self) -> ToleranceSpec:
+        if (self.rtol is None) != (self.atol is None):
+            msg = "give both rtol and atol, or tolerances per tensor"
+            raise ValueError(msg)
+        if self.rtol is not None and self.per_tensor():
+            msg = "give rtol and atol for every tensor, or tolerances per tensor, not both"
+            raise ValueError(msg)
+        return self
+
+    def per_tensor(self) -> dict[str, ToleranceIn]:
+        return {name: getattr(self, name) for name in ("y", "mean", "invstd", "dx", "dgamma", "dbeta")
+                if getattr(self, name) is not None}
+
+
 class Output(_Strict):
     gradients: bool = Field(True, description="return the variant's dx, dgamma and dbeta")
     reference: bool = Field(False, description="return the float64 reference gradients too")
@@ -98,7 +127,7 @@ class CheckRequest(_Strict):
     saved_invstd: Tensor | None = None
     candidate: Candidate | None = None
     finite_difference: FiniteDifference = Field(default_factory=FiniteDifference)
-    tolerance: ToleranceIn | None = None
+    tolerance: ToleranceSpec | None = Field(None, description="omit for the calibrated verdict")
     output: Output = Field(default_factory=Output)
     device: Literal["cpu", "gpu", "auto"] | None = Field(None, description="default: the server's BNCHECK_DEVICE")
 
@@ -115,6 +144,24 @@ class ToleranceUsed(_Out):
     atol: float
     mode: Literal["natural", "absolute"] = Field(description="natural: atol is in units of the natural scale")
     floor: float = Field(description="> 1 when the formulas' own noise floor widened the tolerance")
+    basis: Literal["analytic", "calibrated", "user"] = Field(description=(
+        "calibrated: measured on correct kernels run on these inputs; analytic: a first-order bound; "
+        "user: the request's tolerance"))
+    envelope: float | None = Field(None, description="calibrated: correct kernels' worst error, natural units")
+    margin: float | None = Field(None, description=(
+        "calibrated: allowed = margin * envelope * scale + rtol * |reference| (atol = margin * envelope)"))
+    members: int | None = Field(None, description="calibrated: how many correct kernels the envelope spans")
+    abs_floor: float = Field(0.0, description=(
+        "added to every element's allowance: the rounding of outputs in the dtype's subnormal range. "
+        "allowed = rtol * |reference| + atol * scale + abs_floor, scale = 1 in absolute mode"))
+
+
+class Resolution(_Out):
+    """What a pass could not see: errors below these went unflagged."""
+
+    natural: float | None = Field(description="allowance where the reference is 0, in natural-scale units")
+    max_abs: float = Field(description="the largest error any element was allowed: a pass means no error above it")
+    ulp: float | None = Field(description="max_abs in ulps of the tensor's dtype at its largest |reference|")
 
 
 class ChannelError(_Out):
@@ -144,6 +191,8 @@ class TensorReport(_Out):
     dtype: str
     tolerance: ToleranceUsed
     compared: str
+    failed_channels: str = Field(description="every failing channel, in order, as ranges: '16-23,30'")
+    resolution: Resolution | None
 
 
 class Block(_Out):

@@ -47,6 +47,7 @@ __all__ = [
     "device_name",
     "elementwise",
     "gpu_available",
+    "halve",
     "is_numpy",
     "map_blocks",
     "namespace",
@@ -252,7 +253,7 @@ def channel_dot(a3: Any, b3: Any, xp: ModuleType) -> Any:
     return np.einsum("pcs,pcs->c", a3, b3)
 
 
-def _halve(a: Any, axis: int) -> Any:
+def halve(a: Any, axis: int) -> Any:
     """Pairwise sum along ``axis`` by repeated halving, in a's dtype; keeps the axis (length 1)."""
     lead = (slice(None),) * axis
     n = a.shape[axis]
@@ -273,7 +274,7 @@ def pairwise_channel_sum(a3: Any, xp: ModuleType) -> Any:
     """
     if not is_numpy(xp):
         return channel_sum(a3, xp).reshape(1, -1, 1)
-    return _halve(_halve(a3, 2), 0)
+    return halve(halve(a3, 2), 0)
 
 
 _FUSED: dict[tuple[Callable[..., Any], int], Callable[..., Any]] = {}

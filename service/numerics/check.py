@@ -18,23 +18,24 @@ from typing import Any, ParamSpec, TypeVar
 
 import numpy as np
 
-from . import backend, fd, reference
-from .compare import channel_layout, compare
+from . import backend, calibrate, fd, reference
+from .compare import channel_layout, channel_ranges, compare
 from .dtypes import dtype_name
 from .errors import InputError, TimeBudgetError, WorkLimitError
-from .inputs import Inputs, float_dtype, validate
+from .inputs import CANDIDATE_NAMES, Inputs, float_dtype, validate
 from .layout import Layout
 from .precision import Arith, make_arith
 from .reference import Stats
 from .report import Block, CheckReport, Checks, CrossCheck, FDBlock, TensorMetrics, VariantsBlock
 from .scales import Scales
-from .tolerance import FLOOR_MARGIN, Tolerance, default_tolerance, fd_tolerance, least_precise, user_tolerance
+from .tolerance import Tolerance, default_tolerance, fd_tolerance, least_precise, user_tolerance
 from .variants import VARIANTS, Cache, Grads, forward_cache, inference_backward
 
 __all__ = ["FD_METHODS", "FDOptions", "Limits", "check", "reference_outputs"]
 
 FD_METHODS = ("auto", "stats", "brute", "directional", "none")
 GRAD_NAMES = ("dx", "dgamma", "dbeta")
+Tolerances = tuple[float, float] | Mapping[str, tuple[float, float]] | None
 P = ParamSpec("P")
 T = TypeVar("T")
 
@@ -129,14 +130,15 @@ def check(
     saved_invstd: Any = None,
     candidate: Mapping[str, Any] | None = None,
     finite_difference: FDOptions | None = None,
-    tolerance: tuple[float, float] | None = None,
+    tolerance: Tolerances = None,
     device: str = "cpu",
     limits: Limits | None = None,
 ) -> CheckReport:
     """Check a batch-norm backward formula, and optionally a caller's outputs.
 
-    ``tolerance`` is ``(rtol, atol)`` in plain absolute terms; by default the
-    tolerances of ``tolerance.py`` apply. Raises ``InputError`` for bad input.
+    ``tolerance`` is ``(rtol, atol)`` in plain absolute terms, for every candidate tensor, or a
+    mapping from tensor names to such pairs; the tensors it leaves out get the calibrated
+    verdict of ``calibrate.py``. Raises ``InputError`` for bad input.
     """
     timings: dict[str, float] = {}
     start = time.perf_counter()
@@ -399,31 +401,119 @@ def _device(ctx: _Ctx, value: np.ndarray) -> Any:
     return value if backend.is_numpy(ctx.xp) else ctx.xp.asarray(value.astype(np.float64))
 
 
-def _candidate_block(ctx: _Ctx, ar: Arith, tolerance: tuple[float, float] | None) -> Block:
-    """The caller's outputs against the reference. A candidate is judged in the least
-    precise of the request's dtype and its own; plain lists arrive as float64."""
+def _candidate_block(ctx: _Ctx, ar: Arith, tolerance: Tolerances) -> Block:
+    """The caller's outputs against the reference, each tensor in its own dtype, judged against
+    the error of correct kernels in that precision on these inputs (calibrate.py) unless the
+    caller set a tolerance for it."""
     lay, cand = ctx.lay, ctx.inp.candidate
-    storage = least_precise(ar.storage, *(float_dtype(a) for a in cand.values()))
-    floor_ar = ar if storage == ar.storage else make_arith(storage, None, shape=lay.view_shape, xp=ctx.xp)
+    user = _user_tolerances(tolerance, cand)
+    storage = _candidate_storage(ar, cand)
+    car = ar if storage == ar.storage else make_arith(storage, ar.accum, shape=lay.view_shape, xp=ctx.xp)
     refs = _candidate_refs(ctx, cand)
-    floors = _noise_floors(ctx, floor_ar, refs) if tolerance is None else {}
+    dtypes = {name: _candidate_dtype(name, value, car) for name, value in cand.items()}
+    scales = {name: (ctx.scales if name in GRAD_NAMES else ctx.exact_scales).of(name) for name in cand}
+    wanted = {name: calibrate.Wanted(dtypes[name], lay.view(refs[name]) if name in FULL else refs[name],
+                                     scales[name], name in FULL)
+              for name in cand if name not in user}
+    given = _given(ctx, car)
+    env = calibrate.envelopes(given, car, wanted) if wanted else {}
+    members = len(calibrate.members_for(given))
     tensors: dict[str, TensorMetrics] = {}
     for name, value in cand.items():
-        full = name in ("dx", "y")
-        out_dtype = least_precise(floor_ar.storage if full else floor_ar.accum, float_dtype(value))
-        if tolerance is None:
-            tol = default_tolerance(floor_ar.storage, floor_ar.accum, out_dtype, lay.R)
-            tol = tol.widened(FLOOR_MARGIN * floors.get(name, 0.0))
-        else:
-            tol = user_tolerance(*tolerance)
-        tensors[name] = compare(_device(ctx, value), refs[name], tol=tol, lay=lay if full else _clay(ctx),
-                                out_dtype=out_dtype,
-                                scale=(ctx.scales if name in GRAD_NAMES else ctx.exact_scales).of(name))
-    if floors:
-        ctx.notes.append("candidate: noise floor = worst tol_ratio of bncheck's own formulas in "
-                         f"{dtype_name(floor_ar.storage)}/{dtype_name(floor_ar.accum)}: "
-                         + ", ".join(f"{k} {v:.3g}" for k, v in floors.items()))
+        tol = user.get(name) or calibrate.calibrated_tolerance(env[name], dtypes[name], car.accum, members)
+        tensors[name] = compare(_device(ctx, value), refs[name], tol=tol, lay=lay if name in FULL else _clay(ctx),
+                                out_dtype=dtypes[name], scale=scales[name])
+    if env:
+        held = "" if given.keep is None else f", per-channel values held in {dtype_name(given.keep)}"
+        ctx.notes.append(
+            f"candidate: judged against {members} correct kernels run in {dtype_name(car.storage)} storage with "
+            f"{dtype_name(car.accum)} arithmetic{held} on these inputs; envelope (natural units): "
+            + ", ".join(f"{k} {v:.3g}" for k, v in env.items()))
+    ctx.notes.extend(_blind_spots(ctx, cand))
     return Block(all(t.passed for t in tensors.values()), tensors)
+
+
+FULL = ("dx", "y")
+
+
+def _user_tolerances(tolerance: Tolerances, cand: Mapping[str, Any]) -> dict[str, Tolerance]:
+    if tolerance is None:
+        return {}
+    if isinstance(tolerance, Mapping):
+        unknown = sorted(set(tolerance) - set(CANDIDATE_NAMES))
+        if unknown:
+            msg = f"unknown tensor {unknown[0]!r}; give tolerances for any of {', '.join(CANDIDATE_NAMES)}"
+            raise InputError(msg, field="tolerance")
+        return {name: user_tolerance(*t) for name, t in tolerance.items()}
+    return {name: user_tolerance(*tolerance) for name in cand}
+
+
+def _candidate_storage(ar: Arith, cand: Mapping[str, Any]) -> np.dtype[Any]:
+    """x and dy as the kernel held them: the request's dtype, or a less precise dtype that the
+    candidate's dx or y arrived in (a bfloat16 kernel fed float32 dumps)."""
+    typed = [float_dtype(cand[n]) for n in FULL if n in cand and float_dtype(cand[n]) != np.float64]
+    return least_precise(ar.storage, *typed)
+
+
+def _candidate_dtype(name: str, value: Any, ar: Arith) -> np.dtype[Any]:
+    """A candidate tensor's own dtype (mixed precision: 16-bit dx beside float32 dgamma). Plain
+    lists arrive as float64, and so does nothing else a kernel of ``ar``'s precision writes: those
+    are judged in the kernel's dtype for that tensor (storage for dx and y, accum otherwise)."""
+    own = float_dtype(value)
+    kernel = ar.storage if name in FULL else ar.accum
+    return kernel if own == np.float64 and kernel != np.float64 else own
+
+
+def _given(ctx: _Ctx, ar: Arith) -> calibrate.Given:
+    inp, used = ctx.inp, ctx.used
+    kw: dict[str, Any] = {}
+    if not inp.training:
+        kw = {"mean": used.mean, "var": used.var}
+    elif inp.saved_mean is not None:
+        kw = {"mean": used.mean, "invstd": used.invstd}
+    return calibrate.Given(ctx.x3, ctx.dy3, ctx.gamma, ctx.beta, inp.eps, inp.training, ctx.lay,
+                           keep=_per_channel_dtype(ctx, ar), **kw)
+
+
+def _per_channel_dtype(ctx: _Ctx, ar: Arith) -> np.dtype[Any] | None:
+    """The dtype the kernel holds per-channel values in, when it says so and it is less precise
+    than its arithmetic: gamma and beta sent as 16-bit, or 16-bit dgamma, dbeta, mean, invstd."""
+    said = [float_dtype(v) for k, v in ctx.inp.candidate.items() if k not in FULL]
+    if ctx.inp.param_dtype is not None:
+        said.append(ctx.inp.param_dtype)
+    said = [d for d in said if d != np.float64]
+    keep = least_precise(ar.accum, *said)
+    return None if keep == ar.accum else keep
+
+
+def _blind_spots(ctx: _Ctx, cand: Mapping[str, Any]) -> list[str]:
+    """Where these inputs hide a whole class of bug, so that a pass there means less."""
+    if "dx" not in cand:
+        return []
+    lay, xp = ctx.lay, ctx.xp
+    notes: list[str] = []
+    if lay.R <= 2 and ctx.inp.training:
+        notes.append(f"blind spot: R = {lay.R} elements per channel; xhat is +-1 or 0 and the true dx is about 0 "
+                     "whatever the formula, so dx cannot show formula bugs")
+        return notes
+
+    def constant(a3: Any) -> Any:
+        return backend.to_numpy(backend.channel_max(a3, xp) + backend.channel_max(-a3, xp) == 0)
+
+    flat_dy = np.flatnonzero(constant(ctx.dy3))
+    if flat_dy.size:
+        notes.append(f"blind spot: dy is constant in channels {channel_ranges(flat_dy)}; there the true dx is 0 and "
+                     "dgamma cancels, so bugs in the mean(dy) and xhat*mean(dy*xhat) terms do not show")
+    zero_gamma = np.flatnonzero(backend.to_numpy(ctx.gamma) == 0)
+    if zero_gamma.size:
+        notes.append(f"blind spot: gamma is 0 in channels {channel_ranges(zero_gamma)}; dx there is 0 whatever the "
+                     "kernel does with x and dy")
+    if ctx.inp.training:
+        flat_x = np.flatnonzero(constant(ctx.x3))
+        if flat_x.size:
+            notes.append(f"blind spot: x is constant in channels {channel_ranges(flat_x)}; xhat is 0 there, so "
+                         "bugs in the variance or the xhat*mean(dy*xhat) term do not show in dx")
+    return notes
 
 
 def _clay(ctx: _Ctx) -> Layout:
@@ -437,30 +527,6 @@ def _candidate_refs(ctx: _Ctx, cand: Mapping[str, Any]) -> dict[str, Any]:
     if "y" in cand:
         refs["y"] = lay.restore(reference.forward_y(ctx.x3, ctx.gamma, ctx.beta, ctx.exact, lay, ctx.xp))
     return refs
-
-
-def _noise_floors(ctx: _Ctx, ar: Arith, refs: Mapping[str, Any]) -> dict[str, float]:
-    """The worst tol_ratio of bncheck's own formulas in the candidate's precision, per tensor."""
-    floors: dict[str, float] = {}
-
-    def tol_for(_name: str, out: Any) -> Tolerance:
-        return default_tolerance(ar.storage, ar.accum, out, ctx.lay.R)
-
-    for name in VARIANTS if ctx.inp.training else ("qianfeng",):
-        for t, m in _grad_compare(ctx, _run(ctx, name, ar), ar, tol_for).items():
-            floors[t] = max(floors.get(t, 0.0), m.tol_ratio)
-    cache = _forward(ctx, ar)
-    scales = ctx.exact_scales
-    for t, value in (("mean", cache.mean), ("invstd", cache.ivar)):
-        m = compare(ar.keep(value).reshape(ctx.lay.C), refs[t], tol=tol_for(t, ar.accum), lay=_clay(ctx),
-                    out_dtype=ar.accum, scale=scales.of(t))
-        floors[t] = m.tol_ratio
-    if "y" in refs:
-        y = ar.store(cache.gamma * cache.xhat + ar.param(ctx.beta))
-        m = compare(ctx.lay.restore(y), refs["y"], tol=tol_for("y", ar.storage), lay=ctx.lay,
-                    out_dtype=ar.storage, scale=scales.y)
-        floors["y"] = m.tol_ratio
-    return floors
 
 
 def _saved_block(ctx: _Ctx, ar: Arith) -> Block:

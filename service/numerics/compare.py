@@ -16,10 +16,10 @@ import numpy as np
 from . import backend
 from .dtypes import dtype_name, ulp
 from .layout import Block, Layout
-from .report import ChannelError, TensorMetrics, ToleranceUsed
+from .report import ChannelError, Resolution, TensorMetrics, ToleranceUsed
 from .tolerance import Tolerance
 
-__all__ = ["channel_layout", "compare"]
+__all__ = ["channel_layout", "channel_ranges", "compare"]
 
 WORST_CHANNELS = 5
 CANCELLATION = 1e-6
@@ -48,6 +48,7 @@ class _Part:
     worst_cand: float
     worst_ref: float
     worst_atol: float  # the absolute/natural-scale term of the tolerance there
+    max_allowed: float
     ch_ratio: np.ndarray
     ch_abs: np.ndarray
     ch_bad: np.ndarray
@@ -89,8 +90,11 @@ class _Inputs:
             allowed += tol.atol
         if extra is not None:
             allowed += extra
+        if tol.abs_floor:
+            allowed += tol.abs_floor
         if tol.floor != 1.0:
             allowed *= tol.floor
+        max_allowed = float(allowed.max())
         bad = err > allowed
         if finite is not None:
             bad |= ~finite
@@ -116,6 +120,7 @@ class _Inputs:
             worst_cand=float(cand[local]),
             worst_ref=float(ref[local]),
             worst_atol=tol.atol * (float(xp.broadcast_to(scale, ratio.shape)[local]) if natural else 1.0),
+            max_allowed=max_allowed,
             ch_ratio=backend.to_numpy(backend.channel_max(ratio, xp)),
             ch_abs=backend.to_numpy(ch_abs),
             ch_bad=backend.to_numpy(backend.channel_count(bad, xp)),
@@ -185,9 +190,41 @@ def compare(cand: Any, ref: Any, *, tol: Tolerance, lay: Layout, out_dtype: Any,
         cancellation=scale is not None and max(p.max_ref for p in parts)
         <= CANCELLATION * max(p.max_scale for p in parts),
         dtype=dtype_name(out_dtype),
-        tolerance=ToleranceUsed(tol.rtol, tol.atol, tol.mode, tol.floor),
+        tolerance=ToleranceUsed(tol.rtol, tol.atol, tol.mode, tol.floor, tol.basis, tol.envelope, tol.margin,
+                                tol.members, tol.abs_floor),
         compared=compared,
+        failed_channels=channel_ranges(np.flatnonzero(ch_bad)),
+        resolution=_resolution(tol, max(p.max_allowed for p in parts), max(p.max_ref for p in parts), out_dtype,
+                               natural=scale is not None),
     )
+
+
+def channel_ranges(channels: Any) -> str:
+    """Sorted channel numbers as ranges: [3, 16, 17, 18, 30] -> "3,16-18,30"."""
+    out: list[str] = []
+    run: list[int] = []
+    for c in sorted(int(c) for c in channels):
+        if run and c == run[-1] + 1:
+            run.append(c)
+            continue
+        if run:
+            out.append(_run_text(run))
+        run = [c]
+    if run:
+        out.append(_run_text(run))
+    return ",".join(out)
+
+
+def _run_text(run: list[int]) -> str:
+    return str(run[0]) if len(run) == 1 else f"{run[0]}-{run[-1]}"
+
+
+def _resolution(tol: Tolerance, max_allowed: float, max_ref: float, out_dtype: Any, *, natural: bool) -> Resolution:
+    natural_units = tol.atol * tol.floor if natural and tol.mode == "natural" else None
+    in_ulps = None
+    if max_ref > 0 and math.isfinite(max_ref):
+        in_ulps = max_allowed / float(ulp(np.float64(max_ref), out_dtype))
+    return Resolution(natural_units, max_allowed, in_ulps)
 
 
 def _as_view(a: Any, lay: Layout) -> Any:

@@ -43,6 +43,7 @@ class Inputs:
     saved_dtype: np.dtype[Any] | None  # the least precise of the two, as sent
     candidate: dict[str, np.ndarray]  # as sent, dtype kept
     variants: tuple[str, ...]
+    param_dtype: np.dtype[Any] | None = None  # gamma's and beta's dtype as sent, when not float64
 
 
 def _array(field: str, a: Any) -> np.ndarray:
@@ -139,8 +140,10 @@ def validate(x: Any, dy: Any, gamma: Any = None, beta: Any = None, *, variant: s
     rm, rv = _running(training, running_mean, running_var, C, eps)
     sm, si = _saved(training, saved_mean, saved_invstd, C)
     saved_dtype = None if sm is None else least_precise(_float_dtype(saved_mean), _float_dtype(saved_invstd))
+    sent = [_float_dtype(a) for a in (gamma, beta) if a is not None]
+    param = least_precise(*sent) if sent else None
     return Inputs(x64, dy64, g, b, lay, dt, accum, float(eps), bool(training), rm, rv, sm, si, saved_dtype,
-                  _candidates(candidate, lay), names)
+                  _candidates(candidate, lay), names, None if param == np.float64 else param)
 
 
 def float_dtype(a: np.ndarray) -> np.dtype[Any]:

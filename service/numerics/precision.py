@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from . import backend
+from . import backend, orders
 from .dtypes import BFLOAT16, default_accum, dtype_name, precision_bits, resolve
 from .errors import InputError
 
@@ -34,6 +34,8 @@ class Arith:
     accum: np.dtype[Any]
     xp: ModuleType
     shape: tuple[int, int, int]  # the (P, C, S) view
+    order: str | None = None  # a reduction order of orders.py; None: the backend's fastest
+    held_in: np.dtype[Any] | None = None  # per-channel sums held in this dtype (a kernel with 16-bit parameters)
 
     @property
     def R(self) -> int:
@@ -58,8 +60,20 @@ class Arith:
         return self.csums((fn, args))[0]
 
     def csums(self, *terms: tuple[Callable[..., Any], tuple[Any, ...]]) -> list[Any]:
-        """``csum_of(fn, *args)`` for each ``(fn, args)``; on the GPU in one pass over memory."""
-        return backend.channel_sums(terms, self.shape, self.xp)
+        """``csum_of(fn, *args)`` for each ``(fn, args)``; on the GPU in one pass over memory.
+        With an ``order``, each term is written out and added in that order (orders.py)."""
+        if self.order is None:
+            sums = backend.channel_sums(terms, self.shape, self.xp)
+        else:
+            full = [self.xp.broadcast_to(self.ew(fn)(*args), self.shape) for fn, args in terms]
+            sums = [orders.ordered_sum(a, self.order, self.xp) for a in full]
+        return sums if self.held_in is None else [self.held(s) for s in sums]
+
+    def held(self, a: Any) -> Any:
+        """A per-channel value as a kernel holding them in ``held_in`` sees it."""
+        if self.held_in is None:
+            return a
+        return backend.round_to(a, self.held_in, self.xp).astype(backend.container(self.accum, self.xp))
 
     def const(self, value: float) -> Any:
         """A scalar rounded to accum, as NumPy rounds a Python scalar it combines with an array."""

@@ -14,6 +14,7 @@ __all__ = [
     "Checks",
     "CrossCheck",
     "FDBlock",
+    "Resolution",
     "TensorMetrics",
     "ToleranceUsed",
     "VariantsBlock",
@@ -26,6 +27,20 @@ class ToleranceUsed:
     atol: float
     mode: str  # "natural" (atol is in units of the natural scale) or "absolute"
     floor: float  # >1 when the noise floor of the formulas widened it
+    basis: str = "analytic"  # analytic | calibrated | user
+    envelope: float | None = None  # calibrated: correct kernels' worst error on these inputs, natural units
+    margin: float | None = None  # calibrated: allowed = margin * envelope * scale + rtol * |reference|
+    members: int | None = None  # calibrated: how many correct kernels the envelope spans
+    abs_floor: float = 0.0  # added to every element's allowance: rounding in the dtype's subnormal range
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """What a pass could not see: errors below these went unflagged."""
+
+    natural: float | None  # the allowance where the reference is 0, in natural-scale units
+    max_abs: float  # the largest error any element was allowed: a pass means no error above it
+    ulp: float | None  # max_abs in ulps of the tensor's dtype at its largest |reference|
 
 
 @dataclass(frozen=True)
@@ -59,6 +74,8 @@ class TensorMetrics:
     dtype: str
     tolerance: ToleranceUsed
     compared: str = ""  # what the numbers are when not the tensor itself (directional derivatives)
+    failed_channels: str = ""  # every failing channel, as ranges: "16-23,30"
+    resolution: Resolution | None = None
 
 
 @dataclass

@@ -71,6 +71,11 @@ class Tolerance:
     atol: float
     mode: str  # "natural": atol multiplies the natural scale; "absolute": it does not
     floor: float = 1.0
+    basis: str = "analytic"  # analytic (the bound below) | calibrated (calibrate.py) | user
+    envelope: float | None = None  # calibrated: the correct kernels' worst error, natural units
+    margin: float | None = None  # calibrated: allowed = margin * envelope * scale + rtol * |ref|
+    members: int | None = None  # calibrated: how many correct kernels the envelope spans
+    abs_floor: float = 0.0  # added as is: the rounding of outputs in the dtype's subnormal range
 
     def widened(self, floor: float) -> Tolerance:
         return replace(self, floor=max(1.0, floor))
@@ -89,7 +94,7 @@ def fd_tolerance() -> Tolerance:
 
 
 def user_tolerance(rtol: float, atol: float) -> Tolerance:
-    return Tolerance(rtol, atol, "absolute")
+    return Tolerance(rtol, atol, "absolute", basis="user")
 
 
 def least_precise(*dtypes: np.dtype[Any]) -> np.dtype[Any]:

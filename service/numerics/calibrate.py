@@ -1,0 +1,214 @@
+"""The calibrated verdict: a candidate is judged against the error that correct kernels in
+its precision make on these very inputs.
+
+An ensemble of correct formulas runs in the candidate's storage and accumulation dtypes,
+each with a reduction order real kernels use (``orders.py``) and one of the
+algebraically equal ways real kernels write dx. Each member's outputs, as computed in
+the accumulation dtype, are compared with the float64 reference in natural units
+(``scales.py``); the envelope of a tensor is the largest such error over every member
+and every element, pooled across channels. A candidate element then passes when
+
+    |candidate - reference| <= MARGIN * envelope * scale + ROUNDING * u(out) * |reference|
+
+The last term is the rounding of the result to the candidate's own dtype, taken once,
+not times the margin: a correctly rounded 16-bit output of an exact computation is off
+by up to half an ulp, which is between 0.5 and 1 times u(out) * |reference| (the most
+just above a power of two). ROUNDING = 1.5 leaves room for a result rounded twice
+(float32, then bfloat16) and stays below the two ulps of a plainly visible bug. In the
+subnormal range the spacing is absolute, so ROUNDING half-spacings are allowed there too. The
+envelope is floored at FLOOR unit roundoffs of the accumulation dtype, for data where
+every member happens to be exact (integers, constants).
+
+Why pooled, not per channel: with R = 2 every order adds alike and the members agree
+to the last bit, yet correct kernels written differently do not. Why these members:
+see docs/design.md, "The calibrated verdict"; which algorithms count as correct was
+measured against PyTorch's own kernels (bench/oracle.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, replace
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from . import backend, orders
+from .backend import same
+from .dtypes import ulp, unit_roundoff
+from .layout import Block, Layout
+from .precision import Arith
+from .tolerance import Tolerance
+from .variants import VARIANTS, Cache, Grads, forward_cache, inference_backward
+
+__all__ = ["FLOOR", "MARGIN", "MEMBERS", "ROUNDING", "Given", "Member", "Wanted", "calibrated_tolerance", "envelopes"]
+
+MARGIN = 3.0
+FLOOR = 0.125
+ROUNDING = 1.5
+_TINY = 1e-300
+
+
+@dataclass(frozen=True)
+class Member:
+    """One correct kernel: how it writes dx, how it adds, how it gets mean and variance."""
+
+    form: str  # a seed variant, "xmu" (PyTorch's CPU arrangement) or "scaled" (mean-of-terms form)
+    order: str | None  # orders.ORDERS, or None for the backend's own sums
+    stats: str = "two_pass"  # or "welford"
+
+
+MEMBERS: tuple[Member, ...] = (
+    *(Member(name, None) for name in VARIANTS),
+    Member("xmu", "sequential"),
+    Member("scaled", "sequential"),
+    Member("qianfeng", "threads", "welford"),
+    Member("xmu", "threads", "welford"),
+    Member("scaled", "tiled"),
+)
+
+
+@dataclass(frozen=True)
+class Given:
+    """The inputs as the check holds them: (P, C, S) float64 views and (C,) vectors. ``mean``
+    with ``invstd`` are saved statistics; ``mean`` with ``var`` running ones (inference)."""
+
+    x3: Any
+    dy3: Any
+    gamma: Any
+    beta: Any
+    eps: float
+    training: bool
+    layout: Layout
+    mean: Any = None
+    invstd: Any = None
+    var: Any = None
+    keep: np.dtype[Any] | None = None  # the kernel's per-channel dtype, when less precise than accum
+
+
+@dataclass(frozen=True)
+class Wanted:
+    """A candidate tensor to calibrate: its dtype, its reference and its natural scale
+    ((P, C, S) views for dx and y, (C,) vectors otherwise)."""
+
+    dtype: np.dtype[Any]
+    ref: Any
+    scale: Any
+    full: bool  # dx and y: one value per element; the rest: one per channel
+
+
+def calibrated_tolerance(envelope: float, out: np.dtype[Any], accum: np.dtype[Any], members: int) -> Tolerance:
+    atol = MARGIN * max(envelope, FLOOR * unit_roundoff(accum))
+    subnormal = float(ulp(np.float64(0.0), out))  # below the smallest normal, spacing is absolute
+    return Tolerance(ROUNDING * unit_roundoff(out), atol, "natural", basis="calibrated", envelope=envelope,
+                     margin=MARGIN, members=members, abs_floor=ROUNDING * 0.5 * subnormal)
+
+
+def members_for(given: Given) -> tuple[Member, ...]:
+    if not given.training:
+        return tuple(Member("inference", order) for order in (None, *orders.ORDERS))
+    if given.invstd is not None:  # saved statistics: no member computes its own
+        return tuple(dict.fromkeys(replace(m, stats="two_pass") for m in MEMBERS))
+    return MEMBERS
+
+
+def envelopes(given: Given, ar: Arith, wanted: Mapping[str, Wanted]) -> dict[str, float]:
+    """The envelope of each wanted tensor, in natural units, over ``members_for(given)``."""
+    out = dict.fromkeys(wanted, 0.0)
+    for outputs in _run_members(given, ar, set(wanted)):
+        for name, w in wanted.items():
+            out[name] = max(out[name], _spread(outputs[name], w, given.layout, ar.xp))
+    return out
+
+
+def _run_members(given: Given, ar: Arith, names: set[str]) -> Iterator[dict[str, Any]]:
+    caches: dict[tuple[str | None, str], Cache] = {}
+    for m in members_for(given):
+        mar = replace(ar, order=m.order, held_in=given.keep)
+        key = (m.order, m.stats)
+        if key not in caches:
+            caches[key] = _cache(given, mar, m.stats)
+        c = caches[key]
+        g = FORMS[m.form](ar.load(given.dy3), c, mar)
+        C = given.layout.C
+        outputs: dict[str, Any] = {"dx": g.dx, "dgamma": g.dgamma.reshape(C), "dbeta": g.dbeta.reshape(C),
+                                   "mean": c.mean.reshape(C), "invstd": c.ivar.reshape(C)}
+        if "y" in names:
+            outputs["y"] = ar.ew(_affine)(c.gamma, c.xhat, ar.param(given.beta))
+        yield outputs
+
+
+def _cache(given: Given, ar: Arith, stats: str) -> Cache:
+    x = ar.load(given.x3)
+    kw: dict[str, Any] = {}
+    if not given.training:
+        kw = {"mean": ar.param(given.mean), "var": ar.param(given.var)}
+    elif given.invstd is not None:
+        kw = {"mean": ar.param(given.mean), "invstd": ar.param(given.invstd)}
+    elif stats == "welford":
+        mean, var = orders.welford(x, ar.xp)
+        kw = {"mean": mean, "var": var}
+    if ar.held_in is not None and given.training and given.invstd is None:
+        # A kernel with 16-bit parameters saves mean and invstd in 16 bits, and its backward
+        # works from the saved values (PyTorch's CPU kernel with bfloat16 weights does).
+        c = forward_cache(x, ar.param(given.gamma), replace(ar, held_in=None), eps=given.eps, **kw)
+        kw = {"mean": ar.held(c.mean), "invstd": ar.held(c.ivar)}
+    return forward_cache(x, ar.param(given.gamma), ar, eps=given.eps, **kw)
+
+
+def _affine(gamma: Any, xhat: Any, beta: Any) -> Any:
+    return gamma * xhat + beta
+
+
+def _mul(a: Any, b: Any) -> Any:
+    return a * b
+
+
+def _xmu_dx(dy: Any, mean_dy: Any, xmu: Any, k: Any, ivar: Any, gamma: Any) -> Any:
+    return (dy - mean_dy - xmu * k) * (ivar * gamma)
+
+
+def xmu_form(dy: Any, c: Cache, ar: Arith) -> Grads:
+    """PyTorch's CPU arrangement: the projection on x - mean, scaled by invstd^2 / R."""
+    inv_n = ar.const(1.0 / ar.R)
+    dbeta, dot = ar.csums((same, (dy,)), (_mul, (dy, c.xmu)))
+    k = dot * c.ivar * c.ivar * inv_n
+    dx = ar.ew(_xmu_dx)(dy, dbeta * inv_n, c.xmu, k, c.ivar, c.gamma)
+    return Grads(dx, dot * c.ivar, dbeta)
+
+
+def _scaled_dx(gamma: Any, ivar: Any, dy: Any, mean_dy: Any, xhat: Any, mean_dyx: Any) -> Any:
+    return gamma * ivar * (dy - mean_dy - xhat * mean_dyx)
+
+
+def scaled_form(dy: Any, c: Cache, ar: Arith) -> Grads:
+    """gamma * invstd * (dy - mean(dy) - xhat * mean(dy * xhat)): the means taken first."""
+    inv_n = ar.const(1.0 / ar.R)
+    dbeta, dgamma = ar.csums((same, (dy,)), (_mul, (dy, c.xhat)))
+    dx = ar.ew(_scaled_dx)(c.gamma, c.ivar, dy, dbeta * inv_n, c.xhat, dgamma * inv_n)
+    return Grads(dx, dgamma, dbeta)
+
+
+FORMS: dict[str, Callable[[Any, Cache, Arith], Grads]] = {
+    **{name: v.fn for name, v in VARIANTS.items()},
+    "xmu": xmu_form,
+    "scaled": scaled_form,
+    "inference": inference_backward,
+}
+
+
+def _spread(value: Any, w: Wanted, lay: Layout, xp: ModuleType) -> float:
+    """max |value - ref| / scale, in natural units: the member's error before its result is
+    rounded to the candidate's dtype (that rounding is a term of its own)."""
+    if not w.full:
+        err = xp.abs(value.reshape(-1).astype(xp.float64) - w.ref.reshape(-1))
+        return float((err / xp.maximum(w.scale.reshape(-1), _TINY)).max())
+    v3 = lay.view(value)
+
+    def part(b: Block) -> float:
+        err = xp.abs(v3[b[0], :, b[1]].astype(xp.float64) - w.ref[b[0], :, b[1]])
+        err /= xp.maximum(w.scale[b[0], :, b[1]], _TINY)
+        return float(err.max())
+
+    return max(backend.map_blocks(part, lay, xp))
