@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from service.numerics import VARIANTS, check, fd
+from service.numerics import VARIANTS, FDOptions, check, fd
 from service.numerics import reference as ref
 from service.numerics.layout import Layout
 from service.numerics.precision import make_arith
 from service.numerics.variants import forward_cache
 from tests.numerics import seed_gist
+from tests.numerics.kernels import backward as kernel_backward
 
 from ._timing import best_ms, machine, table, torch_or_none
 
@@ -90,11 +91,37 @@ def _shape_rows(shape: tuple[int, ...], label: str, torch) -> list[list[str]]:  
     return rows
 
 
+def _candidate_rows(shape: tuple[int, ...], label: str, torch) -> list[list[str]]:  # type: ignore[no-untyped-def]
+    """A whole check of a float32 kernel's dx, dgamma and dbeta, FD off: the calibrated verdict
+    beside the same check with the caller's tolerances (no calibration)."""
+    x, dy, gamma, beta = (a.astype(np.float32) if a.ndim > 1 else a for a in _data(shape))
+    out = kernel_backward(x, dy, gamma, beta, eps=EPS)
+    cand = {k: out[k] for k in ("dx", "dgamma", "dbeta")}
+    kw = {"candidate": cand, "finite_difference": FDOptions("none"), "eps": EPS}
+    user = {k: (0.0, 1.0) for k in cand}
+    calibrated_ms = best_ms(lambda: check(x, dy, gamma, beta, **kw), repeat=3)
+    user_ms = best_ms(lambda: check(x, dy, gamma, beta, tolerance=user, **kw), repeat=3)
+    rows = [[label, "float32 `check()` with a candidate, calibrated verdict, FD off", f"{calibrated_ms:.1f}",
+             f"{calibrated_ms / user_ms:.2f} x the same with user tolerances ({user_ms:.1f} ms)"]]
+    if torch is not None:
+        x64 = x.astype(np.float64)
+        lay = Layout.of(shape, 1)
+        st = ref.batch_stats(lay.view(x64), lay, EPS, np)
+        t = [torch.from_numpy(a).to(torch.float64) for a in (dy.astype(np.float64), x64, gamma, st.mean, st.invstd)]
+        torch_ms = best_ms(lambda: torch.ops.aten.native_batch_norm_backward(
+            t[0], t[1], t[2], None, None, t[3], t[4], True, EPS, [True, True, True]))
+        rows.append([label, "  the same, ÷ PyTorch CPU float64 backward", f"{torch_ms:.1f}",
+                     f"{calibrated_ms / torch_ms:.1f}"])
+    return rows
+
+
 def main() -> None:
     torch = torch_or_none()
     print(f"# bncheck numerical core ({machine()})\n")
     rows = [row for shape, label in SHAPES for row in _shape_rows(shape, label, torch)]
     print(table(["shape", "what", "ms (best)", "÷ reference"], rows))
+    rows = [row for shape, label in SHAPES for row in _candidate_rows(shape, label, torch)]
+    print("\n" + table(["shape", "what", "ms (best)", "ratio"], rows))
     small = _data((128, 64))
     small_ms = best_ms(lambda: check(*small, dtype="float64"), repeat=20)
     print(f"\nfull check of 8,192 elements (128 x 64), float64, FD auto: {small_ms:.2f} ms")

@@ -20,10 +20,19 @@ def _tensor(name: str, t: TensorReport) -> list[str]:
     lines = [line]
     if not t.passed:
         lines.append(f"            {t.mismatched:,} of {t.total:,} mismatched, {t.nonfinite} non-finite; at worst "
-                     f"candidate {_num(t.worst_candidate)} vs reference {_num(t.worst_reference)} "
+                     f"candidate {t.worst_candidate!r} vs reference {t.worst_reference!r} "
                      f"(decided by {t.decided_by}{', cancellation' if t.cancellation else ''})")
-        chans = ", ".join(f"{c.channel} ({c.mismatched})" for c in t.worst_channels)
-        lines.append(f"            {t.channels_failed} channels failed; worst channels (mismatched): {chans}")
+        chans = ", ".join(f"{c.channel} ({c.mismatched})" for c in t.worst_channels if c.mismatched)
+        lines.append(f"            {t.channels_failed} channels failed: {t.failed_channels}; "
+                     f"worst (mismatched): {chans}")
+    elif t.cancellation:
+        lines.append("            cancellation: the values are far below their terms; relative error means nothing")
+    if t.resolution is not None and t.tolerance.basis == "calibrated":
+        res = t.resolution
+        ulps = f", {_num(res.ulp)} ulps of {t.dtype} at its largest value" if res.ulp is not None else ""
+        lines.append(f"            resolution: no error above {_num(res.max_abs)}{ulps}; envelope of "
+                     f"{t.tolerance.members} correct kernels {_num(t.tolerance.envelope)} natural units, "
+                     f"allowed {_num(t.tolerance.margin)}x that")
     if t.compared:
         lines.append(f"            compared: {t.compared}")
     return lines

@@ -102,3 +102,23 @@ def test_generated_kernels_are_exact_on_the_gpu(shape, dtype):
     np.testing.assert_array_equal(out.get().view(np.uint8), variants._qianfeng_dx(*args).view(np.uint8))
     assert backend.RAW_KERNELS_OK[0], backend.RAW_KERNEL_ERRORS
     np.testing.assert_array_equal(backend.channel_sum(cp.asarray(a), cp).get(), a.astype(np.float64).sum(axis=(0, 2)))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
+@pytest.mark.parametrize(("shape", "axis"), [((4096, 8), 1), ((8, 16, 8, 8), 1), ((8, 6, 6, 16), -1)])
+def test_calibrated_verdict_on_gpu_matches_the_cpu(dtype, shape, axis):
+    """The same ensemble on the device: the same verdict on a correct kernel and a planted bug,
+    and envelopes of the same size (the members' sums run in the same orders)."""
+    from .kernels import backward
+
+    case = make("normal", shape=shape, channel_axis=axis).cast(dtype)
+    kw = {**case.kwargs(), "dtype": dtype, "finite_difference": NO_FD}
+    for bug in (None, "zeroed_channel", "no_mean_term"):
+        out = backward(case.x, case.dy, case.gamma, case.beta, eps=case.eps, channel_axis=axis, dtype=dtype, bug=bug)
+        out = {k: out[k] for k in ("dx", "dgamma", "dbeta")}
+        gpu = check(case.x, case.dy, device="gpu", candidate=out, **kw)
+        cpu = check(case.x, case.dy, device="cpu", candidate=out, **kw)
+        assert gpu.checks.candidate.passed == cpu.checks.candidate.passed == (bug is None)
+        for name, m in cpu.checks.candidate.tensors.items():
+            g = gpu.checks.candidate.tensors[name].tolerance.envelope
+            assert 0.5 * m.tolerance.envelope <= g <= 2 * m.tolerance.envelope, (name, g, m.tolerance.envelope)
