@@ -146,6 +146,26 @@ def _gather(args: argparse.Namespace) -> tuple[dict[str, np.ndarray], dict[str, 
 # ------------------------------------------------------------------ check
 
 
+def _tolerance(args: argparse.Namespace) -> tuple[float, float] | dict[str, tuple[float, float]] | None:
+    if args.tolerance and (args.rtol is not None or args.atol is not None):
+        msg = "--tolerance: give --rtol/--atol for every tensor or --tolerance per tensor, not both"
+        raise UsageError(msg)
+    if args.tolerance:
+        per: dict[str, tuple[float, float]] = {}
+        for item in args.tolerance:
+            name, _, terms = item.partition("=")
+            try:
+                rtol, atol = (float(v) for v in terms.split(","))
+            except ValueError:
+                msg = f"--tolerance: {item!r} is not TENSOR=RTOL,ATOL (e.g. dgamma=0,1e-4)"
+                raise UsageError(msg) from None
+            per[name.strip()] = (rtol, atol)
+        return per
+    if args.rtol is None and args.atol is None:
+        return None
+    return (args.rtol or 0.0, args.atol or 0.0)
+
+
 def _run_check(args: argparse.Namespace) -> int:
     from client import APIError, BNCheckClientError, CheckResult, build_request
 
@@ -158,7 +178,7 @@ def _run_check(args: argparse.Namespace) -> int:
         "finite_difference": {k: v for k, v in (("method", args.fd), ("samples", args.fd_samples),
                                                  ("directions", args.fd_directions), ("seed", args.seed),
                                                  ("step", args.fd_step)) if v is not None},
-        "tolerance": None if args.rtol is None and args.atol is None else (args.rtol or 0.0, args.atol or 0.0),
+        "tolerance": _tolerance(args),
     }
     x, dy = inputs.pop("x"), inputs.pop("dy")
     extra: dict[str, Any] = {k: v for k, v in inputs.items() if k not in ("gamma", "beta")}
@@ -273,8 +293,12 @@ def _check_parser(sub: Any) -> None:
     how.add_argument("--fd-directions", type=int)
     how.add_argument("--fd-step", type=float)
     how.add_argument("--seed", type=int)
-    how.add_argument("--rtol", type=float, help="plain allclose tolerance instead of bncheck's defaults")
+    how.add_argument("--rtol", type=float, help="plain allclose tolerance for every candidate tensor, instead of "
+                     "the calibrated verdict")
     how.add_argument("--atol", type=float)
+    how.add_argument("--tolerance", metavar="TENSOR=RTOL,ATOL", action="append", default=[],
+                     help="plain allclose tolerance for one candidate tensor (repeatable), e.g. dgamma=0,1e-4; "
+                     "the others keep the calibrated verdict")
     how.add_argument("--device", choices=["cpu", "gpu", "auto"])
     run = p.add_argument_group("where and how")
     run.add_argument("--server", metavar="URL", help="a running bncheck service (default: in-process)")

@@ -143,7 +143,7 @@ class ToleranceUsed(_Out):
     rtol: float
     atol: float
     mode: Literal["natural", "absolute"] = Field(description="natural: atol is in units of the natural scale")
-    floor: float = Field(description="> 1 when the formulas' own noise floor widened the tolerance")
+    floor: float = Field(description="always 1 (the first release's noise-floor widening; kept for compatibility)")
     basis: Literal["analytic", "calibrated", "user"] = Field(description=(
         "calibrated: measured on correct kernels run on these inputs; analytic: a first-order bound; "
         "user: the request's tolerance"))
@@ -186,7 +186,7 @@ class TensorReport(_Out):
     nonfinite: int
     channels_failed: int
     worst_channels: list[ChannelError]
-    decided_by: Literal["relative", "natural_scale", "absolute", "noise_floor", "nonfinite", "exact"]
+    decided_by: Literal["relative", "natural_scale", "absolute", "nonfinite", "exact"]
     cancellation: bool
     dtype: str
     tolerance: ToleranceUsed

@@ -2,8 +2,9 @@
 
 The flow: validate; float64 statistics and reference; the chosen variant(s)
 in the chosen precision against the reference; finite differences against
-the reference; the caller's candidate outputs against the reference, with
-the variants' own error as a noise floor; saved statistics against x's.
+the reference; the caller's candidate outputs against the reference, judged
+against the error of correct kernels run on the same inputs (calibrate.py);
+saved statistics against x's.
 """
 
 from __future__ import annotations

@@ -242,8 +242,6 @@ def _decided_by(tol: Tolerance, worst: _Part) -> str:
         return "nonfinite"
     if worst.worst_ratio == 0:
         return "exact"
-    if tol.floor > 1 and worst.worst_ratio * tol.floor > 1:
-        return "noise_floor"
     if worst.worst_atol > tol.rtol * abs(worst.worst_ref):
         return "absolute" if tol.mode == "absolute" else "natural_scale"
     return "relative"

@@ -26,7 +26,7 @@ class ToleranceUsed:
     rtol: float
     atol: float
     mode: str  # "natural" (atol is in units of the natural scale) or "absolute"
-    floor: float  # >1 when the noise floor of the formulas widened it
+    floor: float  # always 1: the first release widened tolerances by a noise floor here
     basis: str = "analytic"  # analytic | calibrated | user
     envelope: float | None = None  # calibrated: correct kernels' worst error on these inputs, natural units
     margin: float | None = None  # calibrated: allowed = margin * envelope * scale + rtol * |reference|
@@ -69,7 +69,7 @@ class TensorMetrics:
     nonfinite: int
     channels_failed: int
     worst_channels: list[ChannelError]
-    decided_by: str  # relative | natural_scale | absolute | noise_floor | nonfinite | exact
+    decided_by: str  # relative | natural_scale | absolute | nonfinite | exact
     cancellation: bool  # values far below the scale of their terms: relative error means nothing
     dtype: str
     tolerance: ToleranceUsed

@@ -269,3 +269,41 @@ async def test_streamed_body_over_the_limit_is_413(make_client):
         r = await c.post("/v1/check", content=chunks(), headers={"content-type": "application/json"})
     assert r.status_code == 413
     assert r.json()["type"] == "/problems/too-large"
+
+
+async def test_mixed_precision_candidate_is_judged_per_tensor_with_its_resolution(client, openapi):
+    """bf16 x, dy and dx beside float32 dgamma and dbeta, a zeroed channel tile (4-7) in dx and
+    a tolerance for dbeta alone: each tensor in its own dtype, the tile named as a range."""
+    from ..numerics.kernels import backward
+
+    case = make("normal", shape=(4, 12, 3, 3)).cast(ml_dtypes.bfloat16)
+    out = backward(case.x, case.dy, case.gamma, case.beta, eps=case.eps, dtype=ml_dtypes.bfloat16)
+    dx = out["dx"].copy()
+    dx[:, 4:8] = 0
+    body = {"x": b64(case.x), "dy": b64(case.dy), "gamma": case.gamma.tolist(), "beta": case.beta.tolist(),
+            "finite_difference": {"method": "none"},
+            "candidate": {"dx": b64(dx), "dgamma": b64(out["dgamma"]), "dbeta": b64(out["dbeta"])},
+            "tolerance": {"dbeta": {"rtol": 0.0, "atol": 1.0}}}
+    r = await client.post("/v1/check", json=body)
+    assert r.status_code == 200, r.text
+    openapi.validate("/v1/check", "post", r)
+    cand = r.json()["checks"]["candidate"]
+    assert (cand["dx"]["dtype"], cand["dgamma"]["dtype"]) == ("bfloat16", "float32")
+    assert not cand["dx"]["passed"]
+    assert cand["dx"]["failed_channels"] == "4-7"
+    assert cand["dgamma"]["passed"]
+    assert cand["dgamma"]["tolerance"]["basis"] == "calibrated"
+    assert cand["dbeta"]["tolerance"] == {**cand["dbeta"]["tolerance"], "basis": "user", "rtol": 0.0, "atol": 1.0}
+    # dgamma's allowance is float32-sized, not bfloat16-sized: a few float32 ulps at most
+    assert cand["dgamma"]["resolution"]["ulp"] < 64
+    assert cand["dgamma"]["resolution"]["max_abs"] < 1e-4 * np.abs(out["dgamma"]).max()
+
+
+@pytest.mark.parametrize("tolerance", [{"rtol": 0.1}, {"rtol": 0.1, "atol": 0.0, "dx": {"rtol": 0, "atol": 0}}])
+async def test_a_tolerance_in_neither_form_is_refused(client, tolerance):
+    case = make("normal", shape=(8, 3))
+    r = await client.post("/v1/check", json={"x": case.x.tolist(), "dy": case.dy.tolist(), "tolerance": tolerance})
+    assert r.status_code == 422
+    problem = r.json()
+    assert problem["errors"][0]["field"] == "tolerance"
+    assert "rtol" in problem["errors"][0]["message"]

@@ -166,3 +166,20 @@ def test_unreachable_server_exits_2(tmp_path, capsys):
     p = _save(tmp_path, x=case.x, dy=case.dy)
     assert main(["check", "--x", str(p["x"]), "--dy", str(p["dy"]), "--server", "http://127.0.0.1:9"]) == 2
     assert "could not reach" in capsys.readouterr().err
+
+
+def test_a_tolerance_for_one_tensor_leaves_the_others_calibrated(tmp_path, capsys):
+    case = make("normal", shape=(32, 6)).cast("float32")
+    out = backward(case.x, case.dy, case.gamma, case.beta, eps=case.eps, bug="stale_rows")
+    p = _save(tmp_path, x=case.x, dy=case.dy, gamma=case.gamma, beta=case.beta, dx=out["dx"],
+              dgamma=out["dgamma"])
+    args = ["check", "--x", str(p["x"]), "--dy", str(p["dy"]), "--gamma", str(p["gamma"]), "--beta",
+            str(p["beta"]), "--dx", str(p["dx"]), "--dgamma", str(p["dgamma"]), "--fd", "none", "--json"]
+    code = main([*args, "--tolerance", "dx=0,100"])  # the stale rows are within an atol of 100
+    report = json.loads(capsys.readouterr().out)
+    assert code == 0
+    tensors = report["checks"]["candidate"]
+    assert tensors["dx"]["tolerance"]["basis"] == "user"
+    assert tensors["dgamma"]["tolerance"]["basis"] == "calibrated"
+    assert main([*args, "--tolerance", "dx=0"]) == 2
+    assert "TENSOR=RTOL,ATOL" in capsys.readouterr().err

@@ -80,20 +80,22 @@ def _welford(a, chunk=256):
 
 
 def backward(x, dy, gamma, beta, *, eps, channel_axis=1, dtype=np.float32, accum=np.float32, stats="two_pass",
-             sums="rows", param_dtype=None, textbook=False, bug=None):
+             sums="rows", param_dtype=None, textbook=False, held=False, bug=None):
     """Returns dx and y (dtype), dgamma, dbeta, mean and invstd (``param_dtype``, default accum).
 
     ``param_dtype`` float32 with 16-bit ``dtype`` is mixed precision, as cuDNN and AMP do it.
     ``textbook``: dgamma = sum(dy * xhat) and dx = gamma * invstd * (dy - mean(dy) - xhat * dgamma / R)
-    instead of PyTorch's arrangement around x - mean."""
+    instead of PyTorch's arrangement around x - mean. ``held``: mean, invstd and the sums are stored
+    in ``param_dtype`` and dx is computed from the stored values (a kernel with 16-bit weights)."""
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        pd = np.dtype(param_dtype or accum)
+        store = (lambda a: a.astype(pd).astype(accum)) if held else (lambda a: a)
         out = _backward(x, dy, gamma, beta, eps, channel_axis, np.dtype(dtype), np.dtype(accum), stats, _SUM[sums],
-                        bug, textbook)
-    pd = np.dtype(param_dtype or accum)
+                        bug, textbook, store)
     return {k: (v.astype(pd) if k in ("dgamma", "dbeta", "mean", "invstd") else v) for k, v in out.items()}
 
 
-def _backward(x, dy, gamma, beta, eps, channel_axis, dtype, accum, stats, add, bug, textbook):
+def _backward(x, dy, gamma, beta, eps, channel_axis, dtype, accum, stats, add, bug, textbook, store):
     xr, moved_shape = _rows(np.asarray(x).astype(dtype).astype(accum), channel_axis)
     dyr, _ = _rows(np.asarray(dy).astype(dtype).astype(accum), channel_axis)
     R, C = xr.shape
@@ -113,6 +115,7 @@ def _backward(x, dy, gamma, beta, eps, channel_axis, dtype, accum, stats, add, b
         invstd = one / (np.sqrt(np.maximum(var, 0)) + accum.type(eps))
     else:
         invstd = one / np.sqrt(var + accum.type(eps))
+    mean, invstd = store(mean), store(invstd)
     xmu = xr - mean
     xhat = xmu * invstd
     n = np.asarray(x).shape[0] if bug == "batch_only_R" else R
@@ -121,8 +124,8 @@ def _backward(x, dy, gamma, beta, eps, channel_axis, dtype, accum, stats, add, b
         dbeta = _seq_sum(dyr.astype(low)).astype(accum)
         dot = _seq_sum((dyr * xmu).astype(low)).astype(accum)
     else:
-        dbeta = add(dyr)
-        dot = add(dyr * xmu)
+        dbeta = store(add(dyr))
+        dot = store(add(dyr * xmu))
     if bug == "dgamma_wrong_xhat":
         dgamma = add(dyr * (xmu / np.sqrt(var)))
     else:

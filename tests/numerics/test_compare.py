@@ -9,7 +9,7 @@ from service.numerics import FDOptions, check, make
 from service.numerics.compare import channel_layout, compare
 from service.numerics.dtypes import BFLOAT16, ulp
 from service.numerics.layout import Layout
-from service.numerics.tolerance import Tolerance, default_tolerance, user_tolerance
+from service.numerics.tolerance import default_tolerance, user_tolerance
 
 from .kernels import backward
 
@@ -122,12 +122,6 @@ def test_default_tolerances_scale_with_precision_and_reduction():
     f16 = default_tolerance(np.dtype(np.float16), f32, np.dtype(np.float16), 64)
     assert f16.atol > 50 * small.atol
     assert default_tolerance(np.dtype(np.float64), np.dtype(np.float64), np.dtype(np.float64), 64).atol < 1e-13
-
-
-def test_noise_floor_widens_only_when_the_formulas_need_it():
-    tol = Tolerance(1e-6, 1e-6, "natural").widened(0.5)
-    assert tol.floor == 1.0
-    assert Tolerance(1e-6, 1e-6, "natural").widened(3.0).floor == 3.0
 
 
 def test_scales_are_per_channel():

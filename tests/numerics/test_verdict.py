@@ -171,3 +171,26 @@ GROSS = ("no_mean_term", "no_dgamma_term", "zeroed_channel", "shifted_channel", 
 def test_long_reductions(layout, dtype):
     """R = 2^20: sequential float32 sums are a correct kernel's worst case."""
     _assert_group("long", layout, dtype)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+@pytest.mark.parametrize("kind", ["normal", "offset", "near_eps"])
+def test_a_kernel_with_16_bit_weights_is_judged_as_one(kind, dtype):
+    """A kernel that stores mean, invstd and its sums in 16 bits and computes dx from them is
+    far less accurate than a mixed-precision one, and correct. Sent with 16-bit gamma (or 16-bit
+    dgamma), it passes, and the note says how it was judged; a zeroed channel still fails."""
+    x, dy, gamma, beta, axis = _data(kind, "nchw")
+    st = _np_dtype(dtype)
+    xs, dys, gs, bs = (a.astype(st) for a in (x, dy, gamma, beta))
+    for bug in (None, "zeroed_channel"):
+        out = backward(xs, dys, gs, bs, eps=EPS, channel_axis=axis, dtype=dtype, param_dtype=dtype, held=True,
+                       bug=bug)
+        out = {k: out[k] for k in ("dx", "dgamma", "dbeta")}
+        for g, cand in ((gs, out), (gs.astype(np.float64), out)):
+            r = check(xs, dys, g, bs, eps=EPS, channel_axis=axis, candidate=cand, finite_difference=NO_FD)
+            assert r.passed == (bug is None), {t: m.tol_ratio for t, m in r.checks.candidate.tensors.items()}
+            assert any(f"per-channel values held in {dtype}" in n for n in r.notes), r.notes
+    only_dx = {"dx": backward(xs, dys, gs, bs, eps=EPS, channel_axis=axis, dtype=dtype, param_dtype=dtype,
+                              held=True)["dx"]}
+    r = check(xs, dys, gs, bs, eps=EPS, channel_axis=axis, candidate=only_dx, finite_difference=NO_FD)
+    assert r.passed, "16-bit gamma alone says the kernel holds its per-channel values in 16 bits"
