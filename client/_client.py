@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
 import httpx
 
@@ -16,7 +18,45 @@ __all__ = ["AsyncClient", "Client"]
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 DEFAULT_TIMEOUT = 300.0
+DEFAULT_RETRIES = 4
+DEFAULT_RETRY_WITHIN = 120.0
 PIECE = 1 << 20
+# A check is idempotent: sent again, it gives the same answer. These mean it never ran, or ran
+# on a worker that died: the server is busy or healing, or the connection was reset.
+RETRY_ERRORS = (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
+
+
+class _Retry:
+    """When to send a check again: on a 503 (after its Retry-After) or a reset connection, at most
+    ``retries`` times and not past ``within`` seconds from the first try. Written here rather than
+    with tenacity or httpx-retries: the client depends on httpx and NumPy alone, and its body is a
+    stream of pieces that must be built anew for each try."""
+
+    def __init__(self, retries: int, within: float) -> None:
+        self.retries, self.within, self.start, self.tries = retries, within, time.monotonic(), 0
+
+    def delay(self, response: httpx.Response | None) -> float | None:
+        """Seconds to wait before the next try, or None: no more tries."""
+        if self.tries >= self.retries:
+            return None
+        if response is not None:
+            if response.status_code != 503:
+                return None
+            wait = _retry_after(response)
+        else:
+            wait = min(0.25 * 2 ** self.tries, 5.0)
+        if time.monotonic() + wait - self.start > self.within:
+            return None
+        self.tries += 1
+        return wait
+
+
+def _retry_after(response: httpx.Response) -> float:
+    value = response.headers.get("retry-after", "")
+    try:
+        return min(max(float(value), 0.0), 60.0)
+    except ValueError:
+        return 1.0
 
 
 def _json_headers(body: list[bytes]) -> dict[str, str]:
@@ -94,10 +134,15 @@ class Client:
     """
 
     def __init__(self, *, base_url: str = DEFAULT_URL, timeout: float = DEFAULT_TIMEOUT, token: str | None = None,
-                 transport: httpx.BaseTransport | None = None, http_client: httpx.Client | None = None) -> None:
+                 transport: httpx.BaseTransport | None = None, http_client: httpx.Client | None = None,
+                 retries: int = DEFAULT_RETRIES, retry_within: float = DEFAULT_RETRY_WITHIN) -> None:
+        """``retries``: how many times a check is sent again after a 503 (busy, a worker died,
+        over the time budget) or a reset connection, waiting as Retry-After says, but never
+        past ``retry_within`` seconds from the first try; 0 turns retries off."""
         self._owns = http_client is None
         self._http = http_client or httpx.Client(base_url=base_url, timeout=timeout, transport=transport,
                                                  headers=_headers(token))
+        self.retries, self.retry_within = retries, retry_within
 
     def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         with _wrapped():
@@ -108,8 +153,23 @@ class Client:
     def check(self, x: Any, dy: Any, gamma: Any = None, beta: Any = None, **options: Any) -> CheckResult:
         """POST /v1/check. ``options`` are ``build_request``'s keywords."""
         body = _codec.dumps_pieces(build_request(x, dy, gamma, beta, **options))
-        response = self._request("POST", "/v1/check", content=_pieces(body), headers=_json_headers(body))
-        return CheckResult.from_json(_codec.loads(response.content))
+        retry = _Retry(self.retries, self.retry_within)
+        while True:
+            try:
+                with _wrapped():
+                    response = self._http.post("/v1/check", content=cast(Iterator[bytes], _pieces(body)),
+                                               headers=_json_headers(body))
+            except TransportError as exc:
+                wait = retry.delay(None) if isinstance(exc.__cause__, RETRY_ERRORS) else None
+                if wait is None:
+                    raise
+                time.sleep(wait)
+                continue
+            wait = retry.delay(response)
+            if wait is None:
+                raise_for_problem(response)
+                return CheckResult.from_json(_codec.loads(response.content))
+            time.sleep(wait)
 
     def variants(self) -> list[dict[str, str]]:
         return list(self._request("GET", "/v1/variants").json())
@@ -138,10 +198,12 @@ class AsyncClient:
 
     def __init__(self, *, base_url: str = DEFAULT_URL, timeout: float = DEFAULT_TIMEOUT, token: str | None = None,
                  transport: httpx.AsyncBaseTransport | None = None,
-                 http_client: httpx.AsyncClient | None = None) -> None:
+                 http_client: httpx.AsyncClient | None = None, retries: int = DEFAULT_RETRIES,
+                 retry_within: float = DEFAULT_RETRY_WITHIN) -> None:
         self._owns = http_client is None
         self._http = http_client or httpx.AsyncClient(base_url=base_url, timeout=timeout, transport=transport,
                                                       headers=_headers(token))
+        self.retries, self.retry_within = retries, retry_within
 
     async def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         with _wrapped():
@@ -151,8 +213,23 @@ class AsyncClient:
 
     async def check(self, x: Any, dy: Any, gamma: Any = None, beta: Any = None, **options: Any) -> CheckResult:
         body = _codec.dumps_pieces(build_request(x, dy, gamma, beta, **options))
-        response = await self._request("POST", "/v1/check", content=_apieces(body), headers=_json_headers(body))
-        return CheckResult.from_json(_codec.loads(response.content))
+        retry = _Retry(self.retries, self.retry_within)
+        while True:
+            try:
+                with _wrapped():
+                    response = await self._http.post("/v1/check", content=cast(AsyncIterator[bytes], _apieces(body)),
+                                                     headers=_json_headers(body))
+            except TransportError as exc:
+                wait = retry.delay(None) if isinstance(exc.__cause__, RETRY_ERRORS) else None
+                if wait is None:
+                    raise
+                await asyncio.sleep(wait)
+                continue
+            wait = retry.delay(response)
+            if wait is None:
+                raise_for_problem(response)
+                return CheckResult.from_json(_codec.loads(response.content))
+            await asyncio.sleep(wait)
 
     async def variants(self) -> list[dict[str, str]]:
         return list((await self._request("GET", "/v1/variants")).json())

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -13,6 +12,7 @@ from fastapi import FastAPI
 from service import __version__
 
 from . import errors, openapi, routes
+from .admission import Admission
 from .metrics import Metrics
 from .middleware import AccessLog, BodyLimit
 from .settings import Settings
@@ -42,9 +42,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     logging.getLogger("bncheck").setLevel(settings.log_level.upper())
     app = FastAPI(title="bncheck", version=__version__, description=DESCRIPTION, lifespan=_lifespan)
     app.state.settings = settings
-    app.state.metrics = Metrics()
-    app.state.slots = threading.BoundedSemaphore(settings.max_concurrent)
-    app.state.workers = make_workers(settings)
+    app.state.workers = workers = make_workers(settings)
+    app.state.metrics = Metrics(worker_pids=workers.pids)
+    workers.on_death = app.state.metrics.worker_deaths.inc
+    app.state.admission = Admission(settings.max_concurrent, settings.queue)
     app.state.ready = None
     app.state.shutting_down = False
     errors.install(app)

@@ -17,6 +17,7 @@ Problem types (relative URIs, documented in the README):
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -132,6 +133,12 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _internal(request: Request, exc: Exception) -> Response:
-        log.exception("internal error on %s", request.url.path)
-        err = ProblemError(500, "internal", "Internal error", "bncheck hit a bug; the server log has the trace")
-        return problem_response(err, request.url.path)
+        return problem_response(internal_problem(exc, request.url.path), request.url.path)
+
+
+def internal_problem(exc: BaseException, where: str) -> ProblemError:
+    """A fault of bncheck's: a 500 with an id that the log line carries too, never a 4xx."""
+    error_id = uuid.uuid4().hex[:12]
+    log.error("internal error %s on %s", error_id, where, exc_info=exc)
+    detail = f"bncheck hit a bug (error id {error_id}); the server log has the trace under that id"
+    return ProblemError(500, "internal", "Internal error", detail)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
 import secrets
-import threading
 import time
 
 import anyio
@@ -16,6 +16,7 @@ from service.numerics import check
 from service.numerics.variants import VARIANTS
 
 from . import shm, workers
+from .admission import Admission, QueueFull
 from .errors import MEDIA_TYPE, ProblemError
 from .metrics import Metrics
 from .openapi import PROBLEM_RESPONSES, REQUEST_BODY
@@ -60,32 +61,40 @@ async def post_check(request: Request) -> Response:
         metrics.rejected.labels("media_type").inc()
         detail = f"send the body as application/json, not {media or 'no content type'}"
         raise ProblemError(415, "unsupported-media", "Unsupported media type", detail, [("content-type", detail)])
-    slots: threading.BoundedSemaphore = request.app.state.slots
-    if not slots.acquire(blocking=False):
+    admission: Admission = request.app.state.admission
+    deadline = time.monotonic() + settings.request_timeout_s  # the time in the queue counts
+    try:
+        ticket = admission.admit()
+    except QueueFull:
         metrics.rejected.labels("busy").inc()
-        detail = f"{settings.max_concurrent} checks are running; retry shortly"
-        raise ProblemError(503, "busy", "Busy", detail, headers={"Retry-After": "1"})
+        detail = (f"{settings.max_concurrent} checks are running and {settings.queue} waiting "
+                  "(BNCHECK_MAX_CONCURRENT, BNCHECK_QUEUE); retry shortly")
+        raise ProblemError(503, "busy", "Busy", detail, headers={"Retry-After": "2"}) from None
+    if ticket is not None:
+        await _wait_in_queue(ticket, admission, deadline, metrics, settings)
     handed_over = False
 
     def done() -> None:
-        slots.release()
+        admission.release()
         metrics.in_flight.dec()
 
+    result = None
     try:
-        body = await request.app.state.workers.receive(request)
-        if isinstance(body, shm.Segment):
-            _count_transport(request, "request", True, body.size)
-        else:
-            _count_transport(request, "request", False, len(body))
-        deadline = time.monotonic() + settings.request_timeout_s
-        metrics.in_flight.inc()
-        handed_over = True
-        with anyio.move_on_after(settings.request_timeout_s + 5.0) as scope:
+        # The budget holds from arrival: the queue, the body's arrival and the check itself. The
+        # check looks at its deadline between steps; this scope answers GRACE_S after it anyway.
+        with anyio.move_on_after(max(0.0, deadline - time.monotonic()) + GRACE_S):
+            body = await request.app.state.workers.receive(request)
+            if isinstance(body, shm.Segment):
+                _count_transport(request, "request", True, body.size)
+            else:
+                _count_transport(request, "request", False, len(body))
+            metrics.in_flight.inc()
+            handed_over = True
             result = await request.app.state.workers.run(body, deadline, done)
     finally:
         if not handed_over:
-            slots.release()
-    if scope.cancelled_caught:
+            admission.release()
+    if result is None:
         metrics.rejected.labels("time_budget").inc()
         raise workers.time_budget_problem(settings)
     if isinstance(result, workers.Failure):
@@ -100,6 +109,28 @@ async def post_check(request: Request) -> Response:
     if result.shared is not None:
         return shm.SegmentResponse(shm.Segment.open(*result.shared))
     return Response(result.body, media_type="application/json")
+
+
+GRACE_S = 1.5  # how long after its budget a check is answered 503 at the latest
+
+
+async def _wait_in_queue(ticket: asyncio.Future[None], admission: Admission, deadline: float, metrics: Metrics,
+                         settings: Settings) -> None:
+    metrics.queued.inc()
+    start = time.monotonic()
+    try:
+        with anyio.fail_after(max(0.0, deadline - start)):
+            await asyncio.shield(ticket)
+    except TimeoutError:
+        admission.abandon(ticket)
+        metrics.rejected.labels("time_budget").inc()
+        raise workers.time_budget_problem(settings) from None
+    except BaseException:  # the client left while waiting
+        admission.abandon(ticket)
+        raise
+    finally:
+        metrics.queued.dec()
+        metrics.queue_wait.observe(time.monotonic() - start)
 
 
 def _count_transport(request: Request, direction: str, shared: bool, size: int) -> None:
@@ -126,6 +157,9 @@ async def readyz(request: Request) -> dict[str, str]:
     state = request.app.state
     if state.shutting_down:
         raise ProblemError(503, "not-ready", "Not ready", "the server is shutting down")
+    if not state.workers.ready:
+        raise ProblemError(503, "not-ready", "Not ready", "the worker processes are starting (a worker died)",
+                           headers={"Retry-After": "2"})
     if state.ready is None:
         state.ready = await anyio.to_thread.run_sync(_self_check)
     if not state.ready:

@@ -139,19 +139,24 @@ class _Out(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+# Every float a report holds. JSON has no NaN or Inf: a value that is not finite (an error
+# over a zero reference, a finite difference that overflowed) travels as null.
+Number = Annotated[float | None, Field(description="null where the value is not finite: JSON has no NaN or Inf")]
+
+
 class ToleranceUsed(_Out):
-    rtol: float
-    atol: float
+    rtol: Number
+    atol: Number
     mode: Literal["natural", "absolute"] = Field(description="natural: atol is in units of the natural scale")
-    floor: float = Field(description="always 1 (the first release's noise-floor widening; kept for compatibility)")
+    floor: Number = Field(description="always 1 (the first release's noise-floor widening; kept for compatibility)")
     basis: Literal["analytic", "calibrated", "user"] = Field(description=(
         "calibrated: measured on correct kernels run on these inputs; analytic: a first-order bound; "
         "user: the request's tolerance"))
-    envelope: float | None = Field(None, description="calibrated: correct kernels' worst error, natural units")
-    margin: float | None = Field(None, description=(
+    envelope: Number = Field(None, description="calibrated: correct kernels' worst error, natural units")
+    margin: Number = Field(None, description=(
         "calibrated: allowed = margin * envelope * scale + rtol * |reference| (atol = margin * envelope)"))
     members: int | None = Field(None, description="calibrated: how many correct kernels the envelope spans")
-    abs_floor: float = Field(0.0, description=(
+    abs_floor: Number = Field(0.0, description=(
         "added to every element's allowance: the rounding of outputs in the dtype's subnormal range. "
         "allowed = rtol * |reference| + atol * scale + abs_floor, scale = 1 in absolute mode"))
 
@@ -159,28 +164,28 @@ class ToleranceUsed(_Out):
 class Resolution(_Out):
     """What a pass could not see: errors below these went unflagged."""
 
-    natural: float | None = Field(description="allowance where the reference is 0, in natural-scale units")
-    max_abs: float = Field(description="the largest error any element was allowed: a pass means no error above it")
-    ulp: float | None = Field(description="max_abs in ulps of the tensor's dtype at its largest |reference|")
+    natural: Number = Field(description="allowance where the reference is 0, in natural-scale units")
+    max_abs: Number = Field(description="the largest error any element was allowed: a pass means no error above it")
+    ulp: Number = Field(description="max_abs in ulps of the tensor's dtype at its largest |reference|")
 
 
 class ChannelError(_Out):
     channel: int
-    max_abs_err: float
-    tol_ratio: float | None = Field(description="null when the channel holds a non-finite value")
+    max_abs_err: Number
+    tol_ratio: Number = Field(description="null when the channel holds a non-finite value")
     mismatched: int
 
 
 class TensorReport(_Out):
     passed: bool
-    max_abs_err: float
-    max_rel_err: float = Field(description="over elements whose reference is not 0")
-    rms_err: float
-    max_ulp: float = Field(description="in the candidate's dtype, at the reference value")
-    tol_ratio: float | None = Field(description="worst |err| / allowed; <= 1 passes; null if non-finite")
+    max_abs_err: Number
+    max_rel_err: Number = Field(description="over elements whose reference is not 0")
+    rms_err: Number
+    max_ulp: Number = Field(description="in the candidate's dtype, at the reference value")
+    tol_ratio: Number = Field(description="worst |err| / allowed; <= 1 passes; null if non-finite")
     worst_index: list[int]
     worst_candidate: float | Literal["nan", "inf", "-inf"]
-    worst_reference: float
+    worst_reference: Number
     mismatched: int
     total: int
     nonfinite: int
@@ -215,10 +220,10 @@ class CrossCheck(_Out):
 class FDBlock(Block):
     method: Literal["stats", "brute", "directional"]
     requested: str
-    step: float
-    step_min: float
-    step_max: float
-    estimated_error: float = Field(description="the finite differences' own error, natural-scale units")
+    step: Number
+    step_min: Number
+    step_max: Number
+    estimated_error: Number = Field(description="the finite differences' own error, natural-scale units")
     elements: int
     samples: int | None = None
     directions: int | None = None
@@ -229,7 +234,7 @@ class FDBlock(Block):
 class VariantsBlock(_Out):
     passed: bool
     variants: dict[str, Block]
-    spread: dict[str, float] = Field(description="per tensor: the largest difference between two variants")
+    spread: dict[str, Number] = Field(description="per tensor: the largest difference between two variants")
     spread_pair: dict[str, list[str]]
 
 

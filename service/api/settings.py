@@ -20,7 +20,9 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="larger bodies get 413")
     max_elements: int = Field(1 << 24, ge=1, description="elements per tensor; more is a 422")
     fd_work: int = Field(1 << 28, ge=1, description="finite-difference work, in element-evaluations of the forward")
-    max_concurrent: int = Field(2, ge=1, description="checks running at once; more get 503 with Retry-After")
+    max_concurrent: int = Field(2, ge=1, description="checks running at once; more wait in the queue")
+    queue: int = Field(32, ge=0, description="checks that may wait for a slot, in order (their wait counts "
+                       "against their time budget); beyond it, 503 with Retry-After before the body is read")
     request_timeout_s: float = Field(120.0, gt=0, description="time budget of one check; over it, 503")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     token: SecretStr | None = Field(None, description="when set, /v1/* and /metrics need 'Authorization: Bearer'")
@@ -30,3 +32,6 @@ class Settings(BaseSettings):
     worker_nice: int = Field(5, ge=0, le=19, description="niceness of worker processes: the server stays responsive")
     worker_heap_mb: int = Field(1024, ge=0, le=2047, description="free heap a worker keeps between checks "
                                 "(glibc), returned to the system after 10 s idle; 0: glibc's defaults")
+    worker_memory_mb: int = Field(0, ge=0, description="address-space limit of a worker process (RLIMIT_AS): "
+                                  "a check that needs more is refused with 413 instead of being OOM-killed; "
+                                  "0: no limit")

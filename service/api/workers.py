@@ -7,7 +7,16 @@ keeps answering while every core computes. Threads remain for tests and
 embedding (``BNCHECK_EXECUTOR=thread``).
 
 A job returns picklable results only: an ``Outcome`` or a ``Failure`` that
-already holds its problem+json body. Bodies of a megabyte or more travel through
+already holds its problem+json body.
+
+Supervision: a worker that dies (``kill -9``, the kernel's OOM killer) breaks a
+``ProcessPoolExecutor`` for good. The broken pool is replaced by a new one, warmed
+in the background (``/readyz`` answers 503 meanwhile); every request it was running
+gets a 503 "worker died" with Retry-After, never a hang, and its slot is released. A
+body whose worker died before gets a 413 the second time instead of killing another
+one. Replacing the whole pool, rather than supervising each process, keeps the
+standard library's executor (its queues, its shutdown) and costs one warm-up of the
+other worker, which a death has usually interrupted anyway. Bodies of a megabyte or more travel through
 shared memory (shm.py), not the pipe: the server writes the request into a
 segment as it arrives, and the worker writes its answer into another.
 """
@@ -15,14 +24,18 @@ segment as it arrives, and the worker writes its answer into another.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
+import hashlib
 import logging
 import multiprocessing
 import os
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,6 +65,10 @@ def time_budget_problem(settings: Settings) -> ProblemError:
     return ProblemError(503, "time-budget", "Over the time budget", detail, headers={"Retry-After": "10"})
 
 
+def too_big_problem(detail: str) -> ProblemError:
+    return ProblemError(413, "too-big-for-memory", "Too big for this server's memory", detail)
+
+
 def job(body: Any, settings: Settings, deadline: float | None, *, joined: bool = True
         ) -> runner.Outcome | Failure:
     """One check; every expected error comes back as a problem document."""
@@ -64,6 +81,9 @@ def job(body: Any, settings: Settings, deadline: float | None, *, joined: bool =
         problem = from_domain(exc)
     except TimeBudgetError:
         problem = time_budget_problem(settings)
+    except MemoryError:
+        problem = too_big_problem(f"the check needs more memory than a worker may use "
+                                  f"(BNCHECK_WORKER_MEMORY_MB={settings.worker_memory_mb}); send smaller tensors")
     return Failure(problem.status, problem_body(problem, "/v1/check"), problem.headers)
 
 
@@ -107,6 +127,11 @@ class ThreadWorkers:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.limiter = anyio.CapacityLimiter(settings.max_concurrent)
+        self.ready = True
+        self.on_death: Callable[[], None] = lambda: None
+
+    def pids(self) -> list[int]:
+        return []
 
     async def receive(self, request: Request) -> bytes:
         return await request.body()
@@ -127,7 +152,7 @@ class ThreadWorkers:
         return None
 
 
-def _init_worker(nice: int, heap_mb: int) -> None:
+def _init_worker(nice: int, heap_mb: int, memory_mb: int = 0) -> None:
     """Workers yield the CPU to the server process, whose event loop must keep answering
     (/livez, new requests). Measured on 2 cores with 4 checks of 4M elements running
     (python -m bench.service): /livez p99 45 ms at nice 5 against 72 ms at nice 0. A
@@ -136,6 +161,11 @@ def _init_worker(nice: int, heap_mb: int) -> None:
     with contextlib.suppress(OSError):
         os.nice(nice)
     heap.keep(heap_mb)
+    if memory_mb:  # a check that needs more raises MemoryError (a 413), not the OOM killer's SIGKILL
+        import resource
+
+        limit = memory_mb << 20
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
 
 def _warm() -> int:
@@ -144,31 +174,107 @@ def _warm() -> int:
     return os.getpid()
 
 
+KILLERS_KEPT = 64  # fingerprints of bodies whose worker died
+
+
+def _fingerprint(body: bytes | shm.Segment) -> bytes:
+    """Enough of a body to know it again: its length and its first and last 64 KiB."""
+    edge = 1 << 16
+    if isinstance(body, shm.Segment):
+        with open(body.path, "rb") as f:
+            head = f.read(edge)
+            f.seek(max(0, body.size - edge))
+            tail = f.read(edge)
+        size = body.size
+    else:
+        head, tail, size = body[:edge], body[-edge:], len(body)
+    return hashlib.sha256(size.to_bytes(8, "little") + head + tail).digest()
+
+
 class ProcessWorkers:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._pool: ProcessPoolExecutor | None = None
         self._lock = threading.Lock()
         self.owner = shm.owner_tag()  # every shared-memory segment of these workers
+        self._ready = False  # the workers are started and answered
+        self.deaths = 0
+        self.on_death: Callable[[], None] = lambda: None
+        self._killers: collections.OrderedDict[bytes, None] = collections.OrderedDict()
 
     @property
     def pool(self) -> ProcessPoolExecutor:
         with self._lock:
             if self._pool is None:
                 # spawn, not fork: the server process runs threads, which fork does not copy safely.
+                s = self.settings
                 self._pool = ProcessPoolExecutor(
-                    self.settings.max_concurrent, mp_context=multiprocessing.get_context("spawn"),
-                    initializer=_init_worker, initargs=(self.settings.worker_nice, self.settings.worker_heap_mb))
+                    s.max_concurrent, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
+                    initargs=(s.worker_nice, s.worker_heap_mb, s.worker_memory_mb))
             return self._pool
+
+    @property
+    def ready(self) -> bool:
+        """Whether a check can run now; a pool found broken (a worker died while idle) is replaced."""
+        pool = self._pool
+        if pool is not None and getattr(pool, "_broken", False):  # the executor has no public flag
+            self._replace(pool)
+        return self._ready
+
+    def pids(self) -> list[int]:
+        """The worker processes now (the executor has no public way to say)."""
+        pool = self._pool
+        procs = getattr(pool, "_processes", None) or {}
+        return sorted(int(pid) for pid in procs)
 
     def start(self) -> None:
         """Start every worker now, so the first requests do not pay for the imports."""
         swept = shm.sweep()
         if swept:
             log.info("removed %d shared-memory segments left by servers that are gone", swept)
+        self._warm_up()
+
+    def _warm_up(self) -> None:
         futures = [self.pool.submit(_warm) for _ in range(self.settings.max_concurrent)]
         pids = {f.result(timeout=120) for f in futures}
+        self._ready = True
         log.info("started %d worker processes: %s", len(pids), sorted(pids))
+
+    def _replace(self, broken: ProcessPoolExecutor) -> None:
+        """A worker of ``broken`` died: a new pool, warmed in the background. Once per pool."""
+        with self._lock:
+            if self._pool is not broken:
+                return  # another request already replaced it
+            self._pool = None
+            self._ready = False
+            self.deaths += 1
+        log.error("a worker process died (killed, or out of memory): its checks get 503; starting new workers")
+        self.on_death()
+        broken.shutdown(wait=False, cancel_futures=True)
+
+        def again() -> None:
+            for attempt in range(5):
+                try:
+                    self._warm_up()
+                    return
+                except Exception:  # noqa: BLE001 (a pool that broke again: try anew)
+                    log.exception("restarting the workers failed (attempt %d)", attempt + 1)
+                    with self._lock:
+                        self._pool = None
+                    time.sleep(1.0)
+
+        threading.Thread(target=again, name="bncheck-restart", daemon=True).start()
+
+    def _died(self, fingerprint: bytes) -> ProblemError:
+        if fingerprint in self._killers:
+            return too_big_problem("the worker running this check died twice on this very body (killed, most "
+                                   "likely for memory): this server cannot run it; send smaller tensors, or ask "
+                                   "for more memory (BNCHECK_WORKER_MEMORY_MB turns this into a clean refusal)")
+        self._killers[fingerprint] = None
+        while len(self._killers) > KILLERS_KEPT:
+            self._killers.popitem(last=False)
+        detail = "the worker process running this check died (killed, or out of memory) and has been replaced; retry"
+        return ProblemError(503, "worker-died", "Worker died", detail, headers={"Retry-After": "5"})
 
     async def receive(self, request: Request) -> bytes | shm.Segment:
         """The body: written into a shared-memory segment as it arrives when it is large
@@ -204,17 +310,35 @@ class ProcessWorkers:
 
     async def run(self, body: bytes | shm.Segment, deadline: float, done: Callable[[], None]
                   ) -> runner.Outcome | Failure:
-        seg = body if isinstance(body, shm.Segment) else None
+        fingerprint = _fingerprint(body)
+        pool = self.pool
+        handed = False
         try:
-            if seg is not None:
-                future: Future[Any] = self.pool.submit(shared_job, seg.path, seg.size, self.settings, deadline,
-                                                       self.owner)
-            else:
-                future = self.pool.submit(job, body, self.settings, deadline)
-        except BaseException:
-            if seg is not None:
-                seg.unlink()
-            raise
+            try:
+                future = self._submit(pool, body, deadline)
+            except BrokenProcessPool:  # a worker died while idle: nothing of this check ran yet
+                self._replace(pool)
+                pool = self.pool
+                future = self._submit(pool, body, deadline)
+            handed = True
+            return await self._wait(future, body, done)
+        except BrokenProcessPool:
+            self._replace(pool)
+            raise self._died(fingerprint) from None
+        finally:
+            if not handed:  # nothing reached a worker: free the slot and the segment here
+                done()
+                if isinstance(body, shm.Segment):
+                    body.unlink()
+
+    def _submit(self, pool: ProcessPoolExecutor, body: bytes | shm.Segment, deadline: float) -> Future[Any]:
+        if isinstance(body, shm.Segment):
+            return pool.submit(shared_job, body.path, body.size, self.settings, deadline, self.owner)
+        return pool.submit(job, body, self.settings, deadline)
+
+    async def _wait(self, future: Future[Any], body: bytes | shm.Segment, done: Callable[[], None]
+                    ) -> runner.Outcome | Failure:
+        seg = body if isinstance(body, shm.Segment) else None
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[Any] = loop.create_future()
 

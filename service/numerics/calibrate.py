@@ -116,19 +116,23 @@ def members_for(given: Given) -> tuple[Member, ...]:
     return MEMBERS
 
 
-def envelopes(given: Given, ar: Arith, wanted: Mapping[str, Wanted]) -> dict[str, float]:
-    """The envelope of each wanted tensor, in natural units, over ``members_for(given)``."""
+def envelopes(given: Given, ar: Arith, wanted: Mapping[str, Wanted],
+              tick: Callable[[str], None] = lambda step: None) -> dict[str, float]:
+    """The envelope of each wanted tensor, in natural units, over ``members_for(given)``;
+    ``tick`` is called before each member (a deadline raises there)."""
     out = dict.fromkeys(wanted, 0.0)
     inverse = _inverse_scales(wanted, ar.xp)
-    for outputs in _run_members(given, ar, set(wanted)):
+    for outputs in _run_members(given, ar, set(wanted), tick):
         for name, w in wanted.items():
             out[name] = max(out[name], _spread(outputs[name], w, inverse[name], given.layout, ar.xp))
     return out
 
 
-def _run_members(given: Given, ar: Arith, names: set[str]) -> Iterator[dict[str, Any]]:
+def _run_members(given: Given, ar: Arith, names: set[str], tick: Callable[[str], None]
+                 ) -> Iterator[dict[str, Any]]:
     caches: dict[tuple[str | None, str], Cache] = {}
     for m in members_for(given):
+        tick(f"the calibration ({m.form}, {m.order or 'backend'} sums)")
         mar = replace(ar, order=m.order, held_in=given.keep)
         key = (m.order, m.stats)
         if key not in caches:

@@ -157,7 +157,10 @@ def check(
         ctx = _context(inp, xp)
     limits.tick("the variants")
     with _timed(timings, "variant"):
-        runs = [(name, _run(ctx, name, arith)) for name in inp.variants]
+        runs = []
+        for name in inp.variants:
+            limits.tick(f"the variant {name}")
+            runs.append((name, _run(ctx, name, arith)))
         blocks = {name: _variant_block(ctx, grads, arith) for name, grads in runs}
     checks = Checks()
     if len(blocks) == 1:
@@ -171,7 +174,7 @@ def check(
     if inp.candidate:
         limits.tick("the candidate")
         with _timed(timings, "candidate"):
-            checks.candidate = _candidate_block(ctx, arith, tolerance)
+            checks.candidate = _candidate_block(ctx, arith, tolerance, limits.tick)
     if inp.saved_mean is not None:
         checks.saved_statistics = _saved_block(ctx, arith)
     gradients = None
@@ -333,6 +336,11 @@ def _fd_block(ctx: _Ctx, opts: FDOptions, limits: Limits) -> FDBlock:
     block.estimated_error = max(errors) if errors else 0.0
     block.passed = all(t.passed for t in block.tensors.values()) and (
         block.cross_check is None or block.cross_check.metrics.passed)
+    lost = sum(t.nonfinite for t in block.tensors.values())
+    lost += block.cross_check.metrics.nonfinite if block.cross_check is not None else 0
+    if lost:
+        block.notes.append(f"{lost} finite differences are not finite: a step of {opts.step:g} times sqrt(var + eps) "
+                           "is too small (or too large) to difference here; steps of 1e-6 to 1e-2 work")
     return block
 
 
@@ -402,7 +410,7 @@ def _device(ctx: _Ctx, value: np.ndarray) -> Any:
     return value if backend.is_numpy(ctx.xp) else ctx.xp.asarray(value.astype(np.float64))
 
 
-def _candidate_block(ctx: _Ctx, ar: Arith, tolerance: Tolerances) -> Block:
+def _candidate_block(ctx: _Ctx, ar: Arith, tolerance: Tolerances, tick: Callable[[str], None]) -> Block:
     """The caller's outputs against the reference, each tensor in its own dtype, judged against
     the error of correct kernels in that precision on these inputs (calibrate.py) unless the
     caller set a tolerance for it."""
@@ -417,7 +425,7 @@ def _candidate_block(ctx: _Ctx, ar: Arith, tolerance: Tolerances) -> Block:
                                      scales[name], name in FULL)
               for name in cand if name not in user}
     given = _given(ctx, car)
-    env = calibrate.envelopes(given, car, wanted) if wanted else {}
+    env = calibrate.envelopes(given, car, wanted, tick=tick) if wanted else {}
     members = len(calibrate.members_for(given))
     tensors: dict[str, TensorMetrics] = {}
     for name, value in cand.items():

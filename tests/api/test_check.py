@@ -217,7 +217,7 @@ async def test_elements_over_the_limit_is_422(make_client):
     assert "over the limit of 100" in r.json()["detail"]
 
 
-async def test_busy_is_503_with_retry_after(make_client, monkeypatch):
+async def test_a_full_queue_is_503_with_retry_after(make_client, monkeypatch):
     release = threading.Event()
     started = threading.Event()
     real_run = runner.run
@@ -230,7 +230,7 @@ async def test_busy_is_503_with_retry_after(make_client, monkeypatch):
     monkeypatch.setattr(runner, "run", slow_run)
     import anyio
 
-    async with make_client(max_concurrent=1) as c:
+    async with make_client(max_concurrent=1, queue=0) as c:
         results = {}
 
         async def first():
@@ -243,12 +243,80 @@ async def test_busy_is_503_with_retry_after(make_client, monkeypatch):
             live = await c.get("/livez")  # the loop is free while the check runs
             release.set()
         assert busy.status_code == 503
-        assert busy.headers["retry-after"] == "1"
+        assert busy.headers["retry-after"] == "2"
         assert busy.json()["type"] == "/problems/busy"
         assert live.status_code == 200
         assert results["first"].status_code == 200
         # The slot came back: the next check runs.
         assert (await c.post("/v1/check", json=EXAMPLE)).status_code == 200
+
+
+async def test_a_burst_larger_than_the_workers_waits_and_is_served_in_order(make_client, monkeypatch):
+    """One slot, a queue of two: the second and third checks wait and run in the order they came;
+    the fourth, with the queue full, is refused at once."""
+    import anyio
+    import orjson
+
+    release = threading.Event()
+    order = []
+    real_run = runner.run
+
+    def recording_run(body, *args, **kwargs):
+        order.append(orjson.loads(bytes(body))["eps"])
+        if len(order) == 1:
+            release.wait(10)
+        return real_run(body, *args, **kwargs)
+
+    monkeypatch.setattr(runner, "run", recording_run)
+    async with make_client(max_concurrent=1, queue=2) as c:
+        results = {}
+
+        async def post(eps):
+            results[eps] = await c.post("/v1/check", json={**EXAMPLE, "eps": eps})
+
+        async with anyio.create_task_group() as tg:
+            for eps in (1e-5, 2e-5, 3e-5):
+                tg.start_soon(post, eps)
+                while len(order) < 1 or (eps > 1e-5 and _queued(await c.get("/metrics")) < round(eps / 1e-5) - 1):
+                    await anyio.sleep(0.01)
+            refused = await c.post("/v1/check", json={**EXAMPLE, "eps": 4e-5})
+            release.set()
+    assert refused.status_code == 503
+    assert refused.json()["type"] == "/problems/busy"
+    assert [results[e].status_code for e in (1e-5, 2e-5, 3e-5)] == [200, 200, 200]
+    assert order == [1e-5, 2e-5, 3e-5]
+
+
+def _queued(metrics):
+    return float(next(line.split()[1] for line in metrics.text.splitlines()
+                      if line.startswith("bncheck_checks_queued ")))
+
+
+async def test_time_in_the_queue_counts_against_the_budget(make_client, monkeypatch):
+    import anyio
+
+    release = threading.Event()
+    real_run = runner.run
+
+    def slow_run(*args, **kwargs):
+        release.wait(10)
+        return real_run(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "run", slow_run)
+    async with make_client(max_concurrent=1, queue=4, request_timeout_s=0.5) as c:
+        results = {}
+
+        async def post(name):
+            results[name] = await c.post("/v1/check", json=EXAMPLE)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(post, "first")
+            await anyio.sleep(0.1)
+            tg.start_soon(post, "second")
+            await anyio.sleep(1.0)  # the second waits past its budget
+            release.set()
+    assert results["second"].status_code == 503
+    assert results["second"].json()["type"] == "/problems/time-budget"
 
 
 async def test_time_budget_is_503(make_client):
@@ -307,3 +375,66 @@ async def test_a_tolerance_in_neither_form_is_refused(client, tolerance):
     problem = r.json()
     assert problem["errors"][0]["field"] == "tolerance"
     assert "rtol" in problem["errors"][0]["message"]
+
+
+def test_a_full_queue_answers_before_the_body_is_read(monkeypatch):
+    """The headers promise 10 MB that never come: the 503 arrives anyway, at once."""
+    import socket as sock_mod
+
+    import httpx
+
+    from ..conftest import LiveServer
+
+    release = threading.Event()
+    started = threading.Event()
+    real_run = runner.run
+
+    def slow_run(*args, **kwargs):
+        started.set()
+        release.wait(10)
+        return real_run(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "run", slow_run)
+    with LiveServer(max_concurrent=1, queue=0) as server:
+        first = threading.Thread(target=lambda: httpx.post(f"{server.url}/v1/check", json=EXAMPLE, timeout=30))
+        first.start()
+        assert started.wait(10)
+        with sock_mod.create_connection(("127.0.0.1", server.port), timeout=5) as s:
+            s.sendall(b"POST /v1/check HTTP/1.1\r\nhost: t\r\ncontent-type: application/json\r\n"
+                      b"content-length: 10000000\r\n\r\n")
+            answer = s.recv(4096)
+        release.set()
+        first.join(timeout=30)
+    assert answer.startswith(b"HTTP/1.1 503"), answer[:200]
+    assert b"/problems/busy" in answer
+
+
+@pytest.mark.slow
+def test_a_slow_check_is_answered_within_2_s_of_its_budget_and_frees_its_worker():
+    """Every variant, a candidate to calibrate and brute-force finite differences of 2M elements
+    take far longer than a budget of 1 s: the answer is a 503 within 2 s of it, and the worker
+    stops at its next step, so the next check runs."""
+    import time as time_mod
+
+    import httpx
+
+    from client import build_request
+
+    from ..conftest import LiveServer
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((32, 64, 32, 32)).astype(np.float32)
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    body = build_request(x, dy, variant="all", candidate={"dx": x, "dgamma": dy[0, :, 0, 0], "dbeta": dy[0, :, 0, 1]},
+                         finite_difference={"method": "brute", "samples": 64})
+    with LiveServer(executor="process", max_concurrent=1, request_timeout_s=1.0) as server:
+        start = time_mod.monotonic()
+        r = httpx.post(f"{server.url}/v1/check", json=body, timeout=60)
+        took = time_mod.monotonic() - start
+        assert r.status_code == 503, r.text[:300]
+        assert r.json()["type"] == "/problems/time-budget"
+        assert took < 1.0 + 2.0, took
+        small = build_request(np.arange(12.0).reshape(4, 3), np.ones((4, 3)))
+        start = time_mod.monotonic()
+        assert httpx.post(f"{server.url}/v1/check", json=small, timeout=60).status_code == 200
+        assert time_mod.monotonic() - start < 5.0  # the worker was free again

@@ -166,7 +166,8 @@ def test_413_and_503_map_to_their_classes():
         bn.check(np.ones((64, 8)), np.ones((64, 8)))
     small.close()
     busy = PortalTransportFor(Settings(request_timeout_s=1e-9, executor="thread"))
-    with Client(transport=busy.transport, base_url="http://t") as bn, pytest.raises(ServiceUnavailable) as info:
+    with Client(transport=busy.transport, base_url="http://t", retries=0) as bn, \
+            pytest.raises(ServiceUnavailable) as info:
         bn.check(np.ones((4, 2)), np.ones((4, 2)))
     assert info.value.retry_after == 10.0
     busy.close()
@@ -295,5 +296,97 @@ def test_client_never_imports_service():
             for name in names:
                 top = name.split(".")[0]
                 assert top in {"httpx", "numpy", "ml_dtypes", "base64", "json", "secrets", "pybase64", "orjson",
-                               "collections", "contextlib", "dataclasses", "typing", "__future__"}, \
+                               "collections", "contextlib", "dataclasses", "typing", "__future__", "asyncio", "time"}, \
                     f"{path.name} imports {name}"
+
+
+class Flaky:
+    """A server that fails the first ``fails`` checks (503 with Retry-After, or a reset connection),
+    then answers from the real app."""
+
+    def __init__(self, fails, *, reset=False, retry_after="2"):
+        self.fails, self.reset, self.retry_after, self.calls = fails, reset, retry_after, 0
+        self.real = PortalTransportFor(Settings(executor="thread"))
+
+    def __call__(self, request):
+        self.calls += 1
+        if self.calls <= self.fails:
+            request.read()
+            if self.reset:
+                raise httpx.RemoteProtocolError("peer closed connection", request=request)
+            return httpx.Response(503, headers={"retry-after": self.retry_after,
+                                                "content-type": "application/problem+json"},
+                                  json={"type": "/problems/worker-died", "title": "Worker died", "status": 503,
+                                        "detail": "retry"})
+        return self.real.transport.handle_request(request)
+
+
+@pytest.mark.parametrize("reset", [False, True])
+def test_a_check_is_sent_again_after_a_503_or_a_reset_honouring_retry_after(monkeypatch, reset):
+    slept = []
+    monkeypatch.setattr("client._client.time.sleep", slept.append)
+    flaky = Flaky(2, reset=reset)
+    with Client(transport=httpx.MockTransport(flaky), base_url="http://t") as bn:
+        result = bn.check(np.arange(8.0).reshape(4, 2), np.ones((4, 2)))
+    assert result.passed
+    assert flaky.calls == 3
+    assert slept == ([0.25, 0.5] if reset else [2.0, 2.0])
+    flaky.real.close()
+
+
+def test_retries_are_bounded_in_number_and_in_time(monkeypatch):
+    monkeypatch.setattr("client._client.time.sleep", lambda s: None)
+    flaky = Flaky(100)
+    with Client(transport=httpx.MockTransport(flaky), base_url="http://t", retries=3) as bn, \
+            pytest.raises(ServiceUnavailable):
+        bn.check(np.ones((4, 2)), np.ones((4, 2)))
+    assert flaky.calls == 4
+    slow = Flaky(100, retry_after="50")  # the first wait alone would pass retry_within
+    with Client(transport=httpx.MockTransport(slow), base_url="http://t", retry_within=30) as bn, \
+            pytest.raises(ServiceUnavailable):
+        bn.check(np.ones((4, 2)), np.ones((4, 2)))
+    assert slow.calls == 1
+    flaky.real.close()
+    slow.real.close()
+
+
+def test_a_refused_connection_or_a_422_is_not_retried(monkeypatch):
+    monkeypatch.setattr("client._client.time.sleep", lambda s: pytest.fail("no retry expected"))
+    calls = []
+
+    def refuse(request):
+        calls.append(1)
+        raise httpx.ReadTimeout("too slow", request=request)
+
+    with Client(transport=httpx.MockTransport(refuse)) as bn, pytest.raises(RequestTimeout):
+        bn.check(np.ones((2, 2)), np.ones((2, 2)))
+    assert len(calls) == 1
+    real = PortalTransportFor(Settings(executor="thread"))
+    with Client(transport=real.transport, base_url="http://t") as bn, pytest.raises(InvalidInput):
+        bn.check(np.ones((2, 2)), np.ones((3, 2)))
+    real.close()
+
+
+@pytest.mark.anyio
+async def test_the_async_client_retries_too(monkeypatch):
+    waits = []
+
+    async def no_wait(s):
+        waits.append(s)
+
+    monkeypatch.setattr("client._client.asyncio.sleep", no_wait)
+    calls = []
+
+    def handler(request):
+        calls.append(1)
+        request.read()
+        if len(calls) == 1:
+            return httpx.Response(503, headers={"retry-after": "1"}, json={"type": "/problems/busy", "title": "Busy",
+                                                                            "status": 503, "detail": "busy"})
+        return httpx.Response(200, content=b"{}")
+
+    async with AsyncClient(transport=httpx.MockTransport(handler), base_url="http://t") as bn:
+        with pytest.raises(KeyError):  # the second answer is not a report: it was sent again, that is all
+            await bn.check(np.ones((2, 2)), np.ones((2, 2)))
+    assert len(calls) == 2
+    assert waits == [1.0]
