@@ -8,10 +8,14 @@ Problem types (relative URIs, documented in the README):
     /problems/too-much-work      422  over the element or finite-difference limits
     /problems/device-unavailable 422  the GPU was asked for and is not there
     /problems/too-large          413  the body is over BNCHECK_MAX_BODY_BYTES
-    /problems/busy               503  BNCHECK_MAX_CONCURRENT checks already running
+    /problems/busy               503  the queue is full (BNCHECK_MAX_CONCURRENT running, BNCHECK_QUEUE waiting)
+    /problems/time-budget        503  the check ran past BNCHECK_REQUEST_TIMEOUT_S
+    /problems/worker-died        503  the worker running the check died; it has been replaced
+    /problems/too-big-for-memory 413  the check cannot fit a worker's memory (died twice, or RLIMIT_AS)
+    /problems/not-ready          503  /readyz: shutting down, or workers starting
     /problems/unauthorized       401  BNCHECK_TOKEN is set and the bearer token is wrong
     /problems/http               4xx  anything else Starlette refuses (404, 405, ...)
-    /problems/internal           500  a bug in bncheck: the body says so, and nothing more
+    /problems/internal           500  a bug in bncheck: the body gives an error id the log carries too
 """
 
 from __future__ import annotations
