@@ -438,3 +438,20 @@ def test_a_slow_check_is_answered_within_2_s_of_its_budget_and_frees_its_worker(
         start = time_mod.monotonic()
         assert httpx.post(f"{server.url}/v1/check", json=small, timeout=60).status_code == 200
         assert time_mod.monotonic() - start < 5.0  # the worker was free again
+
+
+async def test_b64_with_escaped_slashes_reads_as_the_same_bytes(client, openapi):
+    """JSON may escape '/' as '\\/': a long b64 text written so is the same tensor."""
+    import orjson
+
+    rng = np.random.default_rng(1)
+    x, dy = (rng.standard_normal((512, 64)).astype(np.float32) for _ in range(2))
+    plain = orjson.dumps({"x": b64(x), "dy": b64(dy), "finite_difference": {"method": "none"}})
+    assert plain.count(b"/") > 1000
+    answers = []
+    for body in (plain, plain.replace(b"/", b"\\/")):
+        r = await client.post("/v1/check", content=body, headers={"content-type": "application/json"})
+        assert r.status_code == 200, r.text[:300]
+        openapi.validate("/v1/check", "post", r)
+        answers.append(array(r.json()["gradients"]["dx"]))
+    assert answers[0].tobytes() == answers[1].tobytes()

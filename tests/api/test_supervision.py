@@ -143,3 +143,28 @@ def test_a_body_that_kills_its_worker_twice_is_refused_not_retried_forever(serve
     assert second.status_code == 413, second.text
     assert second.json()["type"] == "/problems/too-big-for-memory"
     _wait_ready(server, 15)
+
+
+def test_a_worker_memory_limit_turns_a_too_big_check_into_a_clean_413(tmp_path):
+    """BNCHECK_WORKER_MEMORY_MB (RLIMIT_AS): a check that needs more is refused, the worker lives on."""
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "BNCHECK_PORT": str(port), "BNCHECK_LOG_LEVEL": "warning", "BNCHECK_MAX_CONCURRENT": "1",
+           "BNCHECK_WORKER_MEMORY_MB": "400"}
+    proc = subprocess.Popen([sys.executable, "-m", "service.cli", "serve"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_ready(url, 60)
+        pids = _worker_pids(url)
+        x = np.random.default_rng(0).standard_normal((256, 64, 64)).astype(np.float32)
+        r = httpx.post(f"{url}/v1/check", json=build_request(x, x, variant="all", candidate={"dx": x}), timeout=120)
+        assert r.status_code == 413, r.text[:300]
+        assert r.json()["type"] == "/problems/too-big-for-memory"
+        assert "BNCHECK_WORKER_MEMORY_MB=400" in r.json()["detail"]
+        small = build_request(np.arange(12.0).reshape(4, 3), np.ones((4, 3)))
+        assert httpx.post(f"{url}/v1/check", json=small, timeout=60).status_code == 200
+        assert _worker_pids(url) == pids  # no worker died
+        assert _gauge(_metrics(url), "bncheck_worker_deaths_total") == 0
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
