@@ -142,6 +142,32 @@ class CheckResult:
                    d["reduce_size"], d["training"], d["eps"], d["device"], arrays("gradients"),
                    arrays("reference"), checks, variants, d["timings_ms"], d["notes"], d)
 
+    def __repr__(self) -> str:
+        failed = [f"{b}.{t}" for b, t, _ in self.failures()]
+        return (f"CheckResult(passed={self.passed}, variant={self.variant!r}, dtype={self.dtype!r}, "
+                f"shape={self.shape}, failed={failed})")
+
+    def summary(self) -> str:
+        """The verdict, then one line per tensor of each block: what failed and where first."""
+        lines = [f"{'PASSED' if self.passed else 'FAILED'}: {self.variant} in {self.dtype} "
+                 f"(accumulating in {self.accum_dtype}), shape {self.shape}, {self.reduce_size:,} per channel"]
+        blocks = dict(self.checks)
+        if self.variants is not None:
+            blocks.update({f"variants.{k}": b for k, b in self.variants.variants.items()})
+        for name, block in blocks.items():
+            for t, r in block.tensors.items():
+                where = ""
+                if not r.passed:
+                    where = (f": {r.mismatched:,} of {r.total:,} wrong, worst at {r.worst_index} "
+                             f"({r.worst_candidate!r} vs {r.worst_reference!r}), channels {r.failed_channels}")
+                res = ""
+                if r.resolution is not None and r.tolerance.basis == "calibrated":
+                    res = f"; no error above {r.resolution.max_abs:.3g} would pass unseen"
+                ratio = "n/a" if r.tol_ratio is None else f"{r.tol_ratio:.3g}"
+                lines.append(f"  {name}.{t}: {'ok' if r.passed else 'FAIL'} (tol_ratio {ratio}){where}{res}")
+        lines += [f"  note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
     def failures(self) -> list[tuple[str, str, TensorReport]]:
         """(block, tensor, report) for every tensor that failed."""
         blocks = dict(self.checks)

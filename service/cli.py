@@ -27,6 +27,17 @@ class UsageError(Exception):
     """Bad arguments or unreadable files: exit code 2."""
 
 
+class Unreachable(Exception):
+    """The server could not be reached, timed out, or failed: exit code 3 (not the input's fault)."""
+
+
+EXIT_CODES = """exit codes:
+  0  passed: every check passed
+  1  failed: the report says which tensor, where and by how much
+  2  bad input: a flag, a file or a field is wrong (the message names it)
+  3  the server could not be reached, timed out or failed (--server only)"""
+
+
 def _log_config(level: str) -> dict[str, Any]:
     """uvicorn's logging, plus bncheck's one-JSON-line-per-request access log on stdout."""
     from uvicorn.config import LOGGING_CONFIG
@@ -56,19 +67,24 @@ def _serve(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------ files
 
 
-def _dtype(name: str) -> np.dtype[Any]:
+def _dtype(name: str, where: str) -> np.dtype[Any]:
+    """A dtype name in any spelling (float32, FP32, f32; bf16; half; double), or an error that
+    names the flag or file that carried it."""
     from service.numerics.dtypes import resolve
     from service.numerics.errors import InputError
 
     try:
-        return resolve(name, field="--bin-dtype")
+        return resolve(name)
     except InputError as exc:
-        raise UsageError(str(exc)) from None
+        msg = f"{where}: {exc.message}"
+        raise UsageError(msg) from None
 
 
-def load_array(spec: str, *, shape: tuple[int, ...] | None, bin_dtype: str) -> np.ndarray:
+def load_array(spec: str, *, shape: tuple[int, ...] | None, bin_dtype: str, flag: str = "--bin-dtype"
+               ) -> np.ndarray:
     """.npy, or raw little-endian bytes (.bin and anything else) with --shape and --bin-dtype.
-    ``file.bin:FP16`` overrides the dtype of one raw file."""
+    ``file.bin:FP16`` (or ``:f16``, ``:half``, ...) overrides the dtype of one raw file; ``flag``
+    names where ``bin_dtype`` came from, for errors."""
     path_text, _, override = spec.partition(":") if ":" in Path(spec).name else (spec, "", "")
     path = Path(path_text)
     if not path.is_file():
@@ -79,12 +95,17 @@ def load_array(spec: str, *, shape: tuple[int, ...] | None, bin_dtype: str) -> n
     if shape is None:
         msg = f"{spec}: a raw file needs --shape (and --bin-dtype, default float32)"
         raise UsageError(msg)
-    dt = _dtype(override or bin_dtype)
+    dt = _dtype(override, spec) if override else _dtype(bin_dtype, f"{flag} {bin_dtype}")
     little = dt if dt.name == "bfloat16" else dt.newbyteorder("<")
     want = int(np.prod(shape)) * dt.itemsize
     size = path.stat().st_size
     if size != want:
-        msg = f"{spec}: holds {size:,} bytes but shape {list(shape)} of {dt.name} needs {want:,}"
+        hint = ""
+        fits = [n for n, b in (("float16", 2), ("float32", 4), ("float64", 8)) if size == int(np.prod(shape)) * b]
+        if fits:
+            hint = f"; if it holds {fits[0]}, say so: {path_text}:{fits[0]}" + (
+                " (or :bfloat16)" if fits[0] == "float16" else "")
+        msg = f"{spec}: holds {size:,} bytes but shape {list(shape)} of {dt.name} needs {want:,}{hint}"
         raise UsageError(msg)
     return np.fromfile(path, dtype=little).reshape(shape).astype(dt, copy=False)
 
@@ -99,12 +120,14 @@ def _npz(path: str, names: Sequence[str]) -> dict[str, np.ndarray]:
 
 
 def _shape(text: str | None) -> tuple[int, ...] | None:
+    """8,32,14,14 or 8x32x14x14 or [8, 32, 14, 14] (Rust's debug format) or (8, 32, 14, 14)."""
     if text is None:
         return None
+    inner = text.strip().strip("[]()").lower().replace("x", ",").replace("*", ",")
     try:
-        shape = tuple(int(v) for v in text.replace("x", ",").split(",") if v.strip())
+        shape = tuple(int(v) for v in inner.split(",") if v.strip())
     except ValueError:
-        msg = f"--shape {text!r}: use comma-separated integers such as 16,64,32,32"
+        msg = f"--shape {text!r}: use integers such as 16,64,32,32, 16x64x32x32 or [16, 64, 32, 32]"
         raise UsageError(msg) from None
     if not shape or min(shape) < 1:
         msg = f"--shape {text!r}: every dimension must be at least 1"
@@ -134,8 +157,9 @@ def _gather(args: argparse.Namespace) -> tuple[dict[str, np.ndarray], dict[str, 
         per_channel = None
         if name not in FULL and shape is not None:
             per_channel = (shape[args.channel_axis],)
-        dtype = args.candidate_bin_dtype if name in CANDIDATE_NAMES and args.candidate_bin_dtype else args.bin_dtype
-        target[name] = load_array(spec, shape=shape if name in FULL else per_channel, bin_dtype=dtype)
+        own = name in CANDIDATE_NAMES and args.candidate_bin_dtype
+        dtype, flag = (args.candidate_bin_dtype, "--candidate-bin-dtype") if own else (args.bin_dtype, "--bin-dtype")
+        target[name] = load_array(spec, shape=shape if name in FULL else per_channel, bin_dtype=dtype, flag=flag)
     for need in ("x", "dy"):
         if need not in inputs:
             msg = f"missing {need}: give --{need} FILE, --npz FILE or --case NAME"
@@ -167,7 +191,7 @@ def _tolerance(args: argparse.Namespace) -> tuple[float, float] | dict[str, tupl
 
 
 def _run_check(args: argparse.Namespace) -> int:
-    from client import APIError, BNCheckClientError, CheckResult, build_request
+    from client import APIError, BNCheckClientError, CheckResult, RequestTimeout, TransportError, build_request
 
     inputs, candidate = _gather(args)
     options: dict[str, Any] = {
@@ -196,7 +220,12 @@ def _run_check(args: argparse.Namespace) -> int:
     except APIError as exc:
         fields = "; ".join(f"{f}: {m}" for f, m in exc.errors) or exc.detail
         msg = f"{exc.status} {exc.title}: {fields}"
+        if exc.status >= 500:  # the server's trouble, not the input's
+            raise Unreachable(msg) from None
         raise UsageError(msg) from None
+    except (TransportError, RequestTimeout) as exc:
+        msg = f"{exc} (is `bncheck serve` running at {args.server}?)"
+        raise Unreachable(msg) from None
     except BNCheckClientError as exc:
         raise UsageError(str(exc)) from None
     if args.out:
@@ -265,34 +294,58 @@ def _run_vectors(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------ parser
 
 
+CHECK_EXAMPLES = """examples:
+  # your kernel dumped raw little-endian buffers of an NCHW float16 tensor:
+  bncheck check --x x.bin --dy dy.bin --shape 8,32,28,28 --bin-dtype f16 --dx dx.bin
+  # mixed precision: 16-bit dx, float32 dgamma and dbeta (per file, FILE:dtype)
+  bncheck check --x x.bin --dy dy.bin --shape 8,32,28,28 --bin-dtype bf16 \\
+      --dx dx.bin --dgamma dgamma.bin:f32 --dbeta dbeta.bin:f32
+  # .npy files, against a running service, the report as JSON
+  bncheck check --x x.npy --dy dy.npy --gamma gamma.npy --dx dx.npy --server http://127.0.0.1:8000 --json
+  # a built-in stress case, every formula
+  bncheck check --case mean_offset --variant all
+
+"""
+
+
 def _check_parser(sub: Any) -> None:
+    from service.numerics import CASES, VARIANTS
+
     p = sub.add_parser("check", help="check a backward formula, and optionally your outputs, from files",
                        description="Inputs and candidates from .npy, .npz or raw little-endian files. "
-                                   "Runs in-process unless --server is given.")
+                                   "Runs in-process unless --server is given.",
+                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=CHECK_EXAMPLES + EXIT_CODES)
     src = p.add_argument_group("inputs (.npy; raw files need --shape and --bin-dtype)")
     for name in INPUT_NAMES:
         src.add_argument(f"--{name.replace('_', '-')}", dest=name, metavar="FILE")
     src.add_argument("--npz", metavar="FILE", help="named input arrays: x, dy, gamma, beta, ...")
-    src.add_argument("--case", metavar="NAME", help="use a built-in stress case as the inputs")
-    src.add_argument("--shape", help="shape of x for raw files, e.g. 16,64,32,32")
-    src.add_argument("--bin-dtype", default="float32", help="element type of raw files (default float32)")
+    src.add_argument("--case", metavar="NAME", choices=list(CASES),
+                     help=f"use a built-in stress case as the inputs: {', '.join(CASES)}")
+    src.add_argument("--shape", help="shape of x for raw files: 16,64,32,32 or 16x64x32x32 or [16, 64, 32, 32]")
+    src.add_argument("--bin-dtype", default="float32", help="element type of raw files: float32 (f32, FP32), "
+                     "float16 (f16, half), bfloat16 (bf16), float64 (f64, double); default float32. "
+                     "One file: FILE:f16")
     cand = p.add_argument_group("candidate outputs to verify")
     for name in CANDIDATE_NAMES:
         cand.add_argument(f"--{name}", dest=name, metavar="FILE")
     cand.add_argument("--candidate-npz", metavar="FILE", help="named arrays: y, mean, invstd, dx, dgamma, dbeta")
-    cand.add_argument("--candidate-bin-dtype", help="element type of raw candidate files (default --bin-dtype)")
+    cand.add_argument("--candidate-bin-dtype", help="element type of raw candidate files (default --bin-dtype); "
+                      "mixed precision: --dx dx.bin:bf16 --dgamma dgamma.bin:f32")
     how = p.add_argument_group("what to check")
-    how.add_argument("--variant", default="qianfeng", help="staged, kevin, rocking, qianfeng or all")
-    how.add_argument("--dtype", help="precision of the variant (default x's dtype)")
-    how.add_argument("--accum-dtype")
-    how.add_argument("--eps", type=float)
-    how.add_argument("--channel-axis", type=int, default=1)
+    how.add_argument("--variant", default="qianfeng", choices=[*VARIANTS, "all"],
+                     help="the backward formula bncheck computes (default qianfeng); all: every one, and their spread")
+    how.add_argument("--dtype", help="precision of the variant and of your kernel's storage (default x's dtype)")
+    how.add_argument("--accum-dtype", help="your kernel's arithmetic (default float32 for 16-bit storage)")
+    how.add_argument("--eps", type=float, help="epsilon added to the variance (default 1e-5)")
+    how.add_argument("--channel-axis", type=int, default=1, help="1 for NCHW and (N, C); -1 for channels-last")
     how.add_argument("--inference", action="store_true", help="inference mode (needs running stats)")
-    how.add_argument("--fd", choices=["auto", "stats", "brute", "directional", "none"])
-    how.add_argument("--fd-samples", type=int)
-    how.add_argument("--fd-directions", type=int)
-    how.add_argument("--fd-step", type=float)
-    how.add_argument("--seed", type=int)
+    how.add_argument("--fd", choices=["auto", "stats", "brute", "directional", "none"],
+                     help="finite-difference evidence for the reference (default auto; none skips it)")
+    how.add_argument("--fd-samples", type=int, help="brute: positions per channel (default all that fit)")
+    how.add_argument("--fd-directions", type=int, help="directional: how many random directions (default 4)")
+    how.add_argument("--fd-step", type=float, help="finite-difference step, relative to sqrt(var + eps) "
+                     "(default 1e-4)")
+    how.add_argument("--seed", type=int, help="seed of the sampled positions and directions (default 0)")
     how.add_argument("--rtol", type=float, help="plain allclose tolerance for every candidate tensor, instead of "
                      "the calibrated verdict")
     how.add_argument("--atol", type=float)
@@ -303,7 +356,7 @@ def _check_parser(sub: Any) -> None:
     run = p.add_argument_group("where and how")
     run.add_argument("--server", metavar="URL", help="a running bncheck service (default: in-process)")
     run.add_argument("--token", help="bearer token (default $BNCHECK_TOKEN)")
-    run.add_argument("--timeout", type=float, default=300.0)
+    run.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the server (default 300)")
     run.add_argument("--json", action="store_true", help="print the report as JSON")
     run.add_argument("--out", metavar="DIR", help="also write the gradients and reference as .npy")
     p.set_defaults(func=_run_check)
@@ -312,7 +365,12 @@ def _check_parser(sub: Any) -> None:
 def build_parser() -> argparse.ArgumentParser:
     import os
 
-    parser = argparse.ArgumentParser(prog="bncheck", description="Check batch-norm backward passes.")
+    from service import __version__
+
+    parser = argparse.ArgumentParser(prog="bncheck", description="Check batch-norm backward passes.",
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=CHECK_EXAMPLES + EXIT_CODES)
+    parser.add_argument("--version", action="version", version=f"bncheck {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the HTTP service (settings from BNCHECK_* variables)")
     serve.add_argument("--host", help="address to listen on (BNCHECK_HOST, default 127.0.0.1)")
@@ -334,7 +392,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help and --version (0), or argparse's own usage error (2, already printed)
+        return int(exc.code or 0)
     if getattr(args, "token", None) is None:
         args.token = args.token_env
     from service.numerics.errors import InputError
@@ -344,6 +405,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (UsageError, InputError) as exc:
         print(f"bncheck: error: {exc}", file=sys.stderr)
         return 2
+    except Unreachable as exc:
+        print(f"bncheck: error: {exc}", file=sys.stderr)
+        return 3
     except KeyboardInterrupt:
         return 130
 

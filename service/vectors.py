@@ -52,9 +52,12 @@ def _tolerances(x: np.ndarray, dy: np.ndarray, gamma: np.ndarray, beta: np.ndarr
 def _write_case(name: str, root: Path, *, shape: tuple[int, ...] | None, axis: int, dtype: np.dtype[Any],
                 seed: int) -> dict[str, Any]:
     case = make(name, shape=shape, channel_axis=axis, seed=seed)
-    x, dy = case.x.astype(dtype), case.dy.astype(dtype)
-    out = reference_outputs(x, dy, case.gamma, case.beta, eps=case.eps, channel_axis=axis)
-    arrays: dict[str, Any] = {"x": x, "dy": dy, "gamma": case.gamma, "beta": case.beta, **out}
+    # Every tensor in the requested dtype: the inputs as a kernel of that dtype holds them, the
+    # reference computed from exactly those values and rounded once to the dtype.
+    x, dy, gamma, beta = (a.astype(dtype) for a in (case.x, case.dy, case.gamma, case.beta))
+    out = reference_outputs(x, dy, gamma, beta, eps=case.eps, channel_axis=axis)
+    arrays: dict[str, Any] = {"x": x, "dy": dy, "gamma": gamma, "beta": beta,
+                              **{k: v.astype(dtype) for k, v in out.items()}}
     folder = root / name
     folder.mkdir(parents=True, exist_ok=True)
     np.savez(folder / f"{name}.npz", **arrays)
@@ -68,8 +71,8 @@ def _write_case(name: str, root: Path, *, shape: tuple[int, ...] | None, axis: i
         "name": name, "description": case.description, "shape": list(x.shape), "channel_axis": axis % x.ndim,
         "eps": case.eps, "seed": seed, "dtype": dtype.name, "reduce_size": math.prod(x.shape) // x.shape[axis],
         "npz": f"{name}/{name}.npz", "files": files,
-        "tolerance": _tolerances(x.astype(np.float64), dy.astype(np.float64), case.gamma, case.beta, out,
-                                 case.eps, axis, dtype),
+        "tolerance": _tolerances(x.astype(np.float64), dy.astype(np.float64), gamma.astype(np.float64),
+                                 beta.astype(np.float64), out, case.eps, axis, dtype),
     }
 
 

@@ -1,5 +1,5 @@
 // A naive NCHW batch-norm backward in float, the way a first CPU kernel is written:
-// reads x.bin and dy.bin (float32) and gamma.bin (float64, as `bncheck vectors` writes it),
+// reads x.bin, dy.bin and gamma.bin (float32, as `bncheck vectors` writes them),
 // all little-endian and row-major; writes dx.bin, dgamma.bin and dbeta.bin (float32) next to them.
 //
 //   g++ -O2 -o bn_backward bn_backward.cpp
@@ -41,8 +41,7 @@ int main(int argc, char** argv) {
   const float eps = argc > 6 ? std::atof(argv[6]) : 1e-5f;
   const size_t S = H * W, R = N * S;
   auto x = load<float>(dir + "/x.bin", N * C * S), dy = load<float>(dir + "/dy.bin", N * C * S);
-  auto gamma64 = load<double>(dir + "/gamma.bin", C);
-  std::vector<float> gamma(gamma64.begin(), gamma64.end());
+  auto gamma = load<float>(dir + "/gamma.bin", C);
   std::vector<float> dx(N * C * S), dgamma(C), dbeta(C);
   for (size_t c = 0; c < C; ++c) {
     float mean = 0, var = 0, sum_dy = 0, dot = 0;

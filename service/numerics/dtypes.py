@@ -33,6 +33,11 @@ _BY_NAME: dict[str, np.dtype[Any]] = {
 }
 WIRE_NAMES = {"FP16": "float16", "BF16": "bfloat16", "FP32": "float32", "FP64": "float64"}
 DTYPE_NAMES = tuple(_BY_NAME)
+# What other stacks write (Rust's f32, C's half and double, ...), in any case.
+ALIASES = {"f16": "float16", "fp16": "float16", "half": "float16",
+           "bf16": "bfloat16",
+           "f32": "float32", "fp32": "float32", "float": "float32", "single": "float32",
+           "f64": "float64", "fp64": "float64", "double": "float64"}
 _WIRE_BY_NAME = {name: wire for wire, name in WIRE_NAMES.items()}
 
 # Significand bits including the hidden bit, and frexp's exponent of the smallest normal.
@@ -45,7 +50,8 @@ _MAX = {"float16": 65504.0, "bfloat16": float(ml_dtypes.finfo(BFLOAT16).max),
 def resolve(value: Any, *, field: str = "dtype") -> np.dtype[Any]:
     """Accept "float32", "FP32", a NumPy dtype or a scalar type; name the field when it is none."""
     if isinstance(value, str):
-        key = WIRE_NAMES.get(value.upper(), value.lower())
+        key = value.strip().lower()
+        key = ALIASES.get(key, key)
         if key in _BY_NAME:
             return _BY_NAME[key]
     else:
@@ -55,8 +61,8 @@ def resolve(value: Any, *, field: str = "dtype") -> np.dtype[Any]:
             dt = None
         if dt is not None and dt.name in _BY_NAME:
             return _BY_NAME[dt.name]
-    choices = ", ".join([*WIRE_NAMES, *DTYPE_NAMES])
-    msg = f"unsupported dtype {value!r}; use one of {choices}"
+    choices = ", ".join([*WIRE_NAMES, *DTYPE_NAMES, "f16", "bf16", "f32", "f64", "half", "double"])
+    msg = f"unsupported dtype {value!r}; use one of {choices} (any case)"
     raise InputError(msg, field=field)
 
 

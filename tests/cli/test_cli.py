@@ -35,11 +35,12 @@ def test_vectors_manifest_and_files(vectors):
     assert case["files"]["x"]["shape"] == [16, 8, 4, 4]
     assert case["files"]["dgamma"]["shape"] == [8]
     assert set(case["tolerance"]) == {"y", "mean", "invstd", "dx", "dgamma", "dbeta"}
-    raw = np.fromfile(vectors / case["files"]["dx"]["bin"], dtype="<f8").reshape(16, 8, 4, 4)
+    raw = np.fromfile(vectors / case["files"]["dx"]["bin"], dtype="<f4").reshape(16, 8, 4, 4)
     with np.load(vectors / case["npz"]) as npz:
+        assert {npz[k].dtype for k in npz.files} == {np.dtype(np.float32)}  # every tensor in --dtype
         assert np.array_equal(raw, npz["dx"])
         want = reference_outputs(npz["x"], npz["dy"], npz["gamma"], npz["beta"], eps=case["eps"])
-        assert np.array_equal(npz["dx"], want["dx"])
+        assert np.array_equal(npz["dx"], want["dx"].astype(np.float32))
 
 
 def test_vectors_progress_goes_to_stderr(tmp_path, capsys):
@@ -77,9 +78,9 @@ def test_replaying_a_vector_through_check_passes(vectors, capsys):
 
 def test_replaying_raw_bin_files(vectors, capsys):
     d = vectors / "normal"
-    args = ["check", "--x", str(d / "x.bin"), "--dy", str(d / "dy.bin"), "--gamma", str(d / "gamma.bin:float64"),
-            "--beta", str(d / "beta.bin:FP64"), "--dx", str(d / "dx.bin"), "--dgamma", str(d / "dgamma.bin"),
-            "--shape", "16,8,4,4", "--candidate-bin-dtype", "float64"]
+    args = ["check", "--x", str(d / "x.bin"), "--dy", str(d / "dy.bin"), "--gamma", str(d / "gamma.bin:f32"),
+            "--beta", str(d / "beta.bin:FP32"), "--dx", str(d / "dx.bin"), "--dgamma", str(d / "dgamma.bin"),
+            "--shape", "[16, 8, 4, 4]", "--candidate-bin-dtype", "F32"]
     assert main(args) == 0, capsys.readouterr().err
 
 
@@ -121,7 +122,7 @@ def test_out_writes_gradients_and_reference(tmp_path):
         (["check", "--x", "nope.npy", "--dy", "nope.npy"], "no such file"),
         (["check", "--case", "normal", "--variant", "fastest"], "variant"),
         (["check", "--case", "normal", "--eps", "-1"], "eps"),
-        (["check", "--case", "nothing"], "unknown stress case"),
+        (["check", "--case", "nothing"], "invalid choice: 'nothing'"),
         (["check"], "missing x"),
         (["check", "--case", "normal", "--shape", "a,b"], "--shape"),
         (["vectors", "--case", "nothing"], "unknown case"),
@@ -140,10 +141,60 @@ def test_raw_file_of_the_wrong_size_exits_2(tmp_path, capsys):
     assert "holds 12 bytes but shape [2, 2] of float32 needs 16" in capsys.readouterr().err
 
 
-def test_argparse_usage_errors_exit_2():
-    with pytest.raises(SystemExit) as info:
-        main(["check", "--fd", "exact"])
-    assert info.value.code == 2
+def test_argparse_usage_errors_exit_2(capsys):
+    assert main(["check", "--fd", "exact"]) == 2
+    assert "invalid choice: 'exact'" in capsys.readouterr().err
+
+
+def test_version_and_help_with_examples_and_exit_codes(capsys):
+    from service import __version__
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"bncheck {__version__}"
+    assert main(["check", "--help"]) == 0
+    text = capsys.readouterr().out
+    for words in ("examples:", "exit codes:", "3  the server could not be reached", "--bin-dtype f16",
+                  "mean_offset", "qianfeng", "default 1e-4", "seconds to wait"):
+        assert words in text, words
+
+
+@pytest.mark.parametrize("shape", ["16,8,4,4", "16x8x4x4", "[16, 8, 4, 4]", "(16, 8, 4, 4)", "(16,8,4,4)"])
+@pytest.mark.parametrize(("flag_dtype", "suffix"), [("f32", "f32"), ("FP32", "float32"), ("Float32", "F32"),
+                                                    ("float", "fp32")])
+def test_shapes_and_dtypes_in_every_spelling_users_bring(vectors, capsys, shape, flag_dtype, suffix):
+    d = vectors / "normal"
+    args = ["check", "--x", str(d / "x.bin"), "--dy", str(d / "dy.bin"), "--gamma", str(d / f"gamma.bin:{suffix}"),
+            "--dx", str(d / "dx.bin"), "--shape", shape, "--bin-dtype", flag_dtype, "--fd", "none"]
+    assert main(args) == 0, capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("name", "want"), [("f16", "float16"), ("half", "float16"), ("FP16", "float16"),
+                                            ("bf16", "bfloat16"), ("BF16", "bfloat16"), ("bfloat16", "bfloat16"),
+                                            ("f64", "float64"), ("double", "float64"), ("F64", "float64")])
+def test_dtype_names_other_stacks_write(name, want):
+    from service.numerics.dtypes import resolve
+
+    assert resolve(name).name == want
+
+
+def test_a_bad_dtype_names_the_file_or_flag_that_carried_it(vectors, capsys):
+    d = vectors / "normal"
+    base = ["check", "--x", str(d / "x.bin"), "--dy", str(d / "dy.bin"), "--shape", "16,8,4,4"]
+    assert main([*base, "--dgamma", str(d / "dgamma.bin:f8")]) == 2
+    err = capsys.readouterr().err
+    assert "dgamma.bin:f8: unsupported dtype 'f8'" in err
+    assert "--bin-dtype" not in err
+    assert main([*base, "--bin-dtype", "int8"]) == 2
+    assert "--bin-dtype int8: unsupported dtype" in capsys.readouterr().err
+
+
+def test_a_size_mismatch_suggests_the_dtype_override(vectors, capsys):
+    d = vectors / "normal"
+    args = ["check", "--x", str(d / "x.bin"), "--dy", str(d / "dy.bin"), "--shape", "16,8,4,4", "--bin-dtype", "f16"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "x.bin: holds 8,192 bytes but shape [16, 8, 4, 4] of float16 needs 4,096" in err
+    assert f"say so: {d / 'x.bin'}:float32" in err
 
 
 def test_against_a_server(tmp_path, capsys):
@@ -161,11 +212,14 @@ def test_against_a_server(tmp_path, capsys):
     assert "gamma" in captured.err
 
 
-def test_unreachable_server_exits_2(tmp_path, capsys):
+def test_an_unreachable_server_exits_3_not_2(tmp_path, capsys):
+    """CI must tell infrastructure from a mistake."""
     case = make("normal", shape=(8, 3))
     p = _save(tmp_path, x=case.x, dy=case.dy)
-    assert main(["check", "--x", str(p["x"]), "--dy", str(p["dy"]), "--server", "http://127.0.0.1:9"]) == 2
-    assert "could not reach" in capsys.readouterr().err
+    assert main(["check", "--x", str(p["x"]), "--dy", str(p["dy"]), "--server", "http://127.0.0.1:9"]) == 3
+    err = capsys.readouterr().err
+    assert "could not reach" in err
+    assert "bncheck serve" in err
 
 
 def test_a_tolerance_for_one_tensor_leaves_the_others_calibrated(tmp_path, capsys):

@@ -390,3 +390,21 @@ async def test_the_async_client_retries_too(monkeypatch):
             await bn.check(np.ones((2, 2)), np.ones((2, 2)))
     assert len(calls) == 2
     assert waits == [1.0]
+
+
+def test_summary_and_a_short_repr(sync_transport):
+    rng = np.random.default_rng(0)
+    x, dy = rng.standard_normal((64, 8)), rng.standard_normal((64, 8))
+    with Client(transport=sync_transport, base_url="http://t") as bn:
+        good = bn.check(x, dy, finite_difference="none", reference=True)
+        dx = good.reference["dx"].copy()
+        dx[:, 2:4] = 0  # two channels never written
+        bad = bn.check(x, dy, candidate={"dx": dx}, finite_difference="none")
+    assert repr(bad) == ("CheckResult(passed=False, variant='qianfeng', dtype='float64', shape=[64, 8], "
+                         "failed=['candidate.dx'])")
+    assert len(repr(good)) < 200  # no arrays
+    text = bad.summary()
+    assert text.startswith("FAILED: qianfeng in float64")
+    assert "candidate.dx: FAIL" in text
+    assert "channels 2-3" in text
+    assert "variant.dgamma: ok" in text
