@@ -3,14 +3,20 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
+SERVE_STAMP := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
 .PHONY: test lint typecheck serve bench fuzz clean
 
-$(STAMP): pyproject.toml constraints.txt
+# make serve installs what serving needs; make test adds the dev tools (ruff, mypy, pytest, ...).
+$(SERVE_STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -c constraints.txt -e .
+	touch $(SERVE_STAMP)
+
+$(STAMP): $(SERVE_STAMP)
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
@@ -23,8 +29,9 @@ typecheck: $(STAMP)
 test: lint typecheck
 	$(BIN)/python -m pytest -q
 
-serve: $(STAMP)
-	$(BIN)/bncheck serve --host $(HOST) --port $(PORT)
+# Ctrl-C stops it quietly (exit 0): bncheck serve lets checks in flight finish, then returns.
+serve: $(SERVE_STAMP)
+	@$(BIN)/bncheck serve --host $(HOST) --port $(PORT)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.core

@@ -54,9 +54,9 @@ class ChannelError:
 class TensorReport:
     passed: bool
     max_abs_err: float
-    max_rel_err: float
+    max_rel_err: float | None  # None: not applicable (cancellation) or not finite
     rms_err: float
-    max_ulp: float
+    max_ulp: float | None
     tol_ratio: float | None
     worst_index: list[int]
     worst_candidate: float | str
@@ -70,7 +70,7 @@ class TensorReport:
     cancellation: bool
     dtype: str
     tolerance: Tolerance
-    compared: str = ""
+    compared: str | None = None
     failed_channels: str = ""  # every failing channel, in order, as ranges: "16-23,30"
     resolution: Resolution | None = None
 

@@ -6,8 +6,8 @@ Exit codes: 0 passed, 1 a check failed, 2 bad usage or input (or no answer).
 from __future__ import annotations
 
 import argparse
-import copy
 import json
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -38,28 +38,25 @@ EXIT_CODES = """exit codes:
   3  the server could not be reached, timed out or failed (--server only)"""
 
 
-def _log_config(level: str) -> dict[str, Any]:
-    """uvicorn's logging, plus bncheck's one-JSON-line-per-request access log on stdout."""
-    from uvicorn.config import LOGGING_CONFIG
-
-    config = copy.deepcopy(LOGGING_CONFIG)
-    config["formatters"]["bncheck"] = {"format": "%(message)s"}
-    config["handlers"]["bncheck"] = {"class": "logging.StreamHandler", "formatter": "bncheck",
-                                     "stream": "ext://sys.stdout"}
-    config["loggers"]["bncheck"] = {"handlers": ["bncheck"], "level": level.upper(), "propagate": False}
-    return config
-
-
 def _serve(args: argparse.Namespace) -> int:
-    import uvicorn
+    try:
+        import uvicorn
 
-    from service.api import Settings, create_app
+        from service.api import Settings, create_app
+        from service.api.logs import log_config
+    except ImportError as exc:
+        msg = f"bncheck serve needs the server's packages ({exc.name} is missing): pip install 'bncheck[server]'"
+        raise UsageError(msg) from None
 
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port), ("token", args.token)) if v}
     settings = Settings(**overrides)
-    # uvicorn finishes in-flight requests on SIGTERM, waiting up to one check's time budget.
+    # uvicorn finishes in-flight requests on SIGTERM (or Ctrl-C), waiting up to one check's time
+    # budget, then raises the signal again for whoever handled it before: a handler that does
+    # nothing makes the stop quiet and the exit status 0.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: None)
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level,
-                log_config=_log_config(settings.log_level), access_log=False,
+                log_config=log_config(settings.log_level, settings.log_format), access_log=False,
                 timeout_graceful_shutdown=int(settings.request_timeout_s) + 5)
     return 0
 

@@ -8,8 +8,10 @@ __all__ = ["render"]
 
 
 def _num(v: float | str | None) -> str:
-    if v is None or isinstance(v, str):
-        return str(v)
+    if v is None:
+        return "n/a"
+    if isinstance(v, str):
+        return v
     return f"{v:.3g}"
 
 

@@ -52,6 +52,6 @@ if (!response.ok) {
 }
 const dx = report.checks.candidate.dx;
 console.log(`candidate dx: ${dx.passed ? "PASSED" : "FAILED"} (max abs ${dx.max_abs_err.toExponential(2)}, ` +
-            `${dx.max_ulp.toFixed(1)} ulp, worst at [${dx.worst_index}])`);
+            `${dx.max_ulp === null ? "n/a" : dx.max_ulp.toFixed(1)} ulp, worst at [${dx.worst_index}])`);
 console.log(`overall: ${report.passed ? "PASSED" : "FAILED"}`);
 process.exit(report.passed ? 0 : 1);

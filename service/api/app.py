@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 
 import anyio
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
 from service import __version__
 
@@ -40,7 +41,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     logging.getLogger("bncheck").setLevel(settings.log_level.upper())
-    app = FastAPI(title="bncheck", version=__version__, description=DESCRIPTION, lifespan=_lifespan)
+    # /docs serves Swagger UI's assets from the fastapi-offline wheel: it works with no network.
+    app = FastAPIOffline(title="bncheck", version=__version__, description=DESCRIPTION, lifespan=_lifespan)
     app.state.settings = settings
     app.state.workers = workers = make_workers(settings)
     app.state.metrics = Metrics(worker_pids=workers.pids)

@@ -3,7 +3,6 @@ metrics per request."""
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from typing import Any
@@ -11,6 +10,7 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .errors import ProblemError, problem_body
+from .logs import new_request_id, request_id
 from .metrics import Metrics
 
 __all__ = ["AccessLog", "BodyLimit"]
@@ -29,6 +29,9 @@ class AccessLog:
             return
         start = time.perf_counter()
         seen: dict[str, Any] = {"status": 500, "out": 0, "in": 0}
+        sent = next((v.decode("latin-1") for k, v in scope.get("headers", ()) if k == b"x-request-id"), None)
+        rid = new_request_id(sent)
+        token = request_id.set(rid)
 
         async def counting_receive() -> Message:
             message = await receive()
@@ -38,6 +41,7 @@ class AccessLog:
         async def counting_send(message: Message) -> None:
             if message["type"] == "http.response.start":
                 seen["status"] = message["status"]
+                message = {**message, "headers": [*message.get("headers", []), (b"x-request-id", rid.encode())]}
             elif message["type"] == "http.response.body":
                 seen["out"] += len(message.get("body", b""))
             await send(message)
@@ -52,9 +56,11 @@ class AccessLog:
             self.metrics.latency.labels(route).observe(elapsed)
             if log.isEnabledFor(logging.INFO):
                 client = scope.get("client") or ("-", 0)
-                log.info(json.dumps({"method": scope.get("method"), "path": path, "status": seen["status"],
-                                     "bytes_in": seen["in"], "bytes_out": seen["out"],
-                                     "ms": round(elapsed * 1e3, 2), "client": client[0]}))
+                ms = round(elapsed * 1e3, 2)
+                log.info("%s %s %s %.1f ms", scope.get("method"), path, seen["status"], ms,
+                         extra={"method": scope.get("method"), "path": path, "status": seen["status"],
+                                "bytes_in": seen["in"], "bytes_out": seen["out"], "ms": ms, "client": client[0]})
+            request_id.reset(token)
 
 
 class BodyTooLarge(ProblemError):

@@ -13,6 +13,7 @@ from fastapi.openapi.utils import get_openapi
 
 from service.numerics.dtypes import WIRE_NAMES
 
+from .fielddocs import describe
 from .schemas import TENSOR_PLACEHOLDER, CheckRequest, Problem
 
 __all__ = ["EXAMPLE", "PROBLEM_RESPONSES", "build"]
@@ -66,8 +67,10 @@ PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
     413: {"description": "The body is over BNCHECK_MAX_BODY_BYTES", "content": _PROBLEM},
     415: {"description": "The body is not application/json", "content": _PROBLEM},
     422: {"description": "Invalid input; `errors` names the field", "content": _PROBLEM},
-    503: {"description": "Busy (BNCHECK_MAX_CONCURRENT checks running) or over the time budget; see Retry-After",
+    500: {"description": "A fault of bncheck's: `detail` carries an error id that the server log carries too",
           "content": _PROBLEM},
+    503: {"description": "The queue is full, the check ran past its time budget, or its worker died and was "
+                         "replaced; send it again after Retry-After", "content": _PROBLEM},
 }
 
 REQUEST_BODY = {
@@ -78,18 +81,45 @@ REQUEST_BODY = {
 }
 
 
+BEARER = {"bearer": {"type": "http", "scheme": "bearer",
+                     "description": "only when the server sets BNCHECK_TOKEN: Authorization: Bearer <token>"}}
+
+
 def build(app: FastAPI) -> dict[str, Any]:
     if app.openapi_schema:
         return app.openapi_schema
     schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
-    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    parts = schema.setdefault("components", {})
+    components = parts.setdefault("schemas", {})
     for model in (CheckRequest, Problem):
         doc = model.model_json_schema(ref_template=_REF)
         components.update(doc.pop("$defs", {}))
         components[model.__name__] = doc
     components.update(TENSOR_SCHEMAS)
+    for name, component in components.items():
+        for prop, sub in (component.get("properties") or {}).items():
+            if "description" not in sub and (what := describe(name, prop)):
+                sub["description"] = what
+    parts["securitySchemes"] = BEARER
+    for path, item in schema["paths"].items():
+        for operation in item.values():
+            if path.startswith("/v1/") or path == "/metrics":
+                # Optional: only a server with BNCHECK_TOKEN asks for it ({} is "no auth").
+                operation["security"] = [{}, {"bearer": []}]
+    ok = schema["paths"]["/v1/check"]["post"]["responses"]["200"]["content"]["application/json"]
+    ok["examples"] = {"small": {"summary": "the answer to the request example", "value": _example_answer()}}
     app.openapi_schema = _local_refs(schema)
     return app.openapi_schema
+
+
+def _example_answer() -> dict[str, Any]:
+    """The real answer to EXAMPLE, computed when the document is first asked for."""
+    import orjson
+
+    from . import runner
+    from .settings import Settings
+
+    return dict(orjson.loads(runner.run(orjson.dumps(EXAMPLE), Settings(executor="thread")).body))
 
 
 def _local_refs(doc: Any) -> Any:

@@ -135,9 +135,16 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
+def _tensor(m: Any) -> dict[str, Any]:
+    doc = _json_safe(asdict(m))
+    if doc["compared"] is None:  # said only where the numbers are not the tensor itself
+        del doc["compared"]
+    return dict(doc)
+
+
 def _block(b: Block) -> dict[str, Any]:
     out: dict[str, Any] = {"passed": b.passed, "notes": list(b.notes)}
-    out.update({name: _json_safe(asdict(m)) for name, m in b.tensors.items()})
+    out.update({name: _tensor(m) for name, m in b.tensors.items()})
     if isinstance(b, FDBlock):
         extra = asdict(b)
         for key in ("passed", "notes", "tensors"):

@@ -179,9 +179,11 @@ class ChannelError(_Out):
 class TensorReport(_Out):
     passed: bool
     max_abs_err: Number
-    max_rel_err: Number = Field(description="over elements whose reference is not 0")
+    max_rel_err: Number = Field(description="over elements whose reference is not 0; null when not finite, "
+                                "or not applicable (cancellation)")
     rms_err: Number
-    max_ulp: Number = Field(description="in the candidate's dtype, at the reference value")
+    max_ulp: Number = Field(description="in the candidate's dtype, over elements whose reference is not 0; "
+                            "null when not applicable (cancellation)")
     tol_ratio: Number = Field(description="worst |err| / allowed; <= 1 passes; null if non-finite")
     worst_index: list[int]
     worst_candidate: float | Literal["nan", "inf", "-inf"]
@@ -195,7 +197,8 @@ class TensorReport(_Out):
     cancellation: bool
     dtype: str
     tolerance: ToleranceUsed
-    compared: str
+    compared: str | None = Field(None, description=(
+        "present only when the numbers are not the tensor itself (directional derivatives, sampled positions)"))
     failed_channels: str = Field(description="every failing channel, in order, as ranges: '16-23,30'")
     resolution: Resolution | None
 

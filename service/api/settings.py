@@ -25,6 +25,9 @@ class Settings(BaseSettings):
                        "against their time budget); beyond it, 503 with Retry-After before the body is read")
     request_timeout_s: float = Field(120.0, gt=0, description="time budget of one check; over it, 503")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["auto", "json", "human"] = Field("auto", description="json lines (time, level, logger, "
+                                                         "request_id, message, fields); human on a terminal; "
+                                                         "auto: human on a TTY, json elsewhere")
     token: SecretStr | None = Field(None, description="when set, /v1/* and /metrics need 'Authorization: Bearer'")
     device: Literal["cpu", "gpu", "auto"] = Field("cpu", description="where checks run unless a request says")
     executor: Literal["process", "thread"] = Field(

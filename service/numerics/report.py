@@ -57,9 +57,9 @@ class TensorMetrics:
 
     passed: bool
     max_abs_err: float
-    max_rel_err: float  # over elements whose reference is not 0
+    max_rel_err: float | None  # over elements whose reference is not 0; None under cancellation
     rms_err: float
-    max_ulp: float  # in the candidate's dtype, at the reference value
+    max_ulp: float | None  # in the candidate's dtype, over non-zero references; None under cancellation
     tol_ratio: float  # worst |err| / allowed; the tensor passes when it is <= 1
     worst_index: list[int]
     worst_candidate: float | str  # "nan", "inf" and "-inf" travel as strings
@@ -73,7 +73,7 @@ class TensorMetrics:
     cancellation: bool  # values far below the scale of their terms: relative error means nothing
     dtype: str
     tolerance: ToleranceUsed
-    compared: str = ""  # what the numbers are when not the tensor itself (directional derivatives)
+    compared: str | None = None  # what the numbers are when not the tensor itself (directional derivatives)
     failed_channels: str = ""  # every failing channel, as ranges: "16-23,30"
     resolution: Resolution | None = None
 

@@ -141,3 +141,22 @@ def test_scales_are_per_channel():
     assert m.worst_index == [5, 15]
     assert m.channels_failed == 1
     assert m.mismatched == 1
+
+
+def test_metrics_that_mean_nothing_on_this_data_are_not_applicable():
+    """Constant dy: the true dx is 0, so relative error and ulps of dx mean nothing (None, "n/a"),
+    where the first release printed figures such as max_ulp 4.49e+307 beside "ok"."""
+    case = make("constant_dy", shape=(64, 4))
+    kw = {"dtype": "float32", "candidate": {"dx": _kernel_dx(case)}, "finite_difference": FDOptions("none")}
+    dx = check(case.x, case.dy, **case.kwargs(), **kw).checks.candidate.tensors["dx"]
+    assert dx.cancellation
+    assert (dx.max_rel_err, dx.max_ulp) == (None, None)
+    assert dx.passed
+
+
+def test_ulps_are_counted_over_non_zero_references_only():
+    lay = channel_layout(3)
+    ref = np.array([0.0, 1.0, 2.0])
+    cand = ref + np.array([1e-30, 2 * np.spacing(np.float32(1.0)), 0.0])
+    m = compare(cand.astype(np.float32), ref, tol=ABS, lay=lay, out_dtype=np.float32)
+    assert m.max_ulp == pytest.approx(2.0)  # not 1e-30 over the smallest subnormal

@@ -1,0 +1,124 @@
+"""What every field of the wire contract means, for the OpenAPI document (``/docs``).
+
+Keyed by field name, with ``Schema.field`` for the few names that mean different things in
+different schemas. ``openapi.build`` fills in every property that has no description of its
+own, and a test holds the document to "every property described".
+"""
+
+from __future__ import annotations
+
+__all__ = ["describe"]
+
+_TENSORS = {
+    "dx": "dx: the gradient with respect to x",
+    "dgamma": "dgamma: the gradient with respect to gamma, one value per channel",
+    "dbeta": "dbeta: the gradient with respect to beta, one value per channel",
+    "y": "y: the forward output",
+    "mean": "mean: the per-channel mean of x",
+    "invstd": "invstd: the per-channel 1 / sqrt(var + eps)",
+}
+
+BY_FIELD: dict[str, str] = {
+    "passed": "true when every tensor of this block is within its allowance",
+    "notes": "what the reader should know about this block or check, in plain words",
+    "channel": "the channel's index",
+    "mismatched": "how many elements are over their allowance",
+    "shape": "the tensor's shape, outermost axis first",
+    "datatype": "FP16, BF16, FP32 or FP64",
+    "variant": "the backward formula: staged, kevin, rocking, qianfeng (GET /v1/variants), or all",
+    "dtype": "the precision, as a NumPy name (float16, bfloat16, float32, float64)",
+    "accum_dtype": "the precision of the arithmetic and of the per-channel results",
+    "channel_axis": "the channel axis of x: 1 for NCHW and (N, C), -1 for channels-last",
+    "reduce_size": "R, the elements per channel that each statistic reduces over",
+    "training": "training mode (batch statistics); false: inference with running statistics",
+    "eps": "the epsilon added to the variance",
+    "device": "where the check ran: cpu or gpu",
+    "checks": "one block per kind of evidence; the top-level verdict needs all of them",
+    "timings_ms": "milliseconds per phase of the check (decode, reference, variant, ..., total)",
+    "worst_index": "the full index of the worst element, e.g. [n, c, h, w]",
+    "worst_candidate": "the candidate's value there (\"nan\", \"inf\" or \"-inf\" when not finite)",
+    "total": "how many elements were compared",
+    "nonfinite": "how many candidate elements are NaN or Inf (each counts as mismatched)",
+    "channels_failed": "how many channels hold at least one mismatched element",
+    "worst_channels": "the channels with the largest tol_ratio, worst first (up to 5)",
+    "decided_by": "which term of the allowance decided at the worst element",
+    "cancellation": "the values are far below the size of the terms they come from: relative error means nothing",
+    "tolerance": "how the allowance was made; an element's is rtol*|reference| + atol*scale + abs_floor",
+    "compared": "what the numbers are when they are not the tensor itself (directional derivatives, samples)",
+    "resolution": "what a pass could not see: errors below these went unflagged",
+    "method": "stats (every element, exactly updated sums), brute (perturb and re-run) or directional",
+    "requested": "the method the request asked for (auto picks stats and a brute cross-check)",
+    "elements": "how many dx values were differenced",
+    "samples": "brute: positions per channel",
+    "directions": "directional: how many random directions",
+    "seed": "seed of the sampled positions and directions",
+    "cross_check": "auto: a few brute-force positions that confirm the stats method",
+    "positions": "how many positions per channel",
+    "metrics": "the comparison at those positions",
+    "variants": "variant all: one block per formula",
+    "spread_pair": "per tensor: the two formulas that differ the most",
+    "name": "the formula's name, as used in variant",
+    "summary": "what the formula does",
+    "formula": "the formula itself",
+    "reference": "where the formula was published",
+    "seed_function": "the function of the seed gist it follows",
+    "rtol": "relative term: allowed += rtol * |reference|",
+    "atol": "absolute term: allowed += atol (or atol * scale, in natural mode)",
+    "x": "the input of the forward pass (any rank >= 2, channels on channel_axis)",
+    "dy": "the gradient flowing back into y, the same shape as x",
+    "running_mean": "inference: the running mean, one value per channel",
+    "running_var": "inference: the running variance, one value per channel",
+    "saved_mean": "the mean your forward pass saved; the formulas use it, and it is judged against x's",
+    "saved_invstd": "the invstd your forward pass saved; used and judged like saved_mean",
+    "candidate": "your kernel's outputs to verify, each in the dtype your kernel wrote it",
+    "finite_difference": "finite-difference evidence that the float64 reference is right",
+    "output": "what to send back",
+    "field": "the request field at fault, as a dotted path (candidate.dx, finite_difference.step)",
+    "message": "what is wrong with it",
+    "type": "the problem's kind, a relative URI such as /problems/invalid-input",
+    "title": "the problem's kind, in words",
+    "status": "the HTTP status",
+    "detail": "what went wrong, in one sentence, without echoing the input",
+    "instance": "the path that was called",
+    "errors": "one entry per field at fault",
+}
+
+BY_SCHEMA_FIELD: dict[str, str] = {
+    "Gradients.dx": "dx of the chosen formula in dtype, encoded like x (output.encoding overrides)",
+    "Gradients.dgamma": "dgamma of the chosen formula, in accum_dtype",
+    "Gradients.dbeta": "dbeta of the chosen formula, in accum_dtype",
+    "Checks.variant": "the chosen formula in dtype against the float64 reference",
+    "Checks.finite_difference": "the float64 reference against finite differences of the forward definition",
+    "Checks.candidate": "your outputs against the reference, judged against correct kernels in their precision",
+    "Checks.saved_statistics": "saved_mean and saved_invstd against x's own statistics",
+    "Checks.variants": "variant all: every formula, and how far they spread",
+    "CheckResponse.variant": "the formula that ran",
+    "CheckResponse.dtype": "the precision it ran in",
+    "CheckResponse.shape": "x's shape",
+    "CheckResponse.checks": "one block per kind of evidence; passed is true only when every block passed",
+    "CheckResponse.notes": "what the reader should know about the whole check: blind spots of the data, "
+                           "how a candidate was judged, reduced work",
+    "CheckRequest.variant": "the backward formula bncheck computes: staged, kevin, rocking, qianfeng, or all",
+    "CheckRequest.eps": "the epsilon added to the variance",
+    "CheckRequest.training": "training mode (batch statistics); false: inference, which needs running_mean "
+                             "and running_var",
+    "ChannelError.mismatched": "how many of the channel's elements are over their allowance",
+    "FDBlock.method": "the method that ran: stats, brute or directional",
+    "FDBlock.seed": "seed of the sampled positions and directions",
+    "FiniteDifference.seed": "seed of the sampled positions (brute) and directions (directional)",
+    "VariantsBlock.variants": "one block per formula, each against the float64 reference",
+    "ToleranceSpec.rtol": "for every candidate tensor: allowed += rtol * |reference| (give atol too)",
+    "ToleranceSpec.atol": "for every candidate tensor: allowed += atol (give rtol too)",
+    "ToleranceIn.rtol": "allowed += rtol * |reference|",
+    "ToleranceIn.atol": "allowed += atol",
+}
+for _name, _what in _TENSORS.items():
+    BY_FIELD.setdefault(_name, _what)
+    BY_SCHEMA_FIELD[f"Candidate.{_name}"] = f"your {_what}, in the dtype your kernel wrote it"
+    BY_SCHEMA_FIELD[f"ToleranceSpec.{_name}"] = f"plain allclose terms for {_name} alone"
+    for block in ("Block", "FDBlock"):
+        BY_SCHEMA_FIELD[f"{block}.{_name}"] = f"the comparison of {_name}, when this block compared it"
+
+
+def describe(schema_name: str, field: str) -> str | None:
+    return BY_SCHEMA_FIELD.get(f"{schema_name}.{field}") or BY_FIELD.get(field)
