@@ -61,6 +61,7 @@ class TensorReport:
     worst_index: list[int]
     worst_candidate: float | str
     worst_reference: float
+    worst_allowed: float
     mismatched: int
     total: int
     nonfinite: int

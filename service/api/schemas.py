@@ -188,6 +188,8 @@ class TensorReport(_Out):
     worst_index: list[int]
     worst_candidate: float | Literal["nan", "inf", "-inf"]
     worst_reference: Number
+    worst_allowed: Number = Field(description=(
+        "the allowance at the worst element: tol_ratio = |worst_candidate - worst_reference| / worst_allowed"))
     mismatched: int
     total: int
     nonfinite: int

@@ -48,6 +48,7 @@ class _Part:
     worst_cand: float
     worst_ref: float
     worst_atol: float  # the absolute/natural-scale term of the tolerance there
+    worst_allowed: float  # the whole allowance there
     max_allowed: float
     ch_ratio: np.ndarray
     ch_abs: np.ndarray
@@ -120,6 +121,7 @@ class _Inputs:
             worst_cand=float(cand[local]),
             worst_ref=float(ref[local]),
             worst_atol=tol.atol * (float(xp.broadcast_to(scale, ratio.shape)[local]) if natural else 1.0),
+            worst_allowed=float(allowed[local]),
             max_allowed=max_allowed,
             ch_ratio=backend.to_numpy(backend.channel_max(ratio, xp)),
             ch_abs=backend.to_numpy(ch_abs),
@@ -183,6 +185,7 @@ def compare(cand: Any, ref: Any, *, tol: Tolerance, lay: Layout, out_dtype: Any,
         worst_index=lay.unravel(worst.worst_flat),
         worst_candidate=worst.worst_cand if math.isfinite(worst.worst_cand) else str(worst.worst_cand),
         worst_reference=worst.worst_ref,
+        worst_allowed=worst.worst_allowed,
         mismatched=n_bad,
         total=lay.M,
         nonfinite=n_nonfinite,

@@ -64,6 +64,7 @@ class TensorMetrics:
     worst_index: list[int]
     worst_candidate: float | str  # "nan", "inf" and "-inf" travel as strings
     worst_reference: float
+    worst_allowed: float  # the allowance there: tol_ratio = |worst_candidate - worst_reference| / worst_allowed
     mismatched: int
     total: int
     nonfinite: int

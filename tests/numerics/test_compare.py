@@ -160,3 +160,15 @@ def test_ulps_are_counted_over_non_zero_references_only():
     cand = ref + np.array([1e-30, 2 * np.spacing(np.float32(1.0)), 0.0])
     m = compare(cand.astype(np.float32), ref, tol=ABS, lay=lay, out_dtype=np.float32)
     assert m.max_ulp == pytest.approx(2.0)  # not 1e-30 over the smallest subnormal
+
+
+@pytest.mark.parametrize("bug", [None, "zeroed_channel", "dx_scaled"])
+def test_tol_ratio_can_be_recomputed_from_the_report(bug):
+    case = make("normal", shape=(8, 6, 3, 3)).cast("float16")
+    out = backward(case.x, case.dy, case.gamma, case.beta, eps=case.eps, dtype="float16", bug=bug)
+    r = check(case.x, case.dy, **case.kwargs(), candidate={k: out[k] for k in ("dx", "dgamma", "dbeta")},
+              finite_difference=FDOptions("none"))
+    for m in r.checks.candidate.tensors.values():
+        err = abs(float(m.worst_candidate) - m.worst_reference)
+        assert m.tol_ratio == pytest.approx(err / m.worst_allowed, rel=1e-9, abs=1e-300)
+        assert m.worst_allowed <= m.resolution.max_abs
