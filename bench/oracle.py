@@ -30,6 +30,7 @@ import ml_dtypes
 import numpy as np
 
 from service.numerics import FDOptions, check
+from tests.numerics.kinds import KINDS, make_kind
 
 from ._timing import machine, table, torch_or_none
 
@@ -37,7 +38,6 @@ EPS = 1e-5
 VISIBLE = 4.0
 DTYPES = ("float32", "bfloat16", "float16")
 LAYOUTS = ("nchw", "channels_last", "2d")
-KINDS = ("normal", "offset", "near_eps", "constant_dy", "gamma_zeros", "batch2", "long")
 OUTPUT_BUGS = ("zeroed_channel", "shifted_channel", "stale_rows", "dbeta_sign_flip", "dx_scaled")
 FORMULA_BUGS = ("unbiased_var", "eps_outside_sqrt", "no_mean_term", "no_dgamma_term", "dgamma_wrong_xhat",
                 "one_pass_var", "accum16")
@@ -56,21 +56,7 @@ def data(kind: str, layout: str, seed: int = 0) -> tuple[np.ndarray, ...]:
     n, c, h, w = _shape(kind, layout)
     if layout == "2d":
         n, h, w = n * h * w if kind != "batch2" else 2, 1, 1
-    shape = (n, c, h, w)
-    x = 2.0 * rng.standard_normal(shape) + 0.5
-    dy = rng.standard_normal(shape)
-    gamma = rng.uniform(0.5, 1.5, c) * rng.choice([-1.0, 1.0], c)
-    beta = rng.standard_normal(c)
-    if kind == "offset":
-        x = 1e4 + rng.standard_normal(shape)
-    elif kind == "near_eps":
-        x = 3.0 + 1e-3 * rng.standard_normal(shape)
-    elif kind == "constant_dy":
-        dy = np.broadcast_to((0.25 + 0.5 * np.arange(c)).reshape(1, c, 1, 1), shape).copy()
-    elif kind == "gamma_zeros":
-        gamma[::3] = 0.0
-        gamma[1::3] *= -1
-    return x, dy, gamma, beta
+    return make_kind(kind, (n, c, h, w), 1, rng)
 
 
 @dataclass

@@ -130,14 +130,14 @@ def envelopes(given: Given, ar: Arith, wanted: Mapping[str, Wanted],
 
 def _run_members(given: Given, ar: Arith, names: set[str], tick: Callable[[str], None]
                  ) -> Iterator[dict[str, Any]]:
-    caches: dict[tuple[str | None, str], Cache] = {}
-    for m in members_for(given):
+    key: tuple[str | None, str] | None = None
+    c: Cache | None = None
+    for m in members_for(given):  # members that share a forward cache come one after another
         tick(f"the calibration ({m.form}, {m.order or 'backend'} sums)")
         mar = replace(ar, order=m.order, held_in=given.keep)
-        key = (m.order, m.stats)
-        if key not in caches:
-            caches[key] = _cache(given, mar, m.stats)
-        c = caches[key]
+        if (m.order, m.stats) != key or c is None:
+            c = None  # the previous cache's full arrays go before the next are made
+            key, c = (m.order, m.stats), _cache(given, mar, m.stats)
         g = FORMS[m.form](ar.load(given.dy3), c, mar)
         C = given.layout.C
         outputs: dict[str, Any] = {"dx": g.dx, "dgamma": g.dgamma.reshape(C), "dbeta": g.dbeta.reshape(C),

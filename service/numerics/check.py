@@ -23,7 +23,7 @@ from . import backend, calibrate, fd, reference
 from .compare import channel_layout, channel_ranges, compare
 from .dtypes import dtype_name
 from .errors import InputError, TimeBudgetError, WorkLimitError
-from .inputs import CANDIDATE_NAMES, Inputs, float_dtype, validate
+from .inputs import CANDIDATE_NAMES, FULL_TENSORS, Inputs, float_dtype, validate
 from .layout import Layout
 from .precision import Arith, make_arith
 from .reference import Stats
@@ -421,8 +421,8 @@ def _candidate_block(ctx: _Ctx, ar: Arith, tolerance: Tolerances, tick: Callable
     refs = _candidate_refs(ctx, cand)
     dtypes = {name: _candidate_dtype(name, value, car) for name, value in cand.items()}
     scales = {name: (ctx.scales if name in GRAD_NAMES else ctx.exact_scales).of(name) for name in cand}
-    wanted = {name: calibrate.Wanted(dtypes[name], lay.view(refs[name]) if name in FULL else refs[name],
-                                     scales[name], name in FULL)
+    wanted = {name: calibrate.Wanted(dtypes[name], lay.view(refs[name]) if name in FULL_TENSORS else refs[name],
+                                     scales[name], name in FULL_TENSORS)
               for name in cand if name not in user}
     given = _given(ctx, car)
     env = calibrate.envelopes(given, car, wanted, tick=tick) if wanted else {}
@@ -430,8 +430,9 @@ def _candidate_block(ctx: _Ctx, ar: Arith, tolerance: Tolerances, tick: Callable
     tensors: dict[str, TensorMetrics] = {}
     for name, value in cand.items():
         tol = user.get(name) or calibrate.calibrated_tolerance(env[name], dtypes[name], car.accum, members)
-        tensors[name] = compare(_device(ctx, value), refs[name], tol=tol, lay=lay if name in FULL else _clay(ctx),
-                                out_dtype=dtypes[name], scale=scales[name])
+        clay = lay if name in FULL_TENSORS else _clay(ctx)
+        tensors[name] = compare(_device(ctx, value), refs[name], tol=tol, lay=clay, out_dtype=dtypes[name],
+                                scale=scales[name])
     if env:
         held = "" if given.keep is None else f", per-channel values held in {dtype_name(given.keep)}"
         ctx.notes.append(
@@ -440,9 +441,6 @@ def _candidate_block(ctx: _Ctx, ar: Arith, tolerance: Tolerances, tick: Callable
             + ", ".join(f"{k} {v:.3g}" for k, v in env.items()))
     ctx.notes.extend(_blind_spots(ctx, cand))
     return Block(all(t.passed for t in tensors.values()), tensors)
-
-
-FULL = ("dx", "y")
 
 
 def _user_tolerances(tolerance: Tolerances, cand: Mapping[str, Any]) -> dict[str, Tolerance]:
@@ -460,7 +458,7 @@ def _user_tolerances(tolerance: Tolerances, cand: Mapping[str, Any]) -> dict[str
 def _candidate_storage(ar: Arith, cand: Mapping[str, Any]) -> np.dtype[Any]:
     """x and dy as the kernel held them: the request's dtype, or a less precise dtype that the
     candidate's dx or y arrived in (a bfloat16 kernel fed float32 dumps)."""
-    typed = [float_dtype(cand[n]) for n in FULL if n in cand and float_dtype(cand[n]) != np.float64]
+    typed = [float_dtype(cand[n]) for n in FULL_TENSORS if n in cand and float_dtype(cand[n]) != np.float64]
     return least_precise(ar.storage, *typed)
 
 
@@ -469,7 +467,7 @@ def _candidate_dtype(name: str, value: Any, ar: Arith) -> np.dtype[Any]:
     lists arrive as float64, and so does nothing else a kernel of ``ar``'s precision writes: those
     are judged in the kernel's dtype for that tensor (storage for dx and y, accum otherwise)."""
     own = float_dtype(value)
-    kernel = ar.storage if name in FULL else ar.accum
+    kernel = ar.storage if name in FULL_TENSORS else ar.accum
     return kernel if own == np.float64 and kernel != np.float64 else own
 
 
@@ -487,7 +485,7 @@ def _given(ctx: _Ctx, ar: Arith) -> calibrate.Given:
 def _per_channel_dtype(ctx: _Ctx, ar: Arith) -> np.dtype[Any] | None:
     """The dtype the kernel holds per-channel values in, when it says so and it is less precise
     than its arithmetic: gamma and beta sent as 16-bit, or 16-bit dgamma, dbeta, mean, invstd."""
-    said = [float_dtype(v) for k, v in ctx.inp.candidate.items() if k not in FULL]
+    said = [float_dtype(v) for k, v in ctx.inp.candidate.items() if k not in FULL_TENSORS]
     if ctx.inp.param_dtype is not None:
         said.append(ctx.inp.param_dtype)
     said = [d for d in said if d != np.float64]

@@ -15,10 +15,10 @@ from .layout import Layout
 from .tolerance import least_precise
 from .variants import VARIANTS
 
-__all__ = ["CANDIDATE_NAMES", "Inputs", "float_dtype", "validate"]
+__all__ = ["CANDIDATE_NAMES", "FULL_TENSORS", "Inputs", "float_dtype", "validate"]
 
 CANDIDATE_NAMES = ("y", "mean", "invstd", "dx", "dgamma", "dbeta")
-_FULL = ("y", "dx")
+FULL_TENSORS = ("y", "dx")  # one value per element of x; the others have one per channel
 
 
 @dataclass(frozen=True)
@@ -207,7 +207,7 @@ def _candidates(candidate: Mapping[str, Any] | None, lay: Layout) -> dict[str, n
         if value is None:
             continue
         arr = _array(field, value)
-        want = lay.shape if name in _FULL else (lay.C,)
+        want = lay.shape if name in FULL_TENSORS else (lay.C,)
         if arr.shape != want:
             msg = f"has shape {list(arr.shape)}; expected {list(want)}"
             raise InputError(msg, field=field)

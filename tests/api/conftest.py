@@ -63,3 +63,27 @@ def _absolute(schema: Any) -> Any:
 @pytest.fixture
 async def openapi(client: httpx.AsyncClient) -> OpenAPIValidator:
     return OpenAPIValidator((await client.get("/openapi.json")).json())
+
+
+class BlockedRun:
+    """runner.run held until ``release`` is set: a check that occupies its slot on demand."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        import threading
+
+        from service.api import runner
+
+        self.started, self.release = threading.Event(), threading.Event()
+        real_run = runner.run
+
+        def slow_run(*args: Any, **kwargs: Any) -> Any:
+            self.started.set()
+            self.release.wait(10)
+            return real_run(*args, **kwargs)
+
+        monkeypatch.setattr(runner, "run", slow_run)
+
+
+@pytest.fixture
+def blocked_run(monkeypatch: pytest.MonkeyPatch) -> BlockedRun:
+    return BlockedRun(monkeypatch)

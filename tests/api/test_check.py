@@ -217,17 +217,8 @@ async def test_elements_over_the_limit_is_422(make_client):
     assert "over the limit of 100" in r.json()["detail"]
 
 
-async def test_a_full_queue_is_503_with_retry_after(make_client, monkeypatch):
-    release = threading.Event()
-    started = threading.Event()
-    real_run = runner.run
-
-    def slow_run(*args, **kwargs):
-        started.set()
-        release.wait(10)
-        return real_run(*args, **kwargs)
-
-    monkeypatch.setattr(runner, "run", slow_run)
+async def test_a_full_queue_is_503_with_retry_after(make_client, blocked_run):
+    started, release = blocked_run.started, blocked_run.release
     import anyio
 
     async with make_client(max_concurrent=1, queue=0) as c:
@@ -292,17 +283,10 @@ def _queued(metrics):
                       if line.startswith("bncheck_checks_queued ")))
 
 
-async def test_time_in_the_queue_counts_against_the_budget(make_client, monkeypatch):
+async def test_time_in_the_queue_counts_against_the_budget(make_client, blocked_run):
     import anyio
 
-    release = threading.Event()
-    real_run = runner.run
-
-    def slow_run(*args, **kwargs):
-        release.wait(10)
-        return real_run(*args, **kwargs)
-
-    monkeypatch.setattr(runner, "run", slow_run)
+    release = blocked_run.release
     async with make_client(max_concurrent=1, queue=4, request_timeout_s=0.5) as c:
         results = {}
 
@@ -377,7 +361,7 @@ async def test_a_tolerance_in_neither_form_is_refused(client, tolerance):
     assert "rtol" in problem["errors"][0]["message"]
 
 
-def test_a_full_queue_answers_before_the_body_is_read(monkeypatch):
+def test_a_full_queue_answers_before_the_body_is_read(blocked_run):
     """The headers promise 10 MB that never come: the 503 arrives anyway, at once."""
     import socket as sock_mod
 
@@ -385,16 +369,7 @@ def test_a_full_queue_answers_before_the_body_is_read(monkeypatch):
 
     from ..conftest import LiveServer
 
-    release = threading.Event()
-    started = threading.Event()
-    real_run = runner.run
-
-    def slow_run(*args, **kwargs):
-        started.set()
-        release.wait(10)
-        return real_run(*args, **kwargs)
-
-    monkeypatch.setattr(runner, "run", slow_run)
+    started, release = blocked_run.started, blocked_run.release
     with LiveServer(max_concurrent=1, queue=0) as server:
         first = threading.Thread(target=lambda: httpx.post(f"{server.url}/v1/check", json=EXAMPLE, timeout=30))
         first.start()
