@@ -26,8 +26,11 @@ def new_request_id(sent: str | None) -> str:
 
 
 class RequestIdFilter(logging.Filter):
+    """Adds the request id; drops uvicorn's ``color_message`` (its message again, with ANSI codes)."""
+
     def filter(self, record: logging.LogRecord) -> bool:
         record.request_id = request_id.get()
+        record.__dict__.pop("color_message", None)
         return True
 
 

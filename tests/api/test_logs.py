@@ -40,6 +40,7 @@ def test_json_lines_with_time_level_and_request_id_and_a_quiet_stop(tmp_path, st
     assert lines, "nothing was logged"
     for line in lines:  # every line, uvicorn's own too
         assert {"time", "level", "logger", "request_id", "message"} <= set(line), line
+        assert "color_message" not in line
     loggers = {line["logger"] for line in lines}
     assert "uvicorn.error" in loggers
     assert "bncheck.access" in loggers
