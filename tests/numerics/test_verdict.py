@@ -181,3 +181,34 @@ def test_a_kernel_with_16_bit_weights_is_judged_as_one(kind, dtype):
                               held=True)["dx"]}
     r = check(xs, dys, gs, bs, eps=EPS, channel_axis=axis, candidate=only_dx, finite_difference=NO_FD)
     assert r.passed, "16-bit gamma alone says the kernel holds its per-channel values in 16 bits"
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("mode", ["saved_statistics", "inference"])
+def test_saved_statistics_and_inference_are_calibrated_too(mode, dtype):
+    """The ensemble runs from the kernel's own saved statistics, or the running ones."""
+    x, dy, gamma, beta, axis = _data("normal", "nchw")
+    st = _np_dtype(dtype)
+    xs, dys = x.astype(st), dy.astype(st)
+    C = x.shape[axis]
+    x64, dy64 = xs.astype(np.float64), dys.astype(np.float64)
+    for zeroed in (False, True):
+        if mode == "saved_statistics":
+            out = backward(xs, dys, gamma, beta, eps=EPS, channel_axis=axis, dtype=dtype)
+            kw = {"saved_mean": out["mean"], "saved_invstd": out["invstd"]}
+            cand = {k: out[k] for k in ("dx", "dgamma", "dbeta")}
+        else:  # written here: dx = dy * gamma * invstd_running, sums in float64 then rounded
+            rm, rv = np.linspace(-0.5, 0.5, C), np.linspace(2.0, 6.0, C)
+            inv = (1 / np.sqrt(rv + EPS)).reshape(1, C, 1, 1)
+            kw = {"training": False, "running_mean": rm, "running_var": rv}
+            cand = {"dx": (dy64 * gamma.reshape(1, C, 1, 1) * inv).astype(st),
+                    "dgamma": (dy64 * (x64 - rm.reshape(1, C, 1, 1)) * inv).sum((0, 2, 3)).astype(np.float32),
+                    "dbeta": dy64.sum((0, 2, 3)).astype(np.float32)}
+        if zeroed:
+            cand["dx"] = cand["dx"].copy()
+            cand["dx"][:, 3] = 0
+        r = check(xs, dys, gamma, beta, eps=EPS, channel_axis=axis, candidate=cand, finite_difference=NO_FD, **kw)
+        block = r.checks.candidate
+        assert block.passed != zeroed, {t: m.tol_ratio for t, m in block.tensors.items()}
+        if zeroed:
+            assert block.tensors["dx"].failed_channels == "3"
