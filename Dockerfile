@@ -10,15 +10,14 @@ WORKDIR /app
 
 # Dependencies first, pinned by constraints.txt: this layer is rebuilt only when they change.
 COPY pyproject.toml constraints.txt ./
-RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; print('\n'.join(p['dependencies'] + p['optional-dependencies']['server']))" \
         > /tmp/requirements.txt \
  && pip install -c constraints.txt -r /tmp/requirements.txt \
  && rm /tmp/requirements.txt
 
 COPY README.md ./
-COPY service ./service
-COPY client ./client
-RUN pip install --no-deps . && rm -rf build *.egg-info
+COPY src ./src
+RUN pip install --no-deps . && rm -rf build src/*.egg-info
 
 # An unprivileged, numeric user: no shell, no home.
 RUN groupadd --system --gid 10001 bncheck \

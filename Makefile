@@ -13,7 +13,7 @@ PORT ?= 8000
 $(SERVE_STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -c constraints.txt -e .
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[server]'
 	touch $(SERVE_STAMP)
 
 $(STAMP): $(SERVE_STAMP)

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from service.numerics import VARIANTS, FDOptions, check, fd
-from service.numerics import reference as ref
-from service.numerics.layout import Layout
-from service.numerics.precision import make_arith
-from service.numerics.variants import forward_cache
+from bncheck.numerics import VARIANTS, FDOptions, check, fd
+from bncheck.numerics import reference as ref
+from bncheck.numerics.layout import Layout
+from bncheck.numerics.precision import make_arith
+from bncheck.numerics.variants import forward_cache
 from tests.numerics import seed_gist
 from tests.numerics.kernels import backward as kernel_backward
 

@@ -18,11 +18,11 @@ from typing import Any
 
 import numpy as np
 
-from service.numerics import VARIANTS, fd
-from service.numerics import reference as ref
-from service.numerics.layout import Layout
-from service.numerics.precision import make_arith
-from service.numerics.variants import forward_cache
+from bncheck.numerics import VARIANTS, fd
+from bncheck.numerics import reference as ref
+from bncheck.numerics.layout import Layout
+from bncheck.numerics.precision import make_arith
+from bncheck.numerics.variants import forward_cache
 
 from ._timing import table
 
@@ -90,7 +90,7 @@ def shape_rows(cp: Any, torch: Any, shape: tuple[int, ...], label: str) -> list[
 def before_after(cp: Any, shape: tuple[int, ...], dtype: str) -> list[list[str]]:
     """Each variant's backward with the generated kernels and with CuPy's own (fused
     reductions, cuBLAS, cupy.fuse), in the same run on the same data."""
-    from service.numerics import backend
+    from bncheck.numerics import backend
 
     rng = np.random.default_rng(1)
     lay = Layout.of(shape, 1)
@@ -113,7 +113,7 @@ def before_after(cp: Any, shape: tuple[int, ...], dtype: str) -> list[list[str]]
 
 def check_rows(shape: tuple[int, ...], dtype: str, device: str = "gpu") -> list[list[str]]:
     """A whole check() on the GPU, phase by phase (host arrays in, report out), best of 3."""
-    from service.numerics import FDOptions, check
+    from bncheck.numerics import FDOptions, check
 
     rng = np.random.default_rng(2)
     x = (rng.standard_normal(shape) + 1).astype(dtype)
@@ -149,7 +149,7 @@ def main() -> None:
     print(table(["shape", "dtype", "variant", "before ms", "after ms", "speed-up"], ab))
     print("\nA whole check() on the GPU (FD auto, host arrays in, report out)\n")
     print(table(["shape", "dtype", "phase", "ms"], check_rows((65536, 256), "float32")))
-    from service.numerics import backend
+    from bncheck.numerics import backend
 
     kernels = ("generated kernels (kernels.py)" if backend.RAW_KERNELS_OK[0]
                else f"CuPy fallbacks, generated kernels failed: {backend.RAW_KERNEL_ERRORS[:1]}")

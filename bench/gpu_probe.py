@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from service.numerics import backend
+from bncheck.numerics import backend
 
 from .gpu import EPS, gpu_ms
 

@@ -12,7 +12,7 @@ PY=${PY:-python3}
 } 2>&1 | tee "$OUT/versions.txt"
 $PY - <<'PY' 2>&1 | tee "$OUT/smoke.txt"
 import time, traceback
-from service.numerics import VARIANTS, check, make, FDOptions
+from bncheck.numerics import VARIANTS, check, make, FDOptions
 case = make("normal")
 for dtype in ("float16", "bfloat16", "float32", "float64"):
     for v in VARIANTS:
@@ -22,7 +22,7 @@ for dtype in ("float16", "bfloat16", "float32", "float64"):
             print(f"smoke {dtype:9s} {v:9s} passed={r.passed} device={r.device} {time.perf_counter() - t:.2f}s")
         except Exception:
             print(f"smoke {dtype} {v} FAILED"); traceback.print_exc()
-from service.numerics import backend
+from bncheck.numerics import backend
 print("generated kernels ok:", backend.RAW_KERNELS_OK[0], "built:", len(backend._RAW_KERNELS), backend.RAW_KERNEL_ERRORS[:2])
 PY
 timeout 120 $PY -m pytest -q -p no:cacheprovider -x tests/numerics/test_gpu.py -k generated_kernels 2>&1 \

@@ -22,7 +22,7 @@ import httpx
 import numpy as np
 import orjson
 
-from client import build_request
+from bncheck.client import build_request
 
 from ._server import Server
 from ._timing import machine, table

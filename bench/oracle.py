@@ -29,7 +29,7 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
-from service.numerics import FDOptions, check
+from bncheck.numerics import FDOptions, check
 from tests.numerics.kinds import KINDS, make_kind
 
 from ._timing import machine, table, torch_or_none

@@ -22,10 +22,10 @@ import httpx
 import numpy as np
 import orjson
 
-from client import Client, build_request
-from client._client import _json_headers, _pieces  # how the client sends a large body
-from service.api import Settings, runner
-from service.numerics import FDOptions, check
+from bncheck.client import Client, build_request
+from bncheck.client._client import _json_headers, _pieces  # how the client sends a large body
+from bncheck.numerics import FDOptions, check
+from bncheck.server import Settings, runner
 
 from ._server import Server
 from ._timing import best_ms, interleaved_ms, machine, median, round_ratio, table

@@ -21,7 +21,7 @@ class LiveServer:
     def __init__(self, **overrides: object) -> None:
         import uvicorn
 
-        from service.api import Settings, create_app
+        from bncheck.server import Settings, create_app
 
         self.app = create_app(Settings(**{"executor": "thread", **overrides}))
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)

@@ -7,7 +7,7 @@ from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-from service.api import Settings, create_app
+from bncheck.server import Settings, create_app
 
 
 @pytest.fixture
@@ -71,7 +71,7 @@ class BlockedRun:
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         import threading
 
-        from service.api import runner
+        from bncheck.server import runner
 
         self.started, self.release = threading.Event(), threading.Event()
         real_run = runner.run

@@ -2,7 +2,7 @@
 
 import pytest
 
-from service.api.openapi import EXAMPLE
+from bncheck.server.openapi import EXAMPLE
 
 pytestmark = pytest.mark.anyio
 
@@ -42,8 +42,8 @@ async def test_off_by_default(client):
 def test_client_and_cli_send_the_token(tmp_path, capsys, monkeypatch):
     import numpy as np
 
-    from client import Client, Unauthorized
-    from service.cli import main
+    from bncheck.cli import main
+    from bncheck.client import Client, Unauthorized
 
     from ..conftest import LiveServer
 

@@ -6,7 +6,7 @@ import pathlib
 import numpy as np
 import pytest
 
-from service.numerics.backend import gpu_available
+from bncheck.numerics.backend import gpu_available
 
 from .catalogue import CASES, SPECIAL, b64, body
 

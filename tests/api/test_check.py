@@ -6,9 +6,9 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from service.api import codec, runner
-from service.api.openapi import EXAMPLE
-from service.numerics import VARIANTS, FDOptions, check, make
+from bncheck.numerics import VARIANTS, FDOptions, check, make
+from bncheck.server import codec, runner
+from bncheck.server.openapi import EXAMPLE
 
 pytestmark = pytest.mark.anyio
 
@@ -393,7 +393,7 @@ def test_a_slow_check_is_answered_within_2_s_of_its_budget_and_frees_its_worker(
 
     import httpx
 
-    from client import build_request
+    from bncheck.client import build_request
 
     from ..conftest import LiveServer
 

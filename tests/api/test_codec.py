@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from service.api import codec
+from bncheck.server import codec
 
 DATATYPES = {"FP16": np.float16, "BF16": ml_dtypes.bfloat16, "FP32": np.float32, "FP64": np.float64}
 
@@ -164,7 +164,7 @@ def _body(x: np.ndarray, dy: np.ndarray, *, sep: str = ":", extra: str = "") -> 
 
 
 def _parse(body: bytes):
-    from service.api import Settings, runner
+    from bncheck.server import Settings, runner
 
     return runner.parse(body, Settings())
 
@@ -199,7 +199,7 @@ def test_short_escaped_and_value_b64_are_left_to_orjson():
 
 
 def test_a_lifted_string_is_still_validated_and_bad_json_still_refused():
-    from service.api.errors import ProblemError
+    from bncheck.server.errors import ProblemError
 
     rng = np.random.default_rng(5)
     x = rng.standard_normal((256, 128)).astype(np.float32)

@@ -8,7 +8,7 @@ import orjson
 from hypothesis import given
 from hypothesis import strategies as st
 
-from service.api import Settings, create_app, runner
+from bncheck.server import Settings, create_app, runner
 
 from .conftest import OpenAPIValidator
 

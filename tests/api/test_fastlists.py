@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from service.api import Settings, codec, fastlists, runner
-from service.api.errors import ProblemError
-from service.api.schemas import TENSOR_FIELDS, TENSOR_GROUPS
+from bncheck.server import Settings, codec, fastlists, runner
+from bncheck.server.errors import ProblemError
+from bncheck.server.schemas import TENSOR_FIELDS, TENSOR_GROUPS
 
 LIMIT = 1 << 20
 
@@ -204,7 +204,7 @@ def test_a_big_ragged_body_gets_the_usual_message():
 
 def test_a_body_in_shared_memory_reads_the_same(tmp_path):
     """Large bodies reach the workers as an mmap of a /dev/shm segment (shm.py)."""
-    from service.api import shm
+    from bncheck.server import shm
 
     if not shm.available():
         pytest.skip("no writable /dev/shm")

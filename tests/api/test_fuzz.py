@@ -11,7 +11,7 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-from service.api import Settings, create_app
+from bncheck.server import Settings, create_app
 
 EXAMPLES = int(os.environ.get("BNCHECK_FUZZ_EXAMPLES", "60"))
 # Small limits keep generated tensors cheap; checks run in threads in this process.

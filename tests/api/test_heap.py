@@ -8,14 +8,14 @@ import textwrap
 
 import pytest
 
-from service.api import heap
+from bncheck.server import heap
 
 pytestmark = pytest.mark.skipif(heap._glibc() is None, reason="glibc's malloc only")
 
 SCRIPT = textwrap.dedent("""
     import os, sys, time
     import numpy as np
-    from service.api import heap
+    from bncheck.server import heap
 
     def rss_mb():
         with open("/proc/self/statm") as f:

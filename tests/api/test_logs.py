@@ -22,7 +22,7 @@ def test_json_lines_with_time_level_and_request_id_and_a_quiet_stop(tmp_path, st
     url = f"http://127.0.0.1:{port}"
     env = {**os.environ, "BNCHECK_PORT": str(port), "BNCHECK_LOG_FORMAT": "json", "BNCHECK_MAX_CONCURRENT": "1"}
     with open(tmp_path / "err", "wb") as err, open(tmp_path / "out", "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "service.cli", "serve"], env=env, stdout=out, stderr=err)
+        proc = subprocess.Popen([sys.executable, "-m", "bncheck.cli", "serve"], env=env, stdout=out, stderr=err)
         try:
             _wait_ready(url, 60)
             r = httpx.post(f"{url}/v1/check", json={"x": [[1.0, 2.0], [3.0, 5.0]], "dy": [[1.0, 0.0], [0.0, 1.0]]},

@@ -3,8 +3,8 @@
 import httpx
 import numpy as np
 
-from service.api import codec
-from service.numerics import check, make
+from bncheck.numerics import check, make
+from bncheck.server import codec
 
 from ..conftest import LiveServer
 

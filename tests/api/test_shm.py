@@ -10,8 +10,8 @@ import httpx
 import numpy as np
 import pytest
 
-from service.api import shm
-from service.numerics import FDOptions, check
+from bncheck.numerics import FDOptions, check
+from bncheck.server import shm
 
 from ..conftest import LiveServer
 
@@ -58,7 +58,7 @@ def test_a_body_that_no_longer_fits_goes_on_in_memory(monkeypatch):
     """/dev/shm fills up while the body arrives: what arrived is kept and the rest read."""
     import asyncio
 
-    from service.api import Settings, workers
+    from bncheck.server import Settings, workers
 
     real_write = shm.Segment.write
 
@@ -169,7 +169,7 @@ def test_without_shared_memory_the_pipe_carries_the_body(monkeypatch):
 def test_an_answer_nobody_waits_for_is_removed():
     import asyncio
 
-    from service.api import runner, workers
+    from bncheck.server import runner, workers
 
     seg = shm.Segment.create(shm.MIN_BYTES)
     assert seg is not None
@@ -207,7 +207,7 @@ def test_a_worker_writes_its_answer_in_pieces_that_make_the_whole(monkeypatch):
     same document the joined answer is; where /dev/shm fills up meanwhile, the joined bytes."""
     import orjson
 
-    from service.api import Settings, runner, workers
+    from bncheck.server import Settings, runner, workers
 
     x, dy, request = _big_request(np.random.default_rng(2))
     body = orjson.dumps(request)
@@ -244,7 +244,7 @@ def test_a_worker_writes_its_answer_in_pieces_that_make_the_whole(monkeypatch):
 def test_a_small_answer_from_a_large_body_comes_back_as_bytes():
     import orjson
 
-    from service.api import Settings, workers
+    from bncheck.server import Settings, workers
 
     _, _, request = _big_request(np.random.default_rng(3))
     request["output"] = {"gradients": False}

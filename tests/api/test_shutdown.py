@@ -11,7 +11,7 @@ import time
 import httpx
 import numpy as np
 
-from client import build_request
+from bncheck.client import build_request
 
 
 def _free_port():
@@ -24,7 +24,7 @@ def test_sigterm_lets_an_in_flight_check_finish():
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     env = {**os.environ, "BNCHECK_PORT": str(port), "BNCHECK_LOG_LEVEL": "warning", "BNCHECK_MAX_CONCURRENT": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "service.cli", "serve"], env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "bncheck.cli", "serve"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 60

@@ -13,7 +13,7 @@ import httpx
 import numpy as np
 import pytest
 
-from client import build_request
+from bncheck.client import build_request
 
 pytestmark = pytest.mark.slow
 
@@ -30,7 +30,7 @@ def server(tmp_path):
     url = f"http://127.0.0.1:{port}"
     env = {**os.environ, "BNCHECK_PORT": str(port), "BNCHECK_LOG_LEVEL": "warning", "BNCHECK_MAX_CONCURRENT": "1"}
     with open(tmp_path / "server.log", "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "service.cli", "serve"], env=env,
+        proc = subprocess.Popen([sys.executable, "-m", "bncheck.cli", "serve"], env=env,
                                 stdout=subprocess.DEVNULL, stderr=log)
         try:
             _wait_ready(url, 60)
@@ -151,7 +151,7 @@ def test_a_worker_memory_limit_turns_a_too_big_check_into_a_clean_413(tmp_path):
     url = f"http://127.0.0.1:{port}"
     env = {**os.environ, "BNCHECK_PORT": str(port), "BNCHECK_LOG_LEVEL": "warning", "BNCHECK_MAX_CONCURRENT": "1",
            "BNCHECK_WORKER_MEMORY_MB": "400"}
-    proc = subprocess.Popen([sys.executable, "-m", "service.cli", "serve"], env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "bncheck.cli", "serve"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         _wait_ready(url, 60)

@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from service.cli import main
-from service.numerics import make, reference_outputs
+from bncheck.cli import main
+from bncheck.numerics import make, reference_outputs
 
 from ..conftest import LiveServer
 from ..numerics.kernels import backward
@@ -147,7 +147,7 @@ def test_argparse_usage_errors_exit_2(capsys):
 
 
 def test_version_and_help_with_examples_and_exit_codes(capsys):
-    from service import __version__
+    from bncheck import __version__
 
     assert main(["--version"]) == 0
     assert capsys.readouterr().out.strip() == f"bncheck {__version__}"
@@ -172,7 +172,7 @@ def test_shapes_and_dtypes_in_every_spelling_users_bring(vectors, capsys, shape,
                                             ("bf16", "bfloat16"), ("BF16", "bfloat16"), ("bfloat16", "bfloat16"),
                                             ("f64", "float64"), ("double", "float64"), ("F64", "float64")])
 def test_dtype_names_other_stacks_write(name, want):
-    from service.numerics.dtypes import resolve
+    from bncheck.numerics.dtypes import resolve
 
     assert resolve(name).name == want
 

@@ -4,7 +4,7 @@ import anyio.from_thread
 import httpx
 import pytest
 
-from service.api import Settings, create_app
+from bncheck.server import Settings, create_app
 
 
 class PortalTransport(httpx.BaseTransport):

@@ -8,8 +8,8 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-import client
-from client import (
+from bncheck import client
+from bncheck.client import (
     AsyncClient,
     Client,
     InvalidInput,
@@ -18,8 +18,8 @@ from client import (
     ServiceUnavailable,
     TransportError,
 )
-from service.api import Settings, create_app
-from service.numerics import check, make
+from bncheck.numerics import check, make
+from bncheck.server import Settings, create_app
 
 from ..conftest import LiveServer
 
@@ -48,8 +48,8 @@ def test_the_wire_codec_is_bit_exact_and_gives_writable_arrays(monkeypatch, simd
     server's codec is the independent reader and writer."""
     import base64
 
-    from client import _codec
-    from service.api import codec as server
+    from bncheck.client import _codec
+    from bncheck.server import codec as server
 
     if not simd:
         monkeypatch.setattr(_codec, "_b64", None)
@@ -69,7 +69,7 @@ def test_the_wire_codec_is_bit_exact_and_gives_writable_arrays(monkeypatch, simd
 
 @pytest.mark.parametrize("fast", [True, False], ids=["orjson", "stdlib-json"])
 def test_the_same_answer_with_or_without_the_fast_json_and_base64(monkeypatch, sync_transport, fast):
-    from client import _codec
+    from bncheck.client import _codec
 
     if not fast:  # a client copied on its own, with only httpx and NumPy
         monkeypatch.setattr(_codec, "_orjson", None)
@@ -93,8 +93,8 @@ def test_a_body_in_pieces_is_the_body_and_an_answer_read_in_pieces_is_the_answer
 
     import orjson
 
-    from client import _codec, build_request
-    from service.api import Settings, runner
+    from bncheck.client import _codec, build_request
+    from bncheck.server import Settings, runner
 
     if not fast:
         monkeypatch.setattr(_codec, "_orjson", None)
@@ -252,7 +252,7 @@ def test_a_large_check_is_sent_in_pieces_as_one_body_of_known_length(asynchronou
 
     import httpx as _httpx
 
-    from service.api import shm
+    from bncheck.server import shm
 
     if not shm.available():
         pytest.skip("no writable /dev/shm")
@@ -282,7 +282,7 @@ def test_public_api_is_exactly_all():
     assert len(client.__all__) == len(set(client.__all__))
 
 
-def test_client_never_imports_service():
+def test_client_never_imports_the_server():
     root = pathlib.Path(client.__file__).parent
     for path in root.glob("*.py"):
         tree = ast.parse(path.read_text())
@@ -290,6 +290,8 @@ def test_client_never_imports_service():
             if isinstance(node, ast.Import):
                 names = [a.name for a in node.names]
             elif isinstance(node, ast.ImportFrom):
+                # Relative imports stay inside the client package; one that leaves it is refused.
+                assert node.level <= 1, f"{path.name} imports from outside the client: {node.module}"
                 names = [node.module or ""] if node.level == 0 else []
             else:
                 continue
@@ -324,7 +326,7 @@ class Flaky:
 @pytest.mark.parametrize("reset", [False, True])
 def test_a_check_is_sent_again_after_a_503_or_a_reset_honouring_retry_after(monkeypatch, reset):
     slept = []
-    monkeypatch.setattr("client._client.time.sleep", slept.append)
+    monkeypatch.setattr("bncheck.client._client.time.sleep", slept.append)
     flaky = Flaky(2, reset=reset)
     with Client(transport=httpx.MockTransport(flaky), base_url="http://t") as bn:
         result = bn.check(np.arange(8.0).reshape(4, 2), np.ones((4, 2)))
@@ -335,7 +337,7 @@ def test_a_check_is_sent_again_after_a_503_or_a_reset_honouring_retry_after(monk
 
 
 def test_retries_are_bounded_in_number_and_in_time(monkeypatch):
-    monkeypatch.setattr("client._client.time.sleep", lambda s: None)
+    monkeypatch.setattr("bncheck.client._client.time.sleep", lambda s: None)
     flaky = Flaky(100)
     with Client(transport=httpx.MockTransport(flaky), base_url="http://t", retries=3) as bn, \
             pytest.raises(ServiceUnavailable):
@@ -351,7 +353,7 @@ def test_retries_are_bounded_in_number_and_in_time(monkeypatch):
 
 
 def test_a_refused_connection_or_a_422_is_not_retried(monkeypatch):
-    monkeypatch.setattr("client._client.time.sleep", lambda s: pytest.fail("no retry expected"))
+    monkeypatch.setattr("bncheck.client._client.time.sleep", lambda s: pytest.fail("no retry expected"))
     calls = []
 
     def refuse(request):
@@ -374,7 +376,7 @@ async def test_the_async_client_retries_too(monkeypatch):
     async def no_wait(s):
         waits.append(s)
 
-    monkeypatch.setattr("client._client.asyncio.sleep", no_wait)
+    monkeypatch.setattr("bncheck.client._client.asyncio.sleep", no_wait)
     calls = []
 
     def handler(request):

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from service.numerics.kernels import Launch, Source
+from bncheck.numerics.kernels import Launch, Source
 
 SHIM = r"""
 #include <atomic>

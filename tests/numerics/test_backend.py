@@ -7,19 +7,19 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from service.numerics import backend
-from service.numerics.layout import Layout
+from bncheck.numerics import backend
+from bncheck.numerics.layout import Layout
 
 
 def test_cpu_path_never_imports_cupy():
     code = (
         "import sys\n"
-        "from service.numerics import check, make\n"
+        "from bncheck.numerics import check, make\n"
         "c = make('normal')\n"
         "r = check(c.x, c.dy, **c.kwargs(), variant='all', device='cpu')\n"
         "assert r.passed\n"
         "assert 'cupy' not in sys.modules, 'cupy was imported'\n"
-        "import service.api, client\n"
+        "import bncheck.server, bncheck.client\n"
         "assert 'cupy' not in sys.modules, 'cupy was imported by the web stack'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
@@ -28,7 +28,7 @@ def test_cpu_path_never_imports_cupy():
 def test_numerics_never_import_the_web_stack():
     code = (
         "import sys\n"
-        "import service.numerics, service.numerics.check\n"
+        "import bncheck.numerics, bncheck.numerics.check\n"
         "bad = {'fastapi', 'starlette', 'pydantic', 'httpx', 'uvicorn'} & set(sys.modules)\n"
         "assert not bad, bad\n"
     )
@@ -89,7 +89,7 @@ def test_blocks_cover_the_view_exactly_once():
 
 def test_threaded_reference_equals_single_block(monkeypatch):
     """Splitting big passes into blocks changes the summation order only."""
-    from service.numerics import reference
+    from bncheck.numerics import reference
 
     rng = np.random.default_rng(3)
     lay = Layout.of((2048, 300), 1)

@@ -5,11 +5,11 @@ import math
 import numpy as np
 import pytest
 
-from service.numerics import FDOptions, check, make
-from service.numerics.compare import channel_layout, compare
-from service.numerics.dtypes import BFLOAT16, ulp
-from service.numerics.layout import Layout
-from service.numerics.tolerance import default_tolerance, user_tolerance
+from bncheck.numerics import FDOptions, check, make
+from bncheck.numerics.compare import channel_layout, compare
+from bncheck.numerics.dtypes import BFLOAT16, ulp
+from bncheck.numerics.layout import Layout
+from bncheck.numerics.tolerance import default_tolerance, user_tolerance
 
 from .kernels import backward
 

@@ -14,8 +14,8 @@ import inspect
 import numpy as np
 import pytest
 
-from service.numerics import kernels, variants
-from service.numerics.kernels import Untraceable, operands, plan, source, trace
+from bncheck.numerics import kernels, variants
+from bncheck.numerics.kernels import Untraceable, operands, plan, source, trace
 
 from .cuda_emulator import Emulator, compiler
 

@@ -5,9 +5,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from service.numerics import CASES, FDOptions, Limits, WorkLimitError, check, fd, make
-from service.numerics import reference as ref
-from service.numerics.layout import Layout
+from bncheck.numerics import CASES, FDOptions, Limits, WorkLimitError, check, fd, make
+from bncheck.numerics import reference as ref
+from bncheck.numerics.layout import Layout
 
 SMALL = [n for n in CASES if n != "long_reduction"]
 

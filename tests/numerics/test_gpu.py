@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from service.numerics import VARIANTS, FDOptions, InputError, check, make
-from service.numerics.backend import gpu_available
+from bncheck.numerics import VARIANTS, FDOptions, InputError, check, make
+from bncheck.numerics.backend import gpu_available
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not gpu_available(), reason="no CUDA device (CuPy)")]
 
@@ -84,7 +84,7 @@ def test_generated_kernels_are_exact_on_the_gpu(shape, dtype):
     to NumPy, and the generated kernels (not CuPy's fallbacks) must be the ones that ran."""
     import cupy as cp
 
-    from service.numerics import backend, variants
+    from bncheck.numerics import backend, variants
 
     rng = np.random.default_rng(0)
     a, b = (rng.integers(-8, 9, size=shape).astype(dtype) for _ in range(2))

@@ -16,9 +16,9 @@ from fractions import Fraction as F
 import numpy as np
 import pytest
 
-from service.numerics import VARIANTS, FDOptions, check
-from service.numerics import reference as ref
-from service.numerics.layout import Layout
+from bncheck.numerics import VARIANTS, FDOptions, check
+from bncheck.numerics import reference as ref
+from bncheck.numerics.layout import Layout
 
 EPS = F(1, 4)
 D = [F(3, 4), F(4, 3), F(5, 12), F(12, 5)]

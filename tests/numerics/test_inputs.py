@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from service.numerics import FDOptions, InputError, check
+from bncheck.numerics import FDOptions, InputError, check
 
 X = np.arange(24.0).reshape(4, 6)
 DY = np.ones((4, 6))

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from service.numerics import CASES, FDOptions, check, make
+from bncheck.numerics import CASES, FDOptions, check, make
 
 from .kernels import BUGS, backward
 

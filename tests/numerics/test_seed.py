@@ -3,11 +3,11 @@
 import numpy as np
 import pytest
 
-from service.numerics import VARIANTS, check, make
-from service.numerics.backend import pairwise_channel_sum
-from service.numerics.layout import Layout
-from service.numerics.precision import make_arith
-from service.numerics.variants import forward_cache
+from bncheck.numerics import VARIANTS, check, make
+from bncheck.numerics.backend import pairwise_channel_sum
+from bncheck.numerics.layout import Layout
+from bncheck.numerics.precision import make_arith
+from bncheck.numerics.variants import forward_cache
 
 from .seed_gist import SEED, batchnorm_forward
 

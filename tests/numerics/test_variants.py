@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
-from service.numerics import CASES, VARIANTS, FDOptions, check, make
-from service.numerics.layout import Layout
-from service.numerics.precision import make_arith
-from service.numerics.variants import forward_cache
+from bncheck.numerics import CASES, VARIANTS, FDOptions, check, make
+from bncheck.numerics.layout import Layout
+from bncheck.numerics.precision import make_arith
+from bncheck.numerics.variants import forward_cache
 
 LAYOUTS = [((6, 5), 1), ((4, 3, 5, 2), 1), ((4, 5, 2, 3), -1), ((2, 3, 2, 3, 2), 1), ((3, 4, 5), 2), ((5, 3, 4), 0)]
 NO_FD = FDOptions(method="none")
@@ -81,7 +81,7 @@ def test_registry_is_complete_and_documented():
 
 
 def test_a_fifth_variant_is_one_function_and_one_entry(monkeypatch):
-    from service.numerics import variants
+    from bncheck.numerics import variants
 
     def textbook(dy, c, ar):
         dbeta = ar.csum(dy)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from service.numerics import FDOptions, check
+from bncheck.numerics import FDOptions, check
 
 from . import kinds
 from .kernels import BUGS, backward

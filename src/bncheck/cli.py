@@ -42,8 +42,8 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         import uvicorn
 
-        from service.api import Settings, create_app
-        from service.api.logs import log_config
+        from bncheck.server import Settings, create_app
+        from bncheck.server.logs import log_config
     except ImportError as exc:
         msg = f"bncheck serve needs the server's packages ({exc.name} is missing): pip install 'bncheck[server]'"
         raise UsageError(msg) from None
@@ -67,8 +67,8 @@ def _serve(args: argparse.Namespace) -> int:
 def _dtype(name: str, where: str) -> np.dtype[Any]:
     """A dtype name in any spelling (float32, FP32, f32; bf16; half; double), or an error that
     names the flag or file that carried it."""
-    from service.numerics.dtypes import resolve
-    from service.numerics.errors import InputError
+    from bncheck.numerics.dtypes import resolve
+    from bncheck.numerics.errors import InputError
 
     try:
         return resolve(name)
@@ -136,7 +136,7 @@ def _gather(args: argparse.Namespace) -> tuple[dict[str, np.ndarray], dict[str, 
     inputs: dict[str, np.ndarray] = {}
     candidate: dict[str, np.ndarray] = {}
     if args.case:
-        from service.numerics import make
+        from bncheck.numerics import make
 
         case = make(args.case, shape=_shape(args.shape), channel_axis=args.channel_axis)
         inputs.update(x=case.x, dy=case.dy, gamma=case.gamma, beta=case.beta)
@@ -188,7 +188,7 @@ def _tolerance(args: argparse.Namespace) -> tuple[float, float] | dict[str, tupl
 
 
 def _run_check(args: argparse.Namespace) -> int:
-    from client import APIError, BNCheckClientError, CheckResult, RequestTimeout, TransportError, build_request
+    from bncheck.client import APIError, BNCheckClientError, CheckResult, RequestTimeout, TransportError, build_request
 
     inputs, candidate = _gather(args)
     options: dict[str, Any] = {
@@ -207,7 +207,7 @@ def _run_check(args: argparse.Namespace) -> int:
     print(f"bncheck: checking {list(x.shape)} {x.dtype} ({where}) ...", file=sys.stderr, flush=True)
     try:
         if args.server:
-            from client import Client
+            from bncheck.client import Client
 
             with Client(base_url=args.server, token=args.token, timeout=args.timeout) as bn:
                 result = bn.check(x, dy, inputs.get("gamma"), inputs.get("beta"), **options, **extra)
@@ -233,7 +233,7 @@ def _run_check(args: argparse.Namespace) -> int:
         doc.pop("reference", None)
         print(json.dumps(doc, indent=2))
     else:
-        from service.textreport import render
+        from bncheck.textreport import render
 
         print(render(result))
     return 0 if result.passed else 1
@@ -243,10 +243,17 @@ def _in_process(body: dict[str, Any]) -> dict[str, Any]:
     """The service's own job (parse, check, encode) in this process; a problem answer
     becomes the client's exception, as it would over HTTP."""
     import httpx
-    import orjson
 
-    from client._exceptions import raise_for_problem
-    from service.api import Settings, workers
+    from bncheck.client._exceptions import raise_for_problem
+
+    try:
+        import orjson
+
+        from bncheck.server import Settings, workers
+    except ImportError as exc:
+        msg = (f"checking in-process needs the server's packages ({exc.name} is missing): "
+               "pip install 'bncheck[server]', or give --server URL")
+        raise UsageError(msg) from None
 
     result = workers.job(orjson.dumps(body), Settings(), None)
     if isinstance(result, workers.Failure):
@@ -266,8 +273,8 @@ def _write_outputs(out: Path, result: Any) -> None:
 
 
 def _run_vectors(args: argparse.Namespace) -> int:
-    from service.numerics import CASES
-    from service.vectors import write_vectors
+    from bncheck.numerics import CASES
+    from bncheck.vectors import write_vectors
 
     names = list(CASES) if not args.case or "all" in args.case else args.case
     unknown = sorted(set(names) - set(CASES))
@@ -306,7 +313,7 @@ CHECK_EXAMPLES = """examples:
 
 
 def _check_parser(sub: Any) -> None:
-    from service.numerics import CASES, VARIANTS
+    from bncheck.numerics import CASES, VARIANTS
 
     p = sub.add_parser("check", help="check a backward formula, and optionally your outputs, from files",
                        description="Inputs and candidates from .npy, .npz or raw little-endian files. "
@@ -362,7 +369,7 @@ def _check_parser(sub: Any) -> None:
 def build_parser() -> argparse.ArgumentParser:
     import os
 
-    from service import __version__
+    from bncheck import __version__
 
     parser = argparse.ArgumentParser(prog="bncheck", description="Check batch-norm backward passes.",
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -395,7 +402,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exc.code or 0)
     if getattr(args, "token", None) is None:
         args.token = args.token_env
-    from service.numerics.errors import InputError
+    from bncheck.numerics.errors import InputError
 
     try:
         return int(args.func(args))

@@ -13,9 +13,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, WithJsonSchem
 from pydantic.functional_validators import PlainValidator
 from pydantic_core import PydanticCustomError
 
-from service.numerics.check import FD_METHODS
-from service.numerics.dtypes import DTYPE_NAMES, WIRE_NAMES
-from service.numerics.variants import VARIANTS
+from bncheck.numerics.check import FD_METHODS
+from bncheck.numerics.dtypes import DTYPE_NAMES, WIRE_NAMES
+from bncheck.numerics.variants import VARIANTS
 
 from . import codec
 

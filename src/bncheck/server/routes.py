@@ -12,8 +12,8 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from service.numerics import check
-from service.numerics.variants import VARIANTS
+from bncheck.numerics import check
+from bncheck.numerics.variants import VARIANTS
 
 from . import shm, workers
 from .admission import Admission, QueueFull

@@ -11,7 +11,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from service.numerics.dtypes import WIRE_NAMES
+from bncheck.numerics.dtypes import WIRE_NAMES
 
 from .fielddocs import describe
 from .schemas import TENSOR_PLACEHOLDER, CheckRequest, Problem

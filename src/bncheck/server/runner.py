@@ -14,9 +14,9 @@ import numpy as np
 import orjson
 from pydantic import ValidationError
 
-from service.numerics import check
-from service.numerics.check import FDOptions, Limits
-from service.numerics.report import Block, CheckReport, FDBlock, VariantsBlock
+from bncheck.numerics import check
+from bncheck.numerics.check import FDOptions, Limits
+from bncheck.numerics.report import Block, CheckReport, FDBlock, VariantsBlock
 
 from . import codec, fastlists
 from .errors import ProblemError, validation_problem

@@ -24,7 +24,7 @@ import numpy as np
 import orjson
 import pybase64
 
-from service.numerics.dtypes import BFLOAT16, WIRE_NAMES, finfo_max, resolve, wire_name
+from bncheck.numerics.dtypes import BFLOAT16, WIRE_NAMES, finfo_max, resolve, wire_name
 
 __all__ = ["ENCODINGS", "Decoded", "Held", "Numbers", "TensorError", "decode", "encode", "lift_b64"]
 

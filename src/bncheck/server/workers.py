@@ -42,7 +42,7 @@ from typing import Any
 import anyio
 from starlette.requests import Request
 
-from service.numerics.errors import InputError, TimeBudgetError
+from bncheck.numerics.errors import InputError, TimeBudgetError
 
 from . import heap, runner, shm
 from .errors import ProblemError, from_domain, problem_body
@@ -169,7 +169,7 @@ def _init_worker(nice: int, heap_mb: int, memory_mb: int = 0) -> None:
 
 
 def _warm() -> int:
-    from service.numerics import check  # noqa: F401  (import everything before the first request)
+    from bncheck.numerics import check  # noqa: F401  (import everything before the first request)
 
     return os.getpid()
 

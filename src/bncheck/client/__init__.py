@@ -1,7 +1,7 @@
 """A thin httpx client for the bncheck service. Imports httpx and NumPy (ml_dtypes for
-bfloat16), never ``service``.
+bfloat16), never ``bncheck.server`` (a test holds it to that).
 
-    from client import Client
+    from bncheck import Client
 
     with Client(base_url="http://127.0.0.1:8000") as bn:
         result = bn.check(x, dy, gamma, beta, variant="qianfeng", candidate={"dx": my_dx})

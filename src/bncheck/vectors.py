@@ -22,12 +22,12 @@ from typing import Any
 
 import numpy as np
 
-from service.numerics import CASES, make, reference_outputs
-from service.numerics.dtypes import default_accum, resolve, wire_name
-from service.numerics.layout import Layout
-from service.numerics.reference import stats_from_var
-from service.numerics.scales import Scales
-from service.numerics.tolerance import default_tolerance
+from bncheck.numerics import CASES, make, reference_outputs
+from bncheck.numerics.dtypes import default_accum, resolve, wire_name
+from bncheck.numerics.layout import Layout
+from bncheck.numerics.reference import stats_from_var
+from bncheck.numerics.scales import Scales
+from bncheck.numerics.tolerance import default_tolerance
 
 __all__ = ["write_vectors"]
 

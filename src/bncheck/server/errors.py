@@ -32,7 +32,7 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from service.numerics.errors import DeviceUnavailableError, InputError, WorkLimitError
+from bncheck.numerics.errors import DeviceUnavailableError, InputError, WorkLimitError
 
 from .schemas import Problem
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from client import Block, CheckResult, TensorReport
+from bncheck.client import Block, CheckResult, TensorReport
 
 __all__ = ["render"]
 

@@ -1,4 +1,4 @@
-"""The FastAPI application: ``create_app(settings)``; ``uvicorn --factory service.api.app:create_app``."""
+"""The FastAPI application: ``create_app(settings)``; ``uvicorn --factory bncheck.server.app:create_app``."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import anyio
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
-from service import __version__
+from bncheck import __version__
 
 from . import errors, openapi, routes
 from .admission import Admission
