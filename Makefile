@@ -38,7 +38,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.service
 
 fuzz: $(STAMP)
-	BNCHECK_FUZZ_EXAMPLES=2000 $(BIN)/python -m pytest -q tests/api/test_fuzz.py
+	BNCHECK_FUZZ_EXAMPLES=2000 $(BIN)/python -m pytest -q tests/server/test_fuzz.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -54,7 +54,7 @@ def test_stats_agrees_with_brute_element_by_element(name):
 
 
 def test_stats_matches_analytic_to_1e_9_across_offsets_and_long_reductions():
-    """DESIGN section 2's prototype: 1e-9..1e-11 relative with h = 1e-4 * sqrt(var + eps)."""
+    """The first prototype's finding: 1e-9..1e-11 relative with h = 1e-4 * sqrt(var + eps)."""
     for case in (make("huge_offset"), make("mean_offset"), make("near_eps"), make("long_reduction")):
         lay, pr = _problem(case)
         s = ref.batch_stats(pr.x3, lay, case.eps, np)

@@ -1,7 +1,7 @@
 """Finite differences of the forward pass: the evidence that the reference is right.
 
 The loss is L = sum(dy * y(x, gamma, beta)), so dL/dx = dx, dL/dgamma = dgamma
-and dL/dbeta = dbeta (DESIGN section 2). Everything is float64, and nothing
+and dL/dbeta = dbeta (docs/design.md, section 1). Everything is float64, and nothing
 here calls a backward formula.
 
 ``stats`` -- every element at O(M) cost. Channels are independent, and the

@@ -11,7 +11,7 @@ conditioning kappa = |mean| * invstd:
     invstd   invstd (1 + kappa / sqrt(R))
 
 The first terms are a first-order error analysis of the backward formulas
-(DESIGN section 2's ``|gamma| * invstd * rms(dy)`` for dx, widened by what
+(the classic ``|gamma| * invstd * rms(dy)`` for dx, widened by what
 multiplies dy and xhat). The kappa terms are what x - mean costs: a kernel's
 mean is off by about u * kappa standard deviations, which shifts every xhat
 of the channel at once; dx feels the shift only through dgamma/R and dbeta/R,

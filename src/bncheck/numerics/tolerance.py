@@ -9,7 +9,7 @@ terms the value is computed from, not the value itself. Relative error alone
 fails exactly where kernels are hardest to check: with a constant ``dy`` the
 true ``dx`` is 0 and ``dgamma = sum(dy * xhat)`` is a sum of terms that cancel,
 so any correct kernel shows a huge relative error. Against the natural scale
-(``|gamma| * invstd * rms(dy)`` for dx, DESIGN section 2) the same error is a
+(``|gamma| * invstd * rms(dy)`` for dx) the same error is a
 few ulps. Each report says which term decided (``decided_by``).
 
 The defaults, for a kernel storing tensors in ``storage`` and accumulating in

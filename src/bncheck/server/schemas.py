@@ -1,4 +1,4 @@
-"""The wire contract (DESIGN section 4) as pydantic models.
+"""The wire contract (docs/design.md, and README "What the answer means") as pydantic models.
 
 Tensor fields are validated by ``codec.decode`` in one step, never element by
 element, and are described in the OpenAPI document by the ``Tensor`` schema
