@@ -82,3 +82,11 @@ async def test_nan_in_candidate_is_reported_not_refused(client):
     assert m["nonfinite"] == 1
     assert m["worst_index"] == [0, 1]
     assert not m["passed"]
+
+
+def test_the_problem_kinds_in_the_doc_are_the_table():
+    from bncheck.server.problems import markdown_table
+
+    doc = DOC.read_text()
+    table = doc.split("<!-- problem kinds -->\n")[1].split("\n<!-- /problem kinds -->")[0]
+    assert table == markdown_table()

@@ -1,22 +1,5 @@
 """Every error leaves as ``application/problem+json`` (RFC 9457), translated here only.
-
-Problem types (relative URIs, documented in the README):
-
-    /problems/malformed-json     400  the body is not JSON, or is empty
-    /problems/unsupported-media  415  the body is not application/json
-    /problems/invalid-input      422  a field is wrong; ``errors`` names it
-    /problems/too-much-work      422  over the element or finite-difference limits
-    /problems/device-unavailable 422  the GPU was asked for and is not there
-    /problems/too-large          413  the body is over BNCHECK_MAX_BODY_BYTES
-    /problems/busy               503  the queue is full (BNCHECK_MAX_CONCURRENT running, BNCHECK_QUEUE waiting)
-    /problems/time-budget        503  the check ran past BNCHECK_REQUEST_TIMEOUT_S
-    /problems/worker-died        503  the worker running the check died; it has been replaced
-    /problems/too-big-for-memory 413  the check cannot fit a worker's memory (died twice, or RLIMIT_AS)
-    /problems/not-ready          503  /readyz: shutting down, or workers starting
-    /problems/unauthorized       401  BNCHECK_TOKEN is set and the bearer token is wrong
-    /problems/http               4xx  anything else Starlette refuses (404, 405, ...)
-    /problems/internal           500  a bug in bncheck: the body gives an error id the log carries too
-"""
+The kinds of problem, with their status and title, are the table of problems.py."""
 
 from __future__ import annotations
 
@@ -34,6 +17,7 @@ from starlette.requests import ClientDisconnect
 
 from bncheck.numerics.errors import DeviceUnavailableError, InputError, WorkLimitError
 
+from .problems import PROBLEMS
 from .schemas import Problem
 
 __all__ = ["ProblemError", "install", "problem_response", "validation_problem"]
@@ -47,10 +31,15 @@ MAX_MESSAGE = 300
 class ProblemError(Exception):
     """Raised anywhere in the service to answer with a problem document."""
 
-    def __init__(self, status: int, kind: str, title: str, detail: str,
-                 errors: Sequence[tuple[str, str]] = (), headers: dict[str, str] | None = None) -> None:
+    def __init__(self, kind: str, detail: str, errors: Sequence[tuple[str, str]] = (),
+                 headers: dict[str, str] | None = None, *, status: int | None = None, title: str | None = None
+                 ) -> None:
+        """``kind`` is a key of problems.PROBLEMS, which gives status and title; ``status`` and
+        ``title`` override them only for the router's own refusals (kind "http": 404, 405)."""
         super().__init__(detail)
-        self.status, self.kind, self.title, self.detail = status, kind, title, detail
+        known = PROBLEMS[kind]
+        self.kind, self.detail = kind, detail
+        self.status, self.title = status or known.status, title or known.title
         self.errors = list(errors)
         self.headers = headers or {}
 
@@ -88,17 +77,17 @@ def validation_problem(errors: Sequence[Any]) -> ProblemError:
     pairs = [(_loc(e.get("loc", ())), str(e.get("msg", "invalid"))) for e in errors]
     first = pairs[0] if pairs else ("body", "invalid")
     more = f" (and {len(pairs) - 1} more)" if len(pairs) > 1 else ""
-    return ProblemError(422, "invalid-input", "Invalid input", f"{first[0]}: {first[1]}{more}", pairs)
+    return ProblemError("invalid-input", f"{first[0]}: {first[1]}{more}", pairs)
 
 
 def from_domain(exc: InputError) -> ProblemError:
     if isinstance(exc, DeviceUnavailableError):
-        kind, title = "device-unavailable", "Device unavailable"
+        kind = "device-unavailable"
     elif isinstance(exc, WorkLimitError):
-        kind, title = "too-much-work", "Too much work"
+        kind = "too-much-work"
     else:
-        kind, title = "invalid-input", "Invalid input"
-    return ProblemError(422, kind, title, str(exc), [(exc.field, exc.message)])
+        kind = "invalid-input"
+    return ProblemError(kind, str(exc), [(exc.field, exc.message)])
 
 
 _HTTP_TITLES = {404: "Not found", 405: "Method not allowed"}
@@ -125,14 +114,14 @@ def install(app: FastAPI) -> None:
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:
         title = _HTTP_TITLES.get(exc.status_code, "HTTP error")
         headers = dict(exc.headers or {})
-        err = ProblemError(exc.status_code, "http", title, str(exc.detail), headers=headers)
+        err = ProblemError("http", str(exc.detail), headers=headers, status=exc.status_code, title=title)
         return problem_response(err, request.url.path)
 
     @app.exception_handler(ClientDisconnect)
     async def _gone(request: Request, exc: ClientDisconnect) -> Response:
         # Not a bug: the client closed the connection before its body arrived. Nobody
         # will read this answer; the access log shows the 400.
-        err = ProblemError(400, "client-disconnected", "Client disconnected", "the body did not arrive in full")
+        err = ProblemError("client-disconnected", "the body did not arrive in full")
         return problem_response(err, request.url.path)
 
     @app.exception_handler(Exception)
@@ -145,4 +134,4 @@ def internal_problem(exc: BaseException, where: str) -> ProblemError:
     error_id = uuid.uuid4().hex[:12]
     log.error("internal error %s on %s", error_id, where, exc_info=exc)
     detail = f"bncheck hit a bug (error id {error_id}); the server log has the trace under that id"
-    return ProblemError(500, "internal", "Internal error", detail)
+    return ProblemError("internal", detail)

@@ -65,8 +65,7 @@ class AccessLog:
 
 class BodyTooLarge(ProblemError):
     def __init__(self, limit: int) -> None:
-        super().__init__(413, "too-large", "Content too large",
-                         f"the request body is over the limit of {limit:,} bytes (BNCHECK_MAX_BODY_BYTES)")
+        super().__init__("too-large", f"the request body is over the limit of {limit:,} bytes (BNCHECK_MAX_BODY_BYTES)")
 
 
 class BodyLimit:

@@ -14,6 +14,7 @@ from fastapi.openapi.utils import get_openapi
 from bncheck.numerics.dtypes import WIRE_NAMES
 
 from .fielddocs import describe
+from .problems import PROBLEMS
 from .schemas import TENSOR_PLACEHOLDER, CheckRequest, Problem
 
 __all__ = ["EXAMPLE", "PROBLEM_RESPONSES", "build"]
@@ -61,17 +62,17 @@ EXAMPLE = {
 }
 
 _PROBLEM = {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
-PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
-    400: {"description": "Malformed JSON or an empty body", "content": _PROBLEM},
-    401: {"description": "BNCHECK_TOKEN is set and the bearer token is missing or wrong", "content": _PROBLEM},
-    413: {"description": "The body is over BNCHECK_MAX_BODY_BYTES", "content": _PROBLEM},
-    415: {"description": "The body is not application/json", "content": _PROBLEM},
-    422: {"description": "Invalid input; `errors` names the field", "content": _PROBLEM},
-    500: {"description": "A fault of bncheck's: `detail` carries an error id that the server log carries too",
-          "content": _PROBLEM},
-    503: {"description": "The queue is full, the check ran past its time budget, or its worker died and was "
-                         "replaced; send it again after Retry-After", "content": _PROBLEM},
-}
+def _problem_responses() -> dict[int | str, dict[str, Any]]:
+    """One response per status, listing the kinds of problems.PROBLEMS that answer with it."""
+    by_status: dict[int, list[str]] = {}
+    for name, kind in PROBLEMS.items():
+        if name != "http":
+            by_status.setdefault(kind.status, []).append(f"`{name}`: {kind.meaning}")
+    return {status: {"description": "; ".join(lines), "content": _PROBLEM}
+            for status, lines in sorted(by_status.items())}
+
+
+PROBLEM_RESPONSES = _problem_responses()
 
 REQUEST_BODY = {
     "required": True,

@@ -43,7 +43,7 @@ def require_token(request: Request) -> None:
     if not secrets.compare_digest(sent.encode(), f"Bearer {token.get_secret_value()}".encode()):
         request.app.state.metrics.rejected.labels("unauthorized").inc()
         detail = "send 'Authorization: Bearer <token>' with the server's BNCHECK_TOKEN"
-        raise ProblemError(401, "unauthorized", "Unauthorized", detail, [("authorization", detail)],
+        raise ProblemError("unauthorized", detail, [("authorization", detail)],
                            headers={"WWW-Authenticate": 'Bearer realm="bncheck"'})
 
 
@@ -60,7 +60,7 @@ async def post_check(request: Request) -> Response:
     if media not in JSON_TYPES:
         metrics.rejected.labels("media_type").inc()
         detail = f"send the body as application/json, not {media or 'no content type'}"
-        raise ProblemError(415, "unsupported-media", "Unsupported media type", detail, [("content-type", detail)])
+        raise ProblemError("unsupported-media", detail, [("content-type", detail)])
     admission: Admission = request.app.state.admission
     deadline = time.monotonic() + settings.request_timeout_s  # the time in the queue counts
     try:
@@ -69,7 +69,7 @@ async def post_check(request: Request) -> Response:
         metrics.rejected.labels("busy").inc()
         detail = (f"{settings.max_concurrent} checks are running and {settings.queue} waiting "
                   "(BNCHECK_MAX_CONCURRENT, BNCHECK_QUEUE); retry shortly")
-        raise ProblemError(503, "busy", "Busy", detail, headers={"Retry-After": "2"}) from None
+        raise ProblemError("busy", detail, headers={"Retry-After": "2"}) from None
     if ticket is not None:
         await _wait_in_queue(ticket, admission, deadline, metrics, settings)
     handed_over = False
@@ -156,14 +156,14 @@ async def livez() -> dict[str, str]:
 async def readyz(request: Request) -> dict[str, str]:
     state = request.app.state
     if state.shutting_down:
-        raise ProblemError(503, "not-ready", "Not ready", "the server is shutting down")
+        raise ProblemError("not-ready", "the server is shutting down")
     if not state.workers.ready:
-        raise ProblemError(503, "not-ready", "Not ready", "the worker processes are starting (a worker died)",
+        raise ProblemError("not-ready", "the worker processes are starting (a worker died)",
                            headers={"Retry-After": "2"})
     if state.ready is None:
         state.ready = await anyio.to_thread.run_sync(_self_check)
     if not state.ready:
-        raise ProblemError(503, "not-ready", "Not ready", "the built-in self-check failed; see the server log")
+        raise ProblemError("not-ready", "the built-in self-check failed; see the server log")
     return {"status": "ready"}
 
 

@@ -44,10 +44,10 @@ def parse(body: Any, settings: Settings) -> CheckRequest:
         try:
             data = orjson.loads(text)
         except orjson.JSONDecodeError:
-            raise ProblemError(400, "malformed-json", "Malformed JSON", _json_error(bytes(body))) from None
+            raise ProblemError("malformed-json", _json_error(bytes(body))) from None
     if not isinstance(data, dict):
         detail = "the body must be a JSON object with at least x and dy"
-        raise ProblemError(422, "invalid-input", "Invalid input", detail, [("body", detail)])
+        raise ProblemError("invalid-input", detail, [("body", detail)])
     context = {"max_elements": settings.max_elements, "lifted": lifted}
     try:
         return CheckRequest.model_validate(data, context=context)

@@ -62,11 +62,11 @@ class Failure:
 
 def time_budget_problem(settings: Settings) -> ProblemError:
     detail = f"the check did not finish within {settings.request_timeout_s:g} s (BNCHECK_REQUEST_TIMEOUT_S)"
-    return ProblemError(503, "time-budget", "Over the time budget", detail, headers={"Retry-After": "10"})
+    return ProblemError("time-budget", detail, headers={"Retry-After": "10"})
 
 
 def too_big_problem(detail: str) -> ProblemError:
-    return ProblemError(413, "too-big-for-memory", "Too big for this server's memory", detail)
+    return ProblemError("too-big-for-memory", detail)
 
 
 def job(body: Any, settings: Settings, deadline: float | None, *, joined: bool = True
@@ -274,7 +274,7 @@ class ProcessWorkers:
         while len(self._killers) > KILLERS_KEPT:
             self._killers.popitem(last=False)
         detail = "the worker process running this check died (killed, or out of memory) and has been replaced; retry"
-        return ProblemError(503, "worker-died", "Worker died", detail, headers={"Retry-After": "5"})
+        return ProblemError("worker-died", detail, headers={"Retry-After": "5"})
 
     async def receive(self, request: Request) -> bytes | shm.Segment:
         """The body: written into a shared-memory segment as it arrives when it is large
@@ -305,7 +305,7 @@ class ProcessWorkers:
         if at != seg.size:
             seg.unlink()
             detail = f"the body did not match its Content-Length of {seg.size:,} bytes"
-            raise ProblemError(400, "malformed-json", "Malformed JSON", detail)
+            raise ProblemError("malformed-json", detail)
         return seg
 
     async def run(self, body: bytes | shm.Segment, deadline: float, done: Callable[[], None]
