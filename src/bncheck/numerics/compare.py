@@ -93,8 +93,6 @@ class _Inputs:
             allowed += extra
         if tol.abs_floor:
             allowed += tol.abs_floor
-        if tol.floor != 1.0:
-            allowed *= tol.floor
         max_allowed = float(allowed.max())
         bad = err > allowed
         if finite is not None:
@@ -194,7 +192,7 @@ def compare(cand: Any, ref: Any, *, tol: Tolerance, lay: Layout, out_dtype: Any,
         decided_by=_decided_by(tol, worst),
         cancellation=cancellation,
         dtype=dtype_name(out_dtype),
-        tolerance=ToleranceUsed(tol.rtol, tol.atol, tol.mode, tol.floor, tol.basis, tol.envelope, tol.margin,
+        tolerance=ToleranceUsed(tol.rtol, tol.atol, tol.mode, 1.0, tol.basis, tol.envelope, tol.margin,
                                 tol.members, tol.abs_floor),
         compared=compared,
         failed_channels=channel_ranges(np.flatnonzero(ch_bad)),
@@ -224,7 +222,7 @@ def _run_text(run: list[int]) -> str:
 
 
 def _resolution(tol: Tolerance, max_allowed: float, max_ref: float, out_dtype: Any, *, natural: bool) -> Resolution:
-    natural_units = tol.atol * tol.floor if natural and tol.mode == "natural" else None
+    natural_units = tol.atol if natural and tol.mode == "natural" else None
     in_ulps = None
     if max_ref > 0 and math.isfinite(max_ref):
         in_ulps = max_allowed / float(ulp(np.float64(max_ref), out_dtype))

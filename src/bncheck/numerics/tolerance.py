@@ -2,7 +2,7 @@
 
 An element passes when
 
-    |candidate - reference| <= floor * (rtol * |reference| + atol * scale + extra)
+    |candidate - reference| <= rtol * |reference| + atol * scale + extra
 
 ``scale`` is the element's *natural scale* (``scales.py``): the size of the
 terms the value is computed from, not the value itself. Relative error alone
@@ -42,8 +42,8 @@ These bounds judge bncheck's own formulas (``checks.variant``) and saved
 statistics. A caller's candidate outputs are judged by the calibrated verdict of
 ``calibrate.py`` instead: a worst-case bound is loose exactly where bugs hide
 (docs/design.md, "The calibrated verdict"); this model stays as its explanation
-and its floor. ``floor`` is always 1 now (it was the first release's noise-floor
-widening, and stays in the report for compatibility).
+and its floor. (The report's ``tolerance.floor`` is always 1: it was the first
+release's noise-floor widening, kept on the wire for compatibility.)
 
 A tolerance the caller sends is plain absolute/relative, as in
 ``numpy.allclose``: ``|cand - ref| <= atol + rtol * |ref|``.
@@ -71,7 +71,6 @@ class Tolerance:
     rtol: float
     atol: float
     mode: str  # "natural": atol multiplies the natural scale; "absolute": it does not
-    floor: float = 1.0
     basis: str = "analytic"  # analytic (the bound below) | calibrated (calibrate.py) | user
     envelope: float | None = None  # calibrated: the correct kernels' worst error, natural units
     margin: float | None = None  # calibrated: allowed = margin * envelope * scale + rtol * |ref|
