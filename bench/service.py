@@ -9,7 +9,9 @@
    the last row is the client itself, encoding the arrays and decoding the answer too.
 2. Parsing 1M elements sent as nested lists against orjson.loads of the same
    text (target: at most 1.3x).
-3. /livez latency while four large checks run (target: p99 under 50 ms).
+3. KServe v2 with binary tensors against the same check in-process and against /v1's
+   b64 (x, dy and a candidate dx; target: v2 at most 1.15x in-process).
+4. /livez latency while four large checks run (target: p99 under 50 ms).
 """
 
 from __future__ import annotations
@@ -71,6 +73,68 @@ def transport_rows(rounds: int = 9) -> list[list[str]]:
     ]
 
 
+def _v2_body(tensors: dict[str, np.ndarray], parameters: dict[str, object]) -> tuple[bytes, int]:
+    """A KServe v2 infer body with every tensor binary, as tritonclient builds it."""
+    inputs = [{"name": name, "shape": list(a.shape), "datatype": "FP32", "parameters": {"binary_data_size": a.nbytes}}
+              for name, a in tensors.items()]
+    header = orjson.dumps({"inputs": inputs, "parameters": {**parameters, "binary_data_output": True}})
+    return header + b"".join(a.tobytes() for a in tensors.values()), len(header)
+
+
+def v2_rows(rounds: int = 7) -> list[list[str]]:
+    """x, dy and a candidate dx (4M float32 each): the check in-process, /v1 with b64 and /v2
+    with binary tensors, both bodies prebuilt and sent as a client sends them, and Triton's
+    own client building its request; one worker process; timed in turn, round after round."""
+    x, dy = _data(SHAPE)
+    dx = check(x, dy, finite_difference=FDOptions("none")).gradients["dx"]  # type: ignore[index]
+    v1_body = orjson.dumps(build_request(x, dy, candidate={"dx": dx}))
+    v2_body, header = _v2_body({"x": x, "dy": dy, "candidate_dx": dx}, {"finite_difference": "auto"})
+    with (Server(max_concurrent="1", max_body_bytes=str(256 << 20)) as server,
+          httpx.Client(base_url=server.url, timeout=300) as http):
+        def post_v1() -> None:
+            r = http.post("/v1/check", content=_pieces([v1_body]), headers=_json_headers([v1_body]))
+            r.raise_for_status()
+
+        def post_v2() -> None:
+            r = http.post("/v2/models/qianfeng/infer", content=_pieces([v2_body]),
+                          headers={"Inference-Header-Content-Length": str(header),
+                                   "Content-Length": str(len(v2_body))})
+            r.raise_for_status()
+
+        timings = {"check": lambda: check(x, dy, candidate={"dx": dx}, finite_difference=FDOptions("auto")),
+                   "v1": post_v1, "v2": post_v2}
+        try:
+            import tritonclient.http as triton
+
+            client = triton.InferenceServerClient(server.url.removeprefix("http://"), network_timeout=300)
+            inputs = []
+            for name, a in (("x", x), ("dy", dy), ("candidate_dx", dx)):
+                t = triton.InferInput(name, list(a.shape), "FP32")
+                inputs.append(t)
+
+            def triton_infer() -> None:
+                for t, a in zip(inputs, (x, dy, dx), strict=True):
+                    t.set_data_from_numpy(a, binary_data=True)
+                client.infer("qianfeng", inputs).as_numpy("dx")
+
+            timings["triton"] = triton_infer
+        except ImportError:
+            pass
+        ms = interleaved_ms(timings, rounds=rounds)
+    base_best = min(ms["check"])
+
+    def row(what: str, key: str) -> list[str]:
+        return [what, f"{min(ms[key]):.0f}", f"{median(ms[key]):.0f}", f"{min(ms[key]) / base_best:.2f}",
+                f"{round_ratio(ms, key, 'check'):.2f}"]
+
+    rows = [row("numerics `check()` in-process, candidate dx (4M float32, FD auto)", "check"),
+            row(f"POST /v1/check, b64 ({len(v1_body) / 2**20:.0f} MiB)", "v1"),
+            row(f"POST /v2/models/qianfeng/infer, binary ({len(v2_body) / 2**20:.0f} MiB; target <= 1.15)", "v2")]
+    if "triton" in ms:
+        rows.append(row("tritonclient.http `infer` (builds the request, reads dx)", "triton"))
+    return rows
+
+
 def parse_rows() -> list[list[str]]:
     rng = np.random.default_rng(1)
     x = rng.standard_normal((512, 1024)).tolist()
@@ -123,6 +187,9 @@ def main() -> None:
     print(f"# bncheck service ({machine()})\n")
     print(table(["what", "best ms", "median ms", "÷ in-process (best)", "÷ in-process (median of rounds)"],
                 transport_rows()))
+    print()
+    print(table(["what", "best ms", "median ms", "÷ in-process (best)", "÷ in-process (median of rounds)"],
+                v2_rows()))
     print()
     print(table(["what", "ms (best of 5)", "÷ orjson.loads"], parse_rows()))
     print()

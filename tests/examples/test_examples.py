@@ -54,3 +54,22 @@ def test_cpp(live_server):
     assert r.returncode == 0, r.stdout + r.stderr
     assert r.stdout.startswith("bncheck: PASSED")
     assert "candidate          passed" in r.stdout
+
+
+@pytest.mark.skipif(shutil.which("g++") is None, reason="g++ is not installed")
+def test_cpp_kserve_v2_binary(live_server):
+    """The C++ kernel over KServe v2 with raw binary tensors: passes as written, fails on channel 3
+    with the planted bug."""
+    r = _run(["sh", str(EXAMPLES / "cpp" / "v2_infer.sh"), live_server.url])
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.splitlines() == ["bncheck v2: PASSED", "bncheck v2: FAILED (dx channels 3)"]
+
+
+def test_python_tritonclient(live_server):
+    pytest.importorskip("tritonclient.http")
+    r = _run([sys.executable, str(EXAMPLES / "triton" / "check.py"), live_server.url.removeprefix("http://")])
+    assert r.returncode == 0, r.stdout + r.stderr
+    lines = r.stdout.splitlines()
+    assert "passed: False" in lines
+    assert "dx failed channels: 2" in lines
+    assert "dgamma passed: True" in lines

@@ -104,8 +104,14 @@ def test_big_endian_arrays_are_sent_little_endian():
         ({"shape": [3], "datatype": "FP32", "data": [1, 2]}, "needs 3"),
         ({"shape": [2], "datatype": "FP32", "data": [[1], [2]]}, "flat"),
         ({"shape": [2], "datatype": "FP32", "data": [1, True]}, "booleans"),
+        ({"shape": [2, 2], "datatype": "FP32", "data": [[1, 2, 3, 4]]}, "nested as [1, 4] but shape is [2, 2]"),
+        ({"shape": [2, 2], "datatype": "FP32", "data": [[1, 2], [3]]}, "ragged"),
+        ({"shape": [2, 2], "datatype": "FP32", "data": [[1, 2], [3, False]]}, "booleans"),
+        ({"shape": [2], "datatype": "FP32", "data": [1, 2], "name": 3}, "name must be a string"),
+        ({"shape": [2], "datatype": "FP32", "data": [1, 2], "parameters": []}, "parameters must be an object"),
+        ({"shape": [2], "datatype": "FP32", "parameters": {"binary_data_size": 8}, "data": [1, 2]}, "/v2/models"),
         ({"shape": [2], "datatype": "FP16", "data": [1, 1e6]}, "65504"),
-        ({"shape": [2], "datatype": "FP32", "data": "1,2"}, "flat list"),
+        ({"shape": [2], "datatype": "FP32", "data": "1,2"}, "flat or nested"),
         ({"shape": [2], "datatype": "FP32", "b64": "AAAAAAAAAAA"}, "multiple of 4"),
         ({"shape": [2], "datatype": "FP32", "b64": "AAAAAAAAAA=="}, "holds 7 bytes"),
         ({"shape": [2], "datatype": "FP32", "b64": "AAAA!AAAAAA="}, "not valid base64"),
@@ -116,6 +122,20 @@ def test_refusals_say_why(value, words):
     with pytest.raises(codec.TensorError) as info:
         codec.decode(value, max_elements=1000)
     assert words in str(info.value)
+
+
+def test_v2_tensor_fields_and_nested_data_are_read():
+    """What tritonclient's InferInput sends in JSON: name, parameters, and data flat or nested."""
+    flat = codec.decode({"name": "x", "shape": [2, 3], "datatype": "FP32", "parameters": {},
+                         "data": [1, 2, 3, 4, 5, 6]}, max_elements=100, field="x")
+    nested = codec.decode({"shape": [2, 3], "datatype": "FP32", "data": [[1, 2, 3], [4, 5, 6]]}, max_elements=100)
+    assert np.array_equal(flat.array, [[1, 2, 3], [4, 5, 6]])
+    assert np.array_equal(nested.array, flat.array)
+    assert nested.array.dtype == np.float32
+    assert codec.decode({"name": "candidate_dx", "shape": [1], "datatype": "FP64", "data": [1]},
+                        max_elements=1, field="dx").array.tolist() == [1.0]
+    with pytest.raises(codec.TensorError, match="name is 'dy' but the tensor is sent as 'x'"):
+        codec.decode({"name": "dy", "shape": [1], "datatype": "FP32", "data": [1]}, max_elements=1, field="x")
 
 
 def test_element_limit_is_checked_before_anything_is_allocated():

@@ -12,7 +12,7 @@ from fastapi_offline import FastAPIOffline
 
 from bncheck import __version__
 
-from . import errors, openapi, routes
+from . import errors, openapi, routes, v2
 from .admission import Admission
 from .metrics import Metrics
 from .middleware import AccessLog, BodyLimit
@@ -52,6 +52,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.shutting_down = False
     errors.install(app)
     app.include_router(routes.router)
+    app.include_router(v2.router)
     app.openapi = lambda: openapi.build(app)  # type: ignore[method-assign]
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     app.add_middleware(AccessLog, metrics=app.state.metrics)  # outermost: sees every answer

@@ -26,10 +26,11 @@ import pybase64
 
 from bncheck.numerics.dtypes import BFLOAT16, WIRE_NAMES, finfo_max, resolve, wire_name
 
-__all__ = ["ENCODINGS", "Decoded", "Held", "Numbers", "TensorError", "decode", "encode", "lift_b64"]
+__all__ = ["ENCODINGS", "Decoded", "Held", "Numbers", "TensorError", "check_datatype", "check_shape", "decode",
+           "encode", "lift_b64"]
 
 ENCODINGS = ("list", "data", "b64")
-TENSOR_KEYS = ("shape", "datatype", "data", "b64")
+TENSOR_KEYS = ("shape", "datatype", "data", "b64", "name", "parameters")  # name, parameters: as KServe v2 sends
 
 
 class TensorError(ValueError):
@@ -55,15 +56,19 @@ class Numbers:
     array: np.ndarray
 
 
-def decode(value: Any, *, max_elements: int, lifted: Mapping[str, Any] | None = None) -> Decoded:
+def decode(value: Any, *, max_elements: int, lifted: Mapping[str, Any] | None = None,
+           field: str | None = None) -> Decoded:
     """One tensor from its parsed JSON. ``lifted`` maps the placeholders ``lift_b64`` left
-    in the body to the base64 text it took out."""
+    in the body to the base64 text it took out; ``field`` is the request field it came in
+    (a v2 ``name`` must agree with it). A ``Decoded`` (read by the v2 protocol) passes."""
+    if isinstance(value, Decoded):
+        return Decoded(_within(value.array, max_elements), value.encoding, value.datatype)
     if isinstance(value, Numbers):
         return Decoded(_within(value.array, max_elements), "list", None)
     if isinstance(value, list):
         return Decoded(_from_lists(value, max_elements), "list", None)
     if isinstance(value, dict):
-        return _from_object(value, max_elements, lifted or {})
+        return _from_object(value, max_elements, lifted or {}, field)
     msg = f"a tensor is a nested list of numbers or an object with shape, datatype and data or b64; got {_kind(value)}"
     raise TensorError(msg)
 
@@ -133,7 +138,7 @@ def _has_bool(value: list[Any], depth: int) -> bool:
     return any(_has_bool(v, depth - 1) for v in value)
 
 
-def _shape(value: Any, max_elements: int) -> tuple[int, ...]:
+def check_shape(value: Any, max_elements: int) -> tuple[int, ...]:
     if not isinstance(value, list) or not value:
         msg = "shape must be a non-empty list of dimensions"
         raise TensorError(msg)
@@ -154,18 +159,20 @@ def _shape(value: Any, max_elements: int) -> tuple[int, ...]:
     return tuple(value)
 
 
-def _datatype(value: Any) -> np.dtype[Any]:
+def check_datatype(value: Any) -> np.dtype[Any]:
     if not isinstance(value, str) or value not in WIRE_NAMES:
         msg = f"datatype must be one of {', '.join(WIRE_NAMES)}; got {value!r}"[:200]
         raise TensorError(msg)
     return resolve(value)
 
 
-def _from_object(value: dict[str, Any], max_elements: int, lifted: Mapping[str, Any]) -> Decoded:
+def _from_object(value: dict[str, Any], max_elements: int, lifted: Mapping[str, Any], field: str | None
+                 ) -> Decoded:
     extra = sorted(set(value) - set(TENSOR_KEYS))
     if extra:
-        msg = f"unknown tensor keys {extra[:5]}; use shape, datatype and data or b64"
+        msg = f"unknown tensor keys {extra[:5]}; use shape, datatype and data or b64 (name and parameters optional)"
         raise TensorError(msg)
+    _v2_fields(value, field)
     for key in ("shape", "datatype"):
         if key not in value:
             msg = f"a tensor object needs '{key}'"
@@ -173,8 +180,8 @@ def _from_object(value: dict[str, Any], max_elements: int, lifted: Mapping[str, 
     if ("data" in value) == ("b64" in value):
         msg = "a tensor object needs exactly one of 'data' and 'b64'"
         raise TensorError(msg)
-    shape = _shape(value["shape"], max_elements)
-    dt = _datatype(value["datatype"])
+    shape = check_shape(value["shape"], max_elements)
+    dt = check_datatype(value["datatype"])
     if "b64" in value:
         text = value["b64"]
         text = lifted.get(text, text) if isinstance(text, str) else text
@@ -182,25 +189,54 @@ def _from_object(value: dict[str, Any], max_elements: int, lifted: Mapping[str, 
     return Decoded(_from_data(value["data"], shape, dt), "data", value["datatype"])
 
 
+def _v2_fields(value: dict[str, Any], field: str | None) -> None:
+    """KServe v2's ``name`` and ``parameters`` on a /v1 tensor: the name must be the field's
+    (``dx`` or ``candidate_dx`` for a candidate's dx), and binary data has no place here."""
+    name = value.get("name")
+    if name is not None:
+        if not isinstance(name, str):
+            msg = f"name must be a string; got {_kind(name)}"
+            raise TensorError(msg)
+        if field is not None and name not in (field, f"candidate_{field}"):
+            msg = f"name is {name[:40]!r} but the tensor is sent as {field!r}; the field decides, so they must agree"
+            raise TensorError(msg)
+    params = value.get("parameters")
+    if params is not None:
+        if not isinstance(params, dict):
+            msg = f"parameters must be an object; got {_kind(params)}"
+            raise TensorError(msg)
+        if "binary_data_size" in params:
+            msg = ("binary_data_size: binary tensor data goes to POST /v2/models/{variant}/infer; "
+                   "on /v1 send the bytes as b64")
+            raise TensorError(msg)
+
+
 def _from_data(data: Any, shape: tuple[int, ...], dt: np.dtype[Any]) -> np.ndarray:
+    """``data``: flat (row-major) or nested to exactly ``shape``, as KServe v2 allows."""
     want = math.prod(shape)
     if not isinstance(data, list | Numbers):
-        msg = f"data must be a flat list of numbers; got {_kind(data)}"
-        raise TensorError(msg)
-    got = data.array.size if isinstance(data, Numbers) else len(data)
-    if got != want:
-        msg = f"data has {got:,} values but shape {list(shape)} needs {want:,}"
+        msg = f"data must be a list of numbers, flat or nested to the shape; got {_kind(data)}"
         raise TensorError(msg)
     if isinstance(data, Numbers):
-        f64 = data.array
+        arr = data.array
     else:
-        arr = np.asarray(data)
-        if arr.ndim != 1:
-            msg = "data must be a flat list of numbers (row-major), not nested lists"
-            raise TensorError(msg)
+        try:
+            arr = np.asarray(data)
+        except (ValueError, TypeError, RecursionError):
+            msg = "data is ragged nested lists; send it flat (row-major) or nested to the shape"
+            raise TensorError(msg) from None
+    if arr.ndim > 1 and arr.shape != shape:
+        msg = f"data is nested as {list(arr.shape)} but shape is {list(shape)}; nest it to the shape, or send it flat"
+        raise TensorError(msg)
+    if arr.size != want:
+        msg = f"data has {arr.size:,} values but shape {list(shape)} needs {want:,}"
+        raise TensorError(msg)
+    if isinstance(data, Numbers):
+        f64 = arr.reshape(-1)
+    else:
         _check_number_array(arr, "data")
         _refuse_bools(data, arr, "data")
-        f64 = arr.astype(np.float64)
+        f64 = arr.astype(np.float64).reshape(-1)
     top = finfo_max(dt)
     over = np.abs(f64) > top
     if over.any():

@@ -1,11 +1,14 @@
-"""Every error leaves as ``application/problem+json`` (RFC 9457), translated here only.
-The kinds of problem, with their status and title, are the table of problems.py."""
+"""Every error leaves as ``application/problem+json`` (RFC 9457), translated here only;
+under /v2 as the KServe v2 protocol's ``{"error": "..."}`` (``render``), with 400 where
+/v1 says 422, as Triton does. The kinds of problem, with their status and title, are the
+table of problems.py."""
 
 from __future__ import annotations
 
+import json
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -20,7 +23,7 @@ from bncheck.numerics.errors import DeviceUnavailableError, InputError, WorkLimi
 from .problems import PROBLEMS
 from .schemas import Problem
 
-__all__ = ["ProblemError", "install", "problem_response", "validation_problem"]
+__all__ = ["ProblemError", "bad_request", "install", "problem_response", "render", "validation_problem"]
 
 log = logging.getLogger("bncheck.errors")
 MEDIA_TYPE = "application/problem+json"
@@ -55,9 +58,28 @@ def problem_body(exc: ProblemError, instance: str | None = None) -> bytes:
     return doc.model_dump_json(exclude_none=True).encode()
 
 
+def is_v2(path: str | None) -> bool:
+    return path is not None and (path == "/v2" or path.startswith("/v2/"))
+
+
+def render(exc: ProblemError, path: str | None) -> tuple[int, bytes, str]:
+    """Status, body and media type of ``exc`` answered on ``path``."""
+    if is_v2(path):
+        status = 400 if exc.status == 422 else exc.status
+        return status, json.dumps({"error": _clip(exc.detail)}).encode(), "application/json"
+    return exc.status, problem_body(exc, path), MEDIA_TYPE
+
+
 def problem_response(exc: ProblemError, instance: str | None = None) -> Response:
-    return Response(problem_body(exc, instance), status_code=exc.status, media_type=MEDIA_TYPE,
-                    headers=exc.headers)
+    status, body, media = render(exc, instance)
+    return Response(body, status_code=status, media_type=media, headers=exc.headers)
+
+
+def bad_request(field: str, message: str, *, more: Sequence[tuple[str, str]] = (), kind: str = "invalid-input"
+                ) -> ProblemError:
+    """A field is wrong: detail "field: message", and the errors list."""
+    tail = f" (and {len(more)} more)" if more else ""
+    return ProblemError(kind, f"{field}: {message}{tail}", [(field, message), *more])
 
 
 def _loc(loc: Sequence[Any]) -> str:
@@ -74,20 +96,19 @@ def _loc(loc: Sequence[Any]) -> str:
 
 def validation_problem(errors: Sequence[Any]) -> ProblemError:
     """pydantic's errors, without the inputs they carry (they may be huge)."""
-    pairs = [(_loc(e.get("loc", ())), str(e.get("msg", "invalid"))) for e in errors]
-    first = pairs[0] if pairs else ("body", "invalid")
-    more = f" (and {len(pairs) - 1} more)" if len(pairs) > 1 else ""
-    return ProblemError("invalid-input", f"{first[0]}: {first[1]}{more}", pairs)
+    pairs = [(_loc(e.get("loc", ())), str(e.get("msg", "invalid"))) for e in errors] or [("body", "invalid")]
+    return bad_request(*pairs[0], more=pairs[1:])
 
 
-def from_domain(exc: InputError) -> ProblemError:
+def from_domain(exc: InputError, rename: Callable[[str], str] = str) -> ProblemError:
+    """The numerics' error; ``rename`` gives its field the name the caller's protocol uses."""
     if isinstance(exc, DeviceUnavailableError):
         kind = "device-unavailable"
     elif isinstance(exc, WorkLimitError):
         kind = "too-much-work"
     else:
         kind = "invalid-input"
-    return ProblemError(kind, str(exc), [(exc.field, exc.message)])
+    return bad_request(rename(exc.field), exc.message, kind=kind)
 
 
 _HTTP_TITLES = {404: "Not found", 405: "Method not allowed"}

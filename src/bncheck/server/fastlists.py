@@ -91,7 +91,9 @@ class _Reader:
             out = {}
             for k in self.keys(value):
                 member = value[k]
-                out[k] = self.flat(member) if k == "data" and isinstance(member, simdjson.Array) else self.plain(member)
+                # data: flat, or nested to the shape (codec.decode holds it to the shape)
+                out[k] = codec.Numbers(self.lists(member)) if k == "data" and isinstance(member, simdjson.Array) \
+                    else self.plain(member)
             return out
         return self.plain(value)
 
@@ -117,10 +119,6 @@ class _Reader:
                 raise _Unsure
             found += self.regular(row, shape, depth + 1)
         return found
-
-    def flat(self, arr: Any) -> codec.Numbers:
-        self.arrays += 1
-        return codec.Numbers(self.numbers(arr, [len(arr)]))
 
     def numbers(self, arr: Any, shape: list[int]) -> np.ndarray:
         values = np.frombuffer(arr.as_buffer(of_type="d"), np.float64)  # TypeError: not all numbers

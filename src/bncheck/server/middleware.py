@@ -4,19 +4,21 @@ metrics per request."""
 from __future__ import annotations
 
 import logging
+import re
 import time
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .errors import ProblemError, problem_body
+from .errors import ProblemError, render
 from .logs import new_request_id, request_id
 from .metrics import Metrics
 
 __all__ = ["AccessLog", "BodyLimit"]
 
 log = logging.getLogger("bncheck.access")
-KNOWN = {"/v1/check", "/v1/variants", "/livez", "/readyz", "/metrics", "/openapi.json", "/docs", "/"}
+KNOWN = {"/v1/check", "/v1/variants", "/livez", "/readyz", "/metrics", "/openapi.json", "/docs", "/", "/v2",
+         "/v2/health/live", "/v2/health/ready"}
 
 
 class AccessLog:
@@ -51,7 +53,7 @@ class AccessLog:
         finally:
             elapsed = time.perf_counter() - start
             path = scope.get("path", "")
-            route = path if path in KNOWN else "other"
+            route = _route(path)
             self.metrics.requests.labels(scope.get("method", ""), route, str(seen["status"])).inc()
             self.metrics.latency.labels(route).observe(elapsed)
             if log.isEnabledFor(logging.INFO):
@@ -61,6 +63,19 @@ class AccessLog:
                          extra={"method": scope.get("method"), "path": path, "status": seen["status"],
                                 "bytes_in": seen["in"], "bytes_out": seen["out"], "ms": ms, "client": client[0]})
             request_id.reset(token)
+
+
+_V2_MODEL = re.compile(r"^/v2/models/[^/]+(/versions/[^/]+)?(/ready|/infer)?$")
+
+
+def _route(path: str) -> str:
+    """The metrics' route label: the path, with a v2 model (and version) as placeholders."""
+    if path in KNOWN:
+        return path
+    match = _V2_MODEL.match(path)
+    if match:
+        return "/v2/models/{model}" + ("/versions/{version}" if match.group(1) else "") + (match.group(2) or "")
+    return "other"
 
 
 class BodyTooLarge(ProblemError):
@@ -84,9 +99,9 @@ class BodyLimit:
             return
         length = dict(scope.get("headers") or []).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.limit:
-            body = problem_body(BodyTooLarge(self.limit), scope.get("path"))
-            await send({"type": "http.response.start", "status": 413,
-                        "headers": [(b"content-type", b"application/problem+json"),
+            status, body, media = render(BodyTooLarge(self.limit), scope.get("path"))
+            await send({"type": "http.response.start", "status": status,
+                        "headers": [(b"content-type", media.encode()),
                                     (b"content-length", str(len(body)).encode()), (b"connection", b"close")]})
             await send({"type": "http.response.body", "body": body})
             return

@@ -12,7 +12,9 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from bncheck.numerics.dtypes import WIRE_NAMES
+from bncheck.numerics.variants import VARIANTS
 
+from . import kserve
 from .fielddocs import describe
 from .problems import PROBLEMS
 from .schemas import TENSOR_PLACEHOLDER, CheckRequest, Problem
@@ -22,6 +24,9 @@ __all__ = ["EXAMPLE", "PROBLEM_RESPONSES", "build"]
 _REF = "#/components/schemas/{model}"
 _SHAPE = {"type": "array", "items": {"type": "integer", "minimum": 1}, "minItems": 1, "maxItems": 32}
 _DATATYPE = {"type": "string", "enum": list(WIRE_NAMES)}
+# As KServe v2 (tritonclient's InferInput) sends them: a name that agrees with the field, and parameters.
+_V2_KEYS = {"name": {"type": "string", "description": "optional; the field's name (or candidate_<field>)"},
+            "parameters": {"type": "object", "description": "optional; binary_data_size is for /v2 only"}}
 
 TENSOR_SCHEMAS: dict[str, Any] = {
     "Tensor": {
@@ -39,18 +44,75 @@ TENSOR_SCHEMAS: dict[str, Any] = {
         "type": "object",
         "required": ["shape", "datatype", "data"],
         "additionalProperties": False,
-        "properties": {"shape": _SHAPE, "datatype": _DATATYPE,
-                       "data": {"type": "array", "items": {"type": "number"}, "description": "flat, row-major"}},
+        "properties": {"shape": _SHAPE, "datatype": _DATATYPE, **_V2_KEYS,
+                       "data": {"type": "array", "items": {"anyOf": [{"type": "number"},
+                                                                     {"$ref": "#/components/schemas/NestedList"}]},
+                                "description": "flat (row-major), or nested to the shape"}},
     },
     "TensorB64": {
         "type": "object",
         "required": ["shape", "datatype", "b64"],
         "additionalProperties": False,
-        "properties": {"shape": _SHAPE, "datatype": _DATATYPE,
+        "properties": {"shape": _SHAPE, "datatype": _DATATYPE, **_V2_KEYS,
                        "b64": {"type": "string", "contentEncoding": "base64",
                                "description": "little-endian row-major bytes, prod(shape) * itemsize of them"}},
     },
 }
+
+# The path parameters' schemas (openapi.build): a model is a variant, its one version "1".
+PATH_SCHEMAS = {"model": {"type": "string", "enum": list(VARIANTS), "description": "a variant"},
+                "version": {"type": "string", "enum": [kserve.MODEL_VERSION]}}
+
+
+
+_V2_SHAPE = {"type": "array", "items": {"type": "integer"}}
+_TENSOR_OUT = {"type": "object", "required": ["name", "datatype", "shape"], "properties": {
+    "name": {"type": "string"}, "datatype": {"type": "string"}, "shape": _V2_SHAPE,
+    "data": {"type": "array"}, "parameters": {"type": "object"}}}
+V2_SCHEMAS: dict[str, Any] = {
+    "V2Error": {"type": "object", "required": ["error"], "description": "an error, in the KServe v2 form",
+                "properties": {"error": {"type": "string", "description": "what is wrong, naming the input "
+                                                                        "or parameter"}}},
+    "InferInput": {
+        "type": "object", "required": ["name", "shape", "datatype"], "additionalProperties": False,
+        "properties": {
+            "name": {"type": "string", "enum": list(kserve.INPUTS)},
+            "shape": {"type": "array", "items": {"type": "integer", "minimum": 1}, "minItems": 1, "maxItems": 32},
+            "datatype": {"type": "string", "enum": list(WIRE_NAMES)},
+            "parameters": {"type": "object", "description": "binary_data_size: the tensor's raw bytes follow "
+                                                            "the JSON header (in input order)",
+                           "properties": {"binary_data_size": {"type": "integer", "minimum": 0}}},
+            "data": {"type": "array", "description": "flat (row-major) or nested to the shape"},
+        },
+    },
+    "InferRequest": {
+        "type": "object", "required": ["inputs"],
+        "properties": {
+            "id": {"type": "string", "description": "echoed in the answer"},
+            "parameters": {"type": "object", "additionalProperties": False,
+                           "description": "the check's options (as in /v1/check) and binary_data_output",
+                           "properties": {name: {"description": what} for name, what in kserve.PARAMETERS.items()}},
+            "inputs": {"type": "array", "minItems": 1, "items": {"$ref": "#/components/schemas/InferInput"},
+                       "description": "x and dy at least"},
+            "outputs": {"type": "array", "description": "the outputs to send (default all), each JSON or binary",
+                        "items": {
+                "type": "object", "required": ["name"],
+                "properties": {"name": {"type": "string", "enum": list(kserve.OUTPUTS)},
+                               "parameters": {"type": "object",
+                                              "properties": {"binary_data": {"type": "boolean"}}}}}},
+        },
+    },
+    "InferResponse": {
+        "type": "object", "required": ["model_name", "outputs"],
+        "properties": {"model_name": {"type": "string", "description": "the variant"},
+                       "model_version": {"type": "string", "description": "always 1"},
+                       "id": {"type": "string", "description": "the request's id, when it sent one"},
+                       "outputs": {"type": "array", "items": _TENSOR_OUT, "description": (
+                           "dx, dgamma, dbeta, passed (BOOL [1]) and report (BYTES [1], the /v1/check JSON "
+                           "report without gradients), as asked")}},
+    },
+}
+
 
 EXAMPLE = {
     "x": [[1.0, 2.0, 3.0, 4.0], [2.0, 0.5, -1.0, 3.0], [0.0, 1.0, 2.0, -2.0]],
@@ -97,6 +159,7 @@ def build(app: FastAPI) -> dict[str, Any]:
         components.update(doc.pop("$defs", {}))
         components[model.__name__] = doc
     components.update(TENSOR_SCHEMAS)
+    components.update(V2_SCHEMAS)
     for name, component in components.items():
         for prop, sub in (component.get("properties") or {}).items():
             if "description" not in sub and (what := describe(name, prop)):
@@ -104,9 +167,17 @@ def build(app: FastAPI) -> dict[str, Any]:
     parts["securitySchemes"] = BEARER
     for path, item in schema["paths"].items():
         for operation in item.values():
-            if path.startswith("/v1/") or path == "/metrics":
+            if path.startswith(("/v1/", "/v2")) and not path.startswith("/v2/health") or path == "/metrics":
                 # Optional: only a server with BNCHECK_TOKEN asks for it ({} is "no auth").
                 operation["security"] = [{}, {"bearer": []}]
+            for param in operation.get("parameters", []):
+                if param["in"] == "path" and param["name"] in PATH_SCHEMAS:
+                    param["schema"] = PATH_SCHEMAS[param["name"]]
+            if path.startswith("/v2"):  # FastAPI's 422 for path parameters: a str never fails
+                operation["responses"].pop("422", None)
+    if "HTTPValidationError" not in str(schema["paths"]):
+        components.pop("HTTPValidationError", None)
+        components.pop("ValidationError", None)
     ok = schema["paths"]["/v1/check"]["post"]["responses"]["200"]["content"]["application/json"]
     ok["examples"] = {"small": {"summary": "the answer to the request example", "value": _example_answer()}}
     app.openapi_schema = _local_refs(schema)

@@ -15,15 +15,15 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from bncheck.numerics import check
 from bncheck.numerics.variants import VARIANTS
 
-from . import shm, workers
+from . import kserve, shm, workers
 from .admission import Admission, QueueFull
-from .errors import MEDIA_TYPE, ProblemError
+from .errors import ProblemError
 from .metrics import Metrics
 from .openapi import PROBLEM_RESPONSES, REQUEST_BODY
 from .schemas import CheckResponse, VariantInfo
 from .settings import Settings
 
-__all__ = ["router"]
+__all__ = ["AUTH", "readiness", "router", "run_check"]
 
 router = APIRouter()
 JSON_TYPES = ("application/json",)
@@ -61,6 +61,12 @@ async def post_check(request: Request) -> Response:
         metrics.rejected.labels("media_type").inc()
         detail = f"send the body as application/json, not {media or 'no content type'}"
         raise ProblemError("unsupported-media", detail, [("content-type", detail)])
+    return await run_check(request)
+
+
+async def run_check(request: Request, call: kserve.Call | None = None) -> Response:
+    """Admission, the body, a worker, the answer: /v1/check, and /v2 infer with ``call``."""
+    settings, metrics = _state(request)
     admission: Admission = request.app.state.admission
     deadline = time.monotonic() + settings.request_timeout_s  # the time in the queue counts
     try:
@@ -90,7 +96,7 @@ async def post_check(request: Request) -> Response:
                 _count_transport(request, "request", False, len(body))
             metrics.in_flight.inc()
             handed_over = True
-            result = await request.app.state.workers.run(body, deadline, done)
+            result = await request.app.state.workers.run(body, deadline, done, call)
     finally:
         if not handed_over:
             admission.release()
@@ -99,7 +105,7 @@ async def post_check(request: Request) -> Response:
         raise workers.time_budget_problem(settings)
     if isinstance(result, workers.Failure):
         metrics.rejected.labels("time_budget" if result.status == 503 else "invalid").inc()
-        return Response(result.body, status_code=result.status, media_type=MEDIA_TYPE, headers=result.headers)
+        return Response(result.body, status_code=result.status, media_type=result.media_type, headers=result.headers)
     metrics.checks.labels("passed" if result.passed else "failed").inc()
     metrics.elements.inc(result.elements)
     for phase, ms in result.timings_ms.items():
@@ -107,8 +113,8 @@ async def post_check(request: Request) -> Response:
     _count_transport(request, "answer", result.shared is not None,
                      result.shared[1] if result.shared else len(result.body))
     if result.shared is not None:
-        return shm.SegmentResponse(shm.Segment.open(*result.shared))
-    return Response(result.body, media_type="application/json")
+        return shm.SegmentResponse(shm.Segment.open(*result.shared), dict(result.headers), result.media_type)
+    return Response(result.body, media_type=result.media_type, headers=dict(result.headers))
 
 
 GRACE_S = 1.5  # how long after its budget a check is answered 503 at the latest
@@ -154,6 +160,12 @@ async def livez() -> dict[str, str]:
 
 @router.get("/readyz", summary="Readiness: a tiny known check passes", responses={503: PROBLEM_RESPONSES[503]})
 async def readyz(request: Request) -> dict[str, str]:
+    await readiness(request)
+    return {"status": "ready"}
+
+
+async def readiness(request: Request) -> None:
+    """Raises not-ready unless a check can run now (/readyz, /v2/health/ready)."""
     state = request.app.state
     if state.shutting_down:
         raise ProblemError("not-ready", "the server is shutting down")
@@ -164,7 +176,6 @@ async def readyz(request: Request) -> dict[str, str]:
         state.ready = await anyio.to_thread.run_sync(_self_check)
     if not state.ready:
         raise ProblemError("not-ready", "the built-in self-check failed; see the server log")
-    return {"status": "ready"}
 
 
 def _self_check() -> bool:

@@ -23,7 +23,7 @@ from .errors import ProblemError, validation_problem
 from .schemas import TENSOR_FIELDS, TENSOR_GROUPS, CheckRequest
 from .settings import Settings
 
-__all__ = ["Outcome", "parse", "run"]
+__all__ = ["Outcome", "evaluate", "parse", "run", "to_wire"]
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,8 @@ class Outcome:
     timings_ms: dict[str, float]
     shared: tuple[str, int] | None = None  # the body is in this shared-memory segment instead
     parts: tuple[bytes | memoryview, ...] = ()  # or, in the worker only (unpicklable), in these pieces
+    media_type: str = "application/json"
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 def parse(body: Any, settings: Settings) -> CheckRequest:
@@ -77,11 +79,30 @@ def run(body: Any, settings: Settings, *, deadline: float | None = None, joined:
     start = time.perf_counter()
     req = parse(body, settings)
     decoded = (time.perf_counter() - start) * 1e3
+    report = evaluate(req, settings, deadline)
+    encode_start = time.perf_counter()
+    held = codec.Held()
+    wire = to_wire(req, report, held)
+    timings = wire["timings_ms"]
+    timings.update(decode=decoded, encode=(time.perf_counter() - encode_start) * 1e3,
+                   total=(time.perf_counter() - start) * 1e3)
+    # The answer is bncheck's own: it is not validated again here (a fault of ours must never
+    # read as the caller's 422). Tests hold every answer to the OpenAPI schema instead.
+    # Long b64 text joins the JSON after orjson has written the rest.
+    doc = orjson.dumps(wire)
+    elements = int(np.prod(report.shape))
+    if joined or not held.texts:
+        return Outcome(held.splice(doc), report.passed, elements, timings)
+    return Outcome(b"", report.passed, elements, timings, parts=tuple(held.pieces(doc)))
+
+
+def evaluate(req: CheckRequest, settings: Settings, deadline: float | None = None) -> CheckReport:
+    """The numerics' report on a validated request (/v1 and /v2 alike)."""
     fd = req.finite_difference
     candidate = None
     if req.candidate is not None:
         candidate = {k: v.array for k, v in req.candidate if v is not None}
-    report = check(
+    return check(
         req.x.array, req.dy.array, _array(req.gamma), _array(req.beta),
         variant=req.variant,
         dtype=req.dtype or req.x.dtype_name or "float32",
@@ -99,20 +120,6 @@ def run(body: Any, settings: Settings, *, deadline: float | None = None, joined:
         device=req.device or settings.device,
         limits=Limits(fd_work=settings.fd_work, deadline=deadline),
     )
-    encode_start = time.perf_counter()
-    held = codec.Held()
-    wire = to_wire(req, report, held)
-    timings = wire["timings_ms"]
-    timings.update(decode=decoded, encode=(time.perf_counter() - encode_start) * 1e3,
-                   total=(time.perf_counter() - start) * 1e3)
-    # The answer is bncheck's own: it is not validated again here (a fault of ours must never
-    # read as the caller's 422). Tests hold every answer to the OpenAPI schema instead.
-    # Long b64 text joins the JSON after orjson has written the rest.
-    doc = orjson.dumps(wire)
-    elements = int(np.prod(report.shape))
-    if joined or not held.texts:
-        return Outcome(held.splice(doc), report.passed, elements, timings)
-    return Outcome(b"", report.passed, elements, timings, parts=tuple(held.pieces(doc)))
 
 
 def _tolerance(req: CheckRequest) -> tuple[float, float] | dict[str, tuple[float, float]] | None:

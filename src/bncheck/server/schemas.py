@@ -32,7 +32,7 @@ def _decode(value: Any, info: ValidationInfo) -> codec.Decoded:
     ctx = info.context or {}
     try:
         return codec.decode(value, max_elements=ctx.get("max_elements", DEFAULT_MAX_ELEMENTS),
-                            lifted=ctx.get("lifted"))
+                            lifted=ctx.get("lifted"), field=info.field_name)
     except codec.TensorError as exc:
         raise PydanticCustomError("tensor", "{reason}", {"reason": str(exc)}) from None  # noqa: EM101 (a type, not a message)
 

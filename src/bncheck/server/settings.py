@@ -28,7 +28,8 @@ class Settings(BaseSettings):
     log_format: Literal["auto", "json", "human"] = Field("auto", description="json lines (time, level, logger, "
                                                          "request_id, message, fields); human on a terminal; "
                                                          "auto: human on a TTY, json elsewhere")
-    token: SecretStr | None = Field(None, description="when set, /v1/* and /metrics need 'Authorization: Bearer'")
+    token: SecretStr | None = Field(None, description="when set, /v1/*, /v2 (but its health routes) and /metrics "
+                                                      "need 'Authorization: Bearer'")
     device: Literal["cpu", "gpu", "auto"] = Field("cpu", description="where checks run unless a request says")
     executor: Literal["process", "thread"] = Field(
         "process", description="checks run in worker processes (the event loop stays free) or threads")

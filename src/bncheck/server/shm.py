@@ -115,9 +115,10 @@ class SegmentResponse(Response):
     """A JSON answer sent straight from a worker's segment (no copy into the server's
     memory), which is removed once sent or once the client has gone."""
 
-    def __init__(self, seg: Segment, headers: dict[str, str] | None = None) -> None:
+    def __init__(self, seg: Segment, headers: dict[str, str] | None = None, media_type: str = "application/json"
+                 ) -> None:
         self.seg = seg
-        super().__init__(b"", media_type="application/json", headers=headers)
+        super().__init__(b"", media_type=media_type, headers=headers)
         self.headers["content-length"] = str(seg.size)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

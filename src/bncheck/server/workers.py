@@ -44,8 +44,8 @@ from starlette.requests import Request
 
 from bncheck.numerics.errors import InputError, TimeBudgetError
 
-from . import heap, runner, shm
-from .errors import ProblemError, from_domain, problem_body
+from . import heap, kserve, runner, shm
+from .errors import MEDIA_TYPE, ProblemError, from_domain, render
 from .settings import Settings
 
 __all__ = ["Failure", "ProcessWorkers", "ThreadWorkers", "make_workers"]
@@ -58,6 +58,7 @@ class Failure:
     status: int
     body: bytes
     headers: dict[str, str]
+    media_type: str = MEDIA_TYPE
 
 
 def time_budget_problem(settings: Settings) -> ProblemError:
@@ -69,11 +70,14 @@ def too_big_problem(detail: str) -> ProblemError:
     return ProblemError("too-big-for-memory", detail)
 
 
-def job(body: Any, settings: Settings, deadline: float | None, *, joined: bool = True
-        ) -> runner.Outcome | Failure:
-    """One check; every expected error comes back as a problem document."""
+def job(body: Any, settings: Settings, deadline: float | None, *, joined: bool = True,
+        call: kserve.Call | None = None) -> runner.Outcome | Failure:
+    """One check (/v1, or /v2 with ``call``); every expected error comes back as a problem
+    document in the protocol's form."""
     try:
         with heap.busy():
+            if call is not None:
+                return kserve.run(body, call, settings, deadline=deadline, joined=joined)
             return runner.run(body, settings, deadline=deadline, joined=joined)
     except ProblemError as exc:
         problem = exc
@@ -84,16 +88,17 @@ def job(body: Any, settings: Settings, deadline: float | None, *, joined: bool =
     except MemoryError:
         problem = too_big_problem(f"the check needs more memory than a worker may use "
                                   f"(BNCHECK_WORKER_MEMORY_MB={settings.worker_memory_mb}); send smaller tensors")
-    return Failure(problem.status, problem_body(problem, "/v1/check"), problem.headers)
+    status, body, media = render(problem, "/v1/check" if call is None else f"/v2/models/{call.model}/infer")
+    return Failure(status, body, problem.headers, media)
 
 
-def shared_job(path: str, size: int, settings: Settings, deadline: float | None, owner: str
-               ) -> runner.Outcome | Failure:
+def shared_job(path: str, size: int, settings: Settings, deadline: float | None, owner: str,
+               call: kserve.Call | None = None) -> runner.Outcome | Failure:
     """``job`` on a body in a shared-memory segment, parsed in place; a large answer goes
     back in a segment of its own (named for ``owner``, the server, which removes it)."""
     seg = shm.Segment.open(path, size)
     try:
-        result = job(seg.mm, settings, deadline, joined=False)
+        result = job(seg.mm, settings, deadline, joined=False, call=call)
     finally:
         seg.close()
     if not isinstance(result, runner.Outcome) or not result.parts:
@@ -136,10 +141,11 @@ class ThreadWorkers:
     async def receive(self, request: Request) -> bytes:
         return await request.body()
 
-    async def run(self, body: bytes, deadline: float, done: Callable[[], None]) -> runner.Outcome | Failure:
+    async def run(self, body: bytes, deadline: float, done: Callable[[], None], call: kserve.Call | None = None
+                  ) -> runner.Outcome | Failure:
         def work() -> runner.Outcome | Failure:
             try:
-                return job(body, self.settings, deadline)
+                return job(body, self.settings, deadline, call=call)
             finally:
                 done()
 
@@ -308,18 +314,18 @@ class ProcessWorkers:
             raise ProblemError("malformed-json", detail)
         return seg
 
-    async def run(self, body: bytes | shm.Segment, deadline: float, done: Callable[[], None]
-                  ) -> runner.Outcome | Failure:
+    async def run(self, body: bytes | shm.Segment, deadline: float, done: Callable[[], None],
+                  call: kserve.Call | None = None) -> runner.Outcome | Failure:
         fingerprint = _fingerprint(body)
         pool = self.pool
         handed = False
         try:
             try:
-                future = self._submit(pool, body, deadline)
+                future = self._submit(pool, body, deadline, call)
             except BrokenProcessPool:  # a worker died while idle: nothing of this check ran yet
                 self._replace(pool)
                 pool = self.pool
-                future = self._submit(pool, body, deadline)
+                future = self._submit(pool, body, deadline, call)
             handed = True
             return await self._wait(future, body, done)
         except BrokenProcessPool:
@@ -331,10 +337,11 @@ class ProcessWorkers:
                 if isinstance(body, shm.Segment):
                     body.unlink()
 
-    def _submit(self, pool: ProcessPoolExecutor, body: bytes | shm.Segment, deadline: float) -> Future[Any]:
+    def _submit(self, pool: ProcessPoolExecutor, body: bytes | shm.Segment, deadline: float,
+                call: kserve.Call | None) -> Future[Any]:
         if isinstance(body, shm.Segment):
-            return pool.submit(shared_job, body.path, body.size, self.settings, deadline, self.owner)
-        return pool.submit(job, body, self.settings, deadline)
+            return pool.submit(shared_job, body.path, body.size, self.settings, deadline, self.owner, call)
+        return pool.submit(job, body, self.settings, deadline, call=call)
 
     async def _wait(self, future: Future[Any], body: bytes | shm.Segment, done: Callable[[], None]
                     ) -> runner.Outcome | Failure:

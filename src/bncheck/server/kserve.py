@@ -1,0 +1,375 @@
+"""The KServe v2 (Triton) inference protocol, with the binary tensor data extension.
+
+One model per backward variant. An infer body is a JSON header, then (binary tensor
+data extension) the raw little-endian bytes of the inputs that say ``binary_data_size``,
+one after another in input order; ``Inference-Header-Content-Length`` says where the
+header ends. Here it becomes the same ``CheckRequest`` /v1 validates, runs through the
+same ``runner.evaluate``, and the answer goes back as the protocol's outputs: the
+variant's ``dx``, ``dgamma``, ``dbeta``, ``passed`` (BOOL) and ``report`` (BYTES: the /v1
+JSON report, without the gradients, which are outputs of their own), each as JSON
+``data`` or raw bytes as asked. Runs in a worker process, like ``runner.run``.
+
+Errors read as the protocol's ``{"error": "..."}`` (errors.render), naming the v2
+input or parameter: ``candidate_dx``, ``parameters.eps``.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import orjson
+from pydantic import ValidationError
+
+from bncheck.numerics.dtypes import BFLOAT16, wire_name
+from bncheck.numerics.errors import InputError
+from bncheck.numerics.variants import VARIANTS
+
+from . import codec, runner
+from .errors import ProblemError, bad_request, from_domain
+from .schemas import CheckRequest, Output
+from .settings import Settings
+
+__all__ = ["INPUTS", "MODEL_VERSION", "OUTPUTS", "PARAMETERS", "Call", "model_metadata", "run", "server_metadata"]
+
+MODEL_VERSION = "1"
+# v2 input name -> where it goes in a CheckRequest
+INPUTS: dict[str, tuple[str, ...]] = {
+    "x": ("x",), "dy": ("dy",), "gamma": ("gamma",), "beta": ("beta",),
+    "running_mean": ("running_mean",), "running_var": ("running_var",),
+    "saved_mean": ("saved_mean",), "saved_invstd": ("saved_invstd",),
+    **{f"candidate_{t}": ("candidate", t) for t in ("dx", "dgamma", "dbeta", "y", "mean", "invstd")},
+}
+REQUIRED = ("x", "dy")
+PER_CHANNEL = {"gamma", "beta", "running_mean", "running_var", "saved_mean", "saved_invstd", "candidate_dgamma",
+               "candidate_dbeta", "candidate_mean", "candidate_invstd"}
+GRADIENTS = ("dx", "dgamma", "dbeta")
+OUTPUTS = (*GRADIENTS, "passed", "report")
+# Request parameters: the check's options (as in /v1) and the protocol's own.
+PARAMETERS = {
+    "eps": "number, default 1e-5",
+    "channel_axis": "integer, default 1 (-1 for channels-last)",
+    "accum_dtype": "accumulation dtype, default float32 for 16-bit dtypes",
+    "dtype": "the variant's precision, default x's datatype",
+    "training": "boolean, default true",
+    "finite_difference": "auto, stats, brute, directional or none (default auto)",
+    "device": "cpu, gpu or auto (default: the server's BNCHECK_DEVICE)",
+    "rtol": "with atol: plain allclose terms instead of the calibrated verdict",
+    "atol": "with rtol",
+    "binary_data_output": "boolean: outputs as raw bytes (binary tensor data extension)",
+}
+_TENSOR_KEYS = {"name", "shape", "datatype", "parameters", "data"}
+
+
+@dataclass(frozen=True)
+class Call:
+    """What a worker needs besides the body: the model and where the JSON header ends."""
+
+    model: str
+    header_length: int | None
+
+
+def server_metadata(version: str) -> dict[str, Any]:
+    return {"name": "bncheck", "version": version, "extensions": ["binary_tensor_data"]}
+
+
+def model_metadata(model: str) -> dict[str, Any]:
+    """Shapes are dynamic (-1); x and dy may have any rank from 2 (the NCHW case is shown).
+    The datatype shown is FP32; FP16, BF16 and FP64 are read too, for any input."""
+    def tensor(name: str, per_channel: bool) -> dict[str, Any]:
+        return {"name": name, "datatype": "FP32", "shape": [-1] if per_channel else [-1, -1, -1, -1]}
+
+    return {"name": model, "versions": [MODEL_VERSION], "platform": "bncheck",
+            "inputs": [tensor(name, name in PER_CHANNEL) for name in INPUTS],
+            "outputs": [tensor(name, name != "dx") for name in GRADIENTS]
+            + [{"name": "passed", "datatype": "BOOL", "shape": [1]},
+               {"name": "report", "datatype": "BYTES", "shape": [1]}]}
+
+
+def unknown_model(model: str) -> ProblemError:
+    detail = f"unknown model {model[:60]!r}; the models are the variants: {', '.join(VARIANTS)}"
+    return ProblemError("unknown-model", detail, [("model", detail)])
+
+
+# ------------------------------------------------------------------ request
+
+
+def _fail(field: str, message: str) -> ProblemError:
+    return bad_request(field, message)
+
+
+def _header(body: Any, header_length: int | None) -> tuple[dict[str, Any], int]:
+    size = len(body)
+    if header_length is None:
+        header_length = size
+    elif header_length > size:
+        msg = f"is {header_length:,} but the body has {size:,} bytes"
+        raise ProblemError("malformed-infer", f"Inference-Header-Content-Length {msg}",
+                           [("Inference-Header-Content-Length", msg)])
+    try:
+        doc = orjson.loads(memoryview(body)[:header_length])
+    except orjson.JSONDecodeError as exc:
+        where = "the body" if header_length == size else f"the first {header_length:,} bytes (the JSON header)"
+        raise ProblemError("malformed-infer", f"{where} is not valid JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise _fail("body", "the inference request must be a JSON object with 'inputs'")
+    return doc, header_length
+
+
+def _input_list(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    inputs = doc.get("inputs")
+    if not isinstance(inputs, list) or not inputs:
+        raise _fail("inputs", "must be a non-empty list of tensors (x and dy at least)")
+    seen: set[str] = set()
+    for i, t in enumerate(inputs):
+        if not isinstance(t, dict):
+            raise _fail(f"inputs[{i}]", "each input is an object with name, shape, datatype and data or "
+                                        "parameters.binary_data_size")
+        name = t.get("name")
+        if not isinstance(name, str) or name not in INPUTS:
+            shown = repr(name)[:40]
+            raise _fail(f"inputs[{i}].name", f"unknown input {shown}; the inputs are {', '.join(INPUTS)}")
+        if name in seen:
+            raise _fail(name, "is sent twice")
+        seen.add(name)
+        extra = sorted(set(t) - _TENSOR_KEYS)
+        if extra:
+            raise _fail(name, f"unknown tensor keys {extra[:5]}; a tensor has name, shape, datatype, data "
+                              "and parameters")
+    return inputs
+
+
+def _binary_size(t: dict[str, Any]) -> int | None:
+    params = t.get("parameters", {})
+    if not isinstance(params, dict):
+        raise _fail(t["name"], "parameters must be an object")
+    size = params.get("binary_data_size")
+    if size is None:
+        if "data" not in t:
+            raise _fail(t["name"], "has neither data nor parameters.binary_data_size")
+        return None
+    if type(size) is not int or size < 0:
+        raise _fail(f"{t['name']}.parameters.binary_data_size", "must be a non-negative integer")
+    if "data" in t:
+        raise ProblemError("malformed-infer", f"{t['name']}: has both data and binary_data_size; send one",
+                           [(t["name"], "has both data and binary_data_size")])
+    return size
+
+
+def _tensors(body: Any, inputs: list[dict[str, Any]], start: int, max_elements: int) -> dict[str, codec.Decoded]:
+    sizes = [_binary_size(t) for t in inputs]
+    binary = len(body) - start
+    claimed = sum(s for s in sizes if s is not None)
+    if claimed != binary:
+        msg = (f"the body holds {binary:,} bytes after the JSON header but the inputs' binary_data_size add "
+               f"up to {claimed:,}")
+        raise ProblemError("malformed-infer", msg, [("binary_data_size", msg)])
+    out: dict[str, codec.Decoded] = {}
+    at = start
+    view = memoryview(body)
+    for t, size in zip(inputs, sizes, strict=True):
+        name = t["name"]
+        try:
+            if size is None:
+                out[name] = codec.decode({k: t[k] for k in ("shape", "datatype", "data") if k in t},
+                                         max_elements=max_elements)
+            else:
+                out[name] = _from_bytes(t, view[at:at + size], max_elements)
+        except codec.TensorError as exc:
+            raise _fail(name, str(exc)) from None
+        at += size or 0
+    return out
+
+
+def _from_bytes(t: dict[str, Any], raw: memoryview, max_elements: int) -> codec.Decoded:
+    if "shape" not in t or "datatype" not in t:
+        msg = "a tensor needs 'shape' and 'datatype'"
+        raise codec.TensorError(msg)
+    shape = codec.check_shape(t["shape"], max_elements)
+    dt = codec.check_datatype(t["datatype"])
+    want = math.prod(shape) * dt.itemsize
+    if raw.nbytes != want:
+        msg = (f"binary_data_size is {raw.nbytes:,} but shape {list(shape)} of {t['datatype']} needs {want:,} "
+               f"bytes ({math.prod(shape):,} x {dt.itemsize})")
+        raise codec.TensorError(msg)
+    little = BFLOAT16 if dt == BFLOAT16 else dt.newbyteorder("<")
+    # One copy, out of the body (bytes or a shared-memory segment, which must be closed
+    # after the check) into an aligned array.
+    arr = np.frombuffer(raw, dtype=little).reshape(shape).copy()
+    return codec.Decoded(arr, "binary", t["datatype"])
+
+
+def _parameters(doc: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    params = doc.get("parameters", {})
+    if not isinstance(params, dict):
+        raise _fail("parameters", "must be an object")
+    unknown = sorted(set(params) - set(PARAMETERS))
+    if unknown:
+        raise _fail(f"parameters.{unknown[0][:40]}", f"unknown parameter; bncheck reads {', '.join(PARAMETERS)}")
+    data: dict[str, Any] = {k: params[k] for k in ("eps", "channel_axis", "accum_dtype", "dtype", "training",
+                                                    "device") if k in params}
+    if "finite_difference" in params:
+        data["finite_difference"] = {"method": params["finite_difference"]}
+    if "rtol" in params or "atol" in params:
+        data["tolerance"] = {k: params[k] for k in ("rtol", "atol") if k in params}
+    binary = params.get("binary_data_output", False)
+    if type(binary) is not bool:
+        raise _fail("parameters.binary_data_output", "must be true or false")
+    return data, binary
+
+
+def _asked(doc: dict[str, Any], binary_default: bool) -> list[tuple[str, bool]]:
+    """The outputs to send, each with whether it goes as raw bytes; all of them when none are named."""
+    outputs = doc.get("outputs")
+    if outputs is None:
+        return [(name, binary_default) for name in OUTPUTS]
+    if not isinstance(outputs, list):
+        raise _fail("outputs", "must be a list of {name, parameters}")
+    asked: list[tuple[str, bool]] = []
+    for i, o in enumerate(outputs):
+        name = o.get("name") if isinstance(o, dict) else None
+        if name not in OUTPUTS:
+            shown = repr(name)[:40]
+            raise _fail(f"outputs[{i}].name", f"unknown output {shown}; the outputs are {', '.join(OUTPUTS)}")
+        if any(name == n for n, _ in asked):
+            raise _fail(f"outputs[{i}].name", f"{name} is asked for twice")
+        params = o.get("parameters", {})
+        binary = params.get("binary_data", binary_default) if isinstance(params, dict) else None
+        if type(binary) is not bool:
+            raise _fail(f"outputs[{i}].parameters.binary_data", "must be true or false")
+        asked.append((name, binary))
+    return asked
+
+
+_V1_TO_V2 = {"finite_difference": "parameters.finite_difference", "tolerance": "parameters.rtol",
+             "variant": "model", "output": "outputs"}
+
+
+def v2_field(loc: Sequence[Any]) -> str:
+    """A /v1 request field (a pydantic loc, or a dotted name) as a v2 client knows it."""
+    parts = [str(p) for p in loc if not str(p).startswith("function-")]
+    if not parts:
+        return "body"
+    if parts[0] == "candidate" and len(parts) > 1:
+        return f"candidate_{parts[1]}"
+    if parts[0] in INPUTS:
+        return parts[0]
+    if parts[0] in _V1_TO_V2:
+        return _V1_TO_V2[parts[0]]
+    return f"parameters.{parts[0]}"
+
+
+def parse(body: Any, call: Call, settings: Settings) -> tuple[CheckRequest, list[tuple[str, bool]], Any]:
+    """The request, the outputs asked for (name, binary) and the request's id."""
+    if call.model not in VARIANTS:
+        raise unknown_model(call.model)
+    doc, header_length = _header(body, call.header_length)
+    tensors = _tensors(body, _input_list(doc), header_length, settings.max_elements)
+    data, binary_default = _parameters(doc)
+    asked = _asked(doc, binary_default)
+    for name in REQUIRED:
+        if name not in tensors:
+            raise _fail(name, "is required (x and dy at least)")
+    for name, decoded in tensors.items():
+        where = INPUTS[name]
+        if len(where) == 2:
+            data.setdefault("candidate", {})[where[1]] = decoded
+        else:
+            data[name] = decoded
+    data["variant"] = call.model
+    data["output"] = Output(gradients=any(n in GRADIENTS for n, _ in asked), encoding="b64")
+    try:
+        req = CheckRequest.model_validate(data, context={"max_elements": settings.max_elements})
+    except ValidationError as exc:
+        pairs = [(v2_field(e.get("loc", ())), str(e.get("msg", "invalid")))
+                 for e in exc.errors(include_input=False, include_url=False)]
+        raise bad_request(*pairs[0], more=pairs[1:]) from None
+    return req, asked, doc.get("id")
+
+
+# ------------------------------------------------------------------ answer
+
+
+def _tensor_output(name: str, arr: np.ndarray, binary: bool, held: codec.Held, raw: list[Any], notes: list[str]
+                   ) -> dict[str, Any]:
+    out: dict[str, Any] = {"name": name, "datatype": wire_name(arr.dtype), "shape": list(arr.shape)}
+    f64 = np.ascontiguousarray(arr, dtype=np.float64).reshape(-1)
+    if not binary and not bool(np.isfinite(f64).all()):
+        notes.append(f"output {name} holds NaN or Inf, which JSON numbers cannot carry: sent as binary data")
+        binary = True
+    if binary:
+        little = arr if arr.dtype == BFLOAT16 else arr.astype(arr.dtype.newbyteorder("<"), copy=False)
+        data = np.ascontiguousarray(little).view(np.uint8).reshape(-1)
+        raw.append(data.data)
+        out["parameters"] = {"binary_data_size": data.nbytes}
+    elif f64.nbytes >= codec.LIFT_MIN:
+        out["data"] = held.hold(orjson.dumps(f64, option=orjson.OPT_SERIALIZE_NUMPY), quoted=False)
+    else:
+        out["data"] = f64.tolist()
+    return out
+
+
+def _small_output(name: str, datatype: str, value: Any, packed: bytes, binary: bool, raw: list[Any]
+                  ) -> dict[str, Any]:
+    out: dict[str, Any] = {"name": name, "datatype": datatype, "shape": [1]}
+    if binary:
+        raw.append(packed)
+        out["parameters"] = {"binary_data_size": len(packed)}
+    else:
+        out["data"] = [value]
+    return out
+
+
+def run(body: Any, call: Call, settings: Settings, *, deadline: float | None = None, joined: bool = True
+        ) -> runner.Outcome:
+    """The answer to one infer body; ``joined=False`` leaves it in pieces (runner.run)."""
+    start = time.perf_counter()
+    req, asked, request_id = parse(body, call, settings)
+    decoded = (time.perf_counter() - start) * 1e3
+    try:
+        report = runner.evaluate(req, settings, deadline)
+    except InputError as exc:
+        raise from_domain(exc, rename=lambda field: v2_field(field.split("."))) from None
+    encode_start = time.perf_counter()
+    held = codec.Held()
+    raw: list[Any] = []  # the binary outputs' bytes, in order
+    notes: list[str] = []
+    outputs: list[dict[str, Any]] = []
+    gradients = report.gradients or {}
+    for name, binary in asked:
+        if name in GRADIENTS:
+            outputs.append(_tensor_output(name, gradients[name], binary, held, raw, notes))
+    wire = runner.to_wire(req.model_copy(update={"output": Output(gradients=False)}), report)
+    wire["notes"] += notes
+    timings = wire["timings_ms"]
+    for name, binary in asked:
+        if name == "passed":
+            outputs.append(_small_output(name, "BOOL", report.passed, bytes([report.passed]), binary, raw))
+    timings.update(decode=decoded, encode=(time.perf_counter() - encode_start) * 1e3,
+                   total=(time.perf_counter() - start) * 1e3)
+    text = orjson.dumps(wire)
+    for name, binary in asked:
+        if name == "report":
+            outputs.append(_small_output(name, "BYTES", text.decode(), struct.pack("<I", len(text)) + text, binary,
+                                         raw))
+    order = {name: i for i, (name, _) in enumerate(asked)}
+    outputs.sort(key=lambda o: order[o["name"]])
+    header: dict[str, Any] = {"model_name": call.model, "model_version": MODEL_VERSION, "outputs": outputs}
+    if request_id is not None:
+        header["id"] = request_id
+    doc = held.splice(orjson.dumps(header))
+    elements = int(np.prod(report.shape))
+    if not raw:
+        return runner.Outcome(doc, report.passed, elements, timings)
+    parts = (doc, *raw)
+    headers = (("Inference-Header-Content-Length", str(len(doc))),)
+    if joined:
+        return runner.Outcome(b"".join(parts), report.passed, elements, timings,
+                              media_type="application/octet-stream", headers=headers)
+    return runner.Outcome(b"", report.passed, elements, timings, parts=parts,
+                          media_type="application/octet-stream", headers=headers)
