@@ -7,7 +7,7 @@ SERVE_STAMP := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: test lint typecheck serve bench fuzz clean
+.PHONY: test lint typecheck browser serve bench fuzz clean
 
 # make serve installs what serving needs; make test adds the dev tools (ruff, mypy, pytest, ...).
 $(SERVE_STAMP): pyproject.toml constraints.txt
@@ -26,7 +26,11 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-test: lint typecheck
+# The browser tests need a Chromium: Debian's package, installed when missing.
+browser:
+	@sh tools/ensure-chromium
+
+test: lint typecheck browser
 	$(BIN)/python -m pytest -q
 
 # Ctrl-C stops it quietly (exit 0): bncheck serve lets checks in flight finish, then returns.

@@ -199,7 +199,7 @@ def _run_check(args: argparse.Namespace) -> int:
         "finite_difference": {k: v for k, v in (("method", args.fd), ("samples", args.fd_samples),
                                                  ("directions", args.fd_directions), ("seed", args.seed),
                                                  ("step", args.fd_step)) if v is not None},
-        "tolerance": _tolerance(args),
+        "tolerance": _tolerance(args), "plots": bool(args.html),
     }
     x, dy = inputs.pop("x"), inputs.pop("dy")
     extra: dict[str, Any] = {k: v for k, v in inputs.items() if k not in ("gamma", "beta")}
@@ -227,6 +227,15 @@ def _run_check(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from None
     if args.out:
         _write_outputs(Path(args.out), result)
+    if args.html:
+        from bncheck.htmlreport import render as render_html
+
+        try:
+            Path(args.html).write_text(render_html(result.raw), encoding="utf-8")
+        except OSError as exc:
+            msg = f"--html {args.html}: cannot write it ({exc.strerror})"
+            raise UsageError(msg) from None
+        print(f"bncheck: wrote the HTML report to {args.html}", file=sys.stderr)
     if args.json:
         doc = dict(result.raw)
         doc.pop("gradients", None)
@@ -308,6 +317,8 @@ CHECK_EXAMPLES = """examples:
   bncheck check --x x.npy --dy dy.npy --gamma gamma.npy --dx dx.npy --server http://127.0.0.1:8000 --json
   # a built-in stress case, every formula
   bncheck check --case mean_offset --variant all
+  # keep a picture of what failed, one HTML file (a CI artifact)
+  bncheck check --x x.npy --dy dy.npy --dx dx.npy --html report.html
 
 """
 
@@ -363,6 +374,8 @@ def _check_parser(sub: Any) -> None:
     run.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the server (default 300)")
     run.add_argument("--json", action="store_true", help="print the report as JSON")
     run.add_argument("--out", metavar="DIR", help="also write the gradients and reference as .npy")
+    run.add_argument("--html", metavar="FILE", help="also write the report as one self-contained HTML file with "
+                     "per-channel plots, a heatmap of dx and histograms (opens offline; for CI artifacts)")
     p.set_defaults(func=_run_check)
 
 

@@ -237,3 +237,41 @@ def test_a_tolerance_for_one_tensor_leaves_the_others_calibrated(tmp_path, capsy
     assert tensors["dgamma"]["tolerance"]["basis"] == "calibrated"
     assert main([*args, "--tolerance", "dx=0"]) == 2
     assert "TENSOR=RTOL,ATOL" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("where", ["in-process", "server"])
+def test_html_report(tmp_path, capsys, where):
+    """--html writes one self-contained file whose per-channel marks fail where the bug is."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((6, 8, 3, 3)).astype(np.float32)
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    dx = backward(x, dy, np.ones(8, np.float32), np.zeros(8, np.float32), eps=1e-5)["dx"]
+    dx[:, 5] *= 1.01  # channel 5 off by 1%
+    p = _save(tmp_path, x=x, dy=dy, dx=dx)
+    out = tmp_path / "report.html"
+    args = ["check", "--x", str(p["x"]), "--dy", str(p["dy"]), "--dx", str(p["dx"]), "--html", str(out),
+            "--fd", "none"]
+    if where == "server":
+        with LiveServer() as server:
+            code = main([*args, "--server", server.url])
+    else:
+        code = main(args)
+    assert code == 1
+    assert f"wrote the HTML report to {out}" in capsys.readouterr().err
+    page = out.read_text()
+    assert page.startswith("<!DOCTYPE html>")
+    assert "FAILED" in page
+    assert "<script" not in page
+    assert "http://" not in page
+    assert "https://" not in page
+    assert page.count("class='mark fail'") == 1
+    assert "class='mark fail' data-channel='5'" in page
+
+
+def test_html_report_to_a_folder_that_is_not_there(tmp_path, capsys):
+    case = make("normal", shape=(16, 4))
+    p = _save(tmp_path, x=case.x, dy=case.dy)
+    code = main(["check", "--x", str(p["x"]), "--dy", str(p["dy"]), "--fd", "none",
+                 "--html", str(tmp_path / "missing" / "r.html")])
+    assert code == 2
+    assert "--html" in capsys.readouterr().err

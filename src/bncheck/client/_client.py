@@ -86,8 +86,10 @@ def build_request(
     tolerance: tuple[float, float] | Mapping[str, tuple[float, float]] | None = None, reference: bool = False,
     gradients: bool = True,
     device: str | None = None,
+    plots: bool = False,
 ) -> dict[str, Any]:
-    """The JSON body of /v1/check; every array travels as b64 (exact bits, NaN-safe)."""
+    """The JSON body of /v1/check; every array travels as b64 (exact bits, NaN-safe).
+    ``plots`` asks for what the HTML report draws (``bncheck.htmlreport.render(result.raw)``)."""
     body: dict[str, Any] = {"x": _codec.encode(x), "dy": _codec.encode(dy), "variant": variant, "eps": eps,
                             "channel_axis": channel_axis, "training": training,
                             "output": {"gradients": gradients, "reference": reference, "encoding": "b64"}}
@@ -97,6 +99,8 @@ def build_request(
     for key, value in (("dtype", dtype), ("accum_dtype", accum_dtype), ("device", device)):
         if value is not None:
             body[key] = value
+    if plots:
+        body["output"]["plots"] = True
     if candidate:
         body["candidate"] = {k: _codec.encode(v) for k, v in candidate.items() if v is not None}
     if isinstance(finite_difference, str):

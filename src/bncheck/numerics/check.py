@@ -80,6 +80,7 @@ class _Ctx:
     notes: list[str] = field(default_factory=list)
     runs: dict[tuple[str, str, str], Grads] = field(default_factory=dict)
     caches: dict[tuple[str, str], Cache] = field(default_factory=dict)
+    plots: bool = False  # keep what the pictures draw (pictures.py)
 
     @property
     def lay(self) -> Layout:
@@ -134,12 +135,15 @@ def check(
     tolerance: Tolerances = None,
     device: str = "cpu",
     limits: Limits | None = None,
+    plots: bool = False,
 ) -> CheckReport:
     """Check a batch-norm backward formula, and optionally a caller's outputs.
 
     ``tolerance`` is ``(rtol, atol)`` in plain absolute terms, for every candidate tensor, or a
     mapping from tensor names to such pairs; the tensors it leaves out get the calibrated
-    verdict of ``calibrate.py``. Raises ``InputError`` for bad input.
+    verdict of ``calibrate.py``. ``plots`` adds, to each tensor of the variant and candidate
+    blocks, what the pictures of the HTML report draw (pictures.py). Raises ``InputError``
+    for bad input.
     """
     timings: dict[str, float] = {}
     start = time.perf_counter()
@@ -155,6 +159,7 @@ def check(
         arith = make_arith(inp.dtype, inp.accum_dtype, shape=inp.layout.view_shape, xp=xp)
     with _timed(timings, "reference"):
         ctx = _context(inp, xp)
+        ctx.plots = plots
     limits.tick("the variants")
     with _timed(timings, "variant"):
         runs = []
@@ -272,7 +277,7 @@ def _grad_compare(ctx: _Ctx, grads: Grads, ar: Arith, tol_for: Any) -> dict[str,
         out[name] = compare(lay.restore(getattr(grads, name)) if is_dx else getattr(grads, name),
                             lay.restore(getattr(ctx.ref, name)) if is_dx else getattr(ctx.ref, name),
                             tol=tol_for(name, out_dtype), lay=lay if is_dx else clay, out_dtype=out_dtype,
-                            scale=ctx.scales.of(name))
+                            scale=ctx.scales.of(name), plots=ctx.plots)
     return out
 
 
@@ -432,7 +437,7 @@ def _candidate_block(ctx: _Ctx, ar: Arith, tolerance: Tolerances, tick: Callable
         tol = user.get(name) or calibrate.calibrated_tolerance(env[name], dtypes[name], car.accum, members)
         clay = lay if name in FULL_TENSORS else _clay(ctx)
         tensors[name] = compare(_device(ctx, value), refs[name], tol=tol, lay=clay, out_dtype=dtypes[name],
-                                scale=scales[name])
+                                scale=scales[name], plots=ctx.plots)
     if env:
         held = "" if given.keep is None else f", per-channel values held in {dtype_name(given.keep)}"
         ctx.notes.append(

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from . import backend
+from . import backend, pictures
 from .dtypes import dtype_name, ulp
 from .layout import Block, Layout
 from .report import ChannelError, Resolution, TensorMetrics, ToleranceUsed
@@ -57,8 +57,10 @@ class _Part:
 
 class _Inputs:
     def __init__(self, cand: Any, ref: Any, scale: Any, extra: Any, tol: Tolerance, out_dtype: Any,
-                 lay: Layout, xp: ModuleType) -> None:
+                 lay: Layout, xp: ModuleType, plots: bool = False) -> None:
         self.c3, self.r3 = lay.view(cand), lay.view(ref)
+        # plots: every element's ratio, kept for the pictures (blocks write disjoint parts)
+        self.ratios = np.empty(lay.view_shape, np.float32) if plots else None
         self.s3 = None if scale is None else _as_view(scale, lay)
         self.e3 = None if extra is None else _as_view(extra, lay)
         self.tol, self.out_dtype, self.lay, self.xp = tol, out_dtype, lay, xp
@@ -101,6 +103,8 @@ class _Inputs:
         xp.divide(err, allowed, out=ratio)
         if finite is not None:
             ratio[~finite] = xp.inf
+        if self.ratios is not None:
+            self.ratios[b[0], :, b[1]] = backend.to_numpy(ratio)
         # The first non-finite element is the worst; otherwise the largest ratio.
         worst = int(xp.argmin(finite)) if finite is not None and n_nonfinite else int(xp.argmax(ratio))
         local = tuple(int(i) for i in np.unravel_index(worst, ratio.shape))
@@ -154,12 +158,12 @@ class _Inputs:
 
 
 def compare(cand: Any, ref: Any, *, tol: Tolerance, lay: Layout, out_dtype: Any, scale: Any = None,
-            extra: Any = None, compared: str | None = None) -> TensorMetrics:
+            extra: Any = None, compared: str | None = None, plots: bool = False) -> TensorMetrics:
     """``cand`` (any float dtype, may hold NaN/Inf) against ``ref`` (float64), both of
     ``lay``'s shape. ``scale`` (natural scales) and ``extra`` (added allowance) are full
-    tensors or (C,) vectors."""
+    tensors or (C,) vectors. ``plots`` adds what the pictures draw (pictures.py)."""
     xp = backend.namespace(cand, ref)
-    inputs = _Inputs(cand, ref, scale, extra, tol, out_dtype, lay, xp)
+    inputs = _Inputs(cand, ref, scale, extra, tol, out_dtype, lay, xp, plots)
     parts = backend.map_blocks(inputs.part, lay, xp)
     n_nonfinite = sum(p.n_nonfinite for p in parts)
     if n_nonfinite:
@@ -198,6 +202,8 @@ def compare(cand: Any, ref: Any, *, tol: Tolerance, lay: Layout, out_dtype: Any,
         failed_channels=channel_ranges(np.flatnonzero(ch_bad)),
         resolution=_resolution(tol, max(p.max_allowed for p in parts), max(p.max_ref for p in parts), out_dtype,
                                natural=scale is not None),
+        plots=None if inputs.ratios is None else pictures.summarize(inputs.ratios, lay, ch_ratio,
+                                                                      batch=lay.P * lay.S > 1),
     )
 
 

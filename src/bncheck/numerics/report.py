@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from .pictures import Pictures
+
 __all__ = [
     "Block",
     "ChannelError",
@@ -77,6 +79,7 @@ class TensorMetrics:
     compared: str | None = None  # what the numbers are when not the tensor itself (directional derivatives)
     failed_channels: str = ""  # every failing channel, as ranges: "16-23,30"
     resolution: Resolution | None = None
+    plots: Pictures | None = None  # what the pictures draw, when asked for (pictures.py)
 
 
 @dataclass

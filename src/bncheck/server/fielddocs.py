@@ -111,6 +111,21 @@ BY_SCHEMA_FIELD: dict[str, str] = {
     "ToleranceSpec.atol": "for every candidate tensor: allowed += atol (give rtol too)",
     "ToleranceIn.rtol": "allowed += rtol * |reference|",
     "ToleranceIn.atol": "allowed += atol",
+    # the pictures' numbers (numerics/pictures.py), in a tensor report when output.plots is true
+    "Pictures.channel_ratio": "each channel's worst tol_ratio (over 1 fails; null: a non-finite candidate)",
+    "Pictures.heatmap": "the worst tol_ratio of each (sample, channel); null for per-channel tensors",
+    "Pictures.spatial": "the tol_ratio over the positions of the worst (sample, channel); null for (N, C)",
+    "Pictures.histogram": "how many elements have each tol_ratio",
+    "Heatmap.row_bin": "samples per row (more than 1 when the batch was pooled to 64 rows)",
+    "Heatmap.col_bin": "channels per column (more than 1 when the channels were pooled to 128 columns)",
+    "Heatmap.values": "rows of the worst tol_ratio per cell; null where a candidate value is not finite",
+    "SpatialMap.sample": "the sample (index on axis 0) of the worst cell",
+    "SpatialMap.bin": "positions per pixel along each axis (more than 1 when pooled to 64 x 64)",
+    "SpatialMap.values": "rows of the worst tol_ratio per pixel; null where a candidate value is not finite",
+    "Histogram.edges": "bin edges in log10(tol_ratio), from -8 to 4 (the first and last bins take everything "
+                       "beyond)",
+    "Histogram.counts": "elements per bin",
+    "Histogram.zero": "elements with no error at all",
 }
 for _name, _what in _TENSORS.items():
     BY_FIELD.setdefault(_name, _what)

@@ -19,7 +19,6 @@ import math
 import struct
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -35,7 +34,7 @@ from .errors import ProblemError, bad_request, from_domain
 from .schemas import CheckRequest, Output
 from .settings import Settings
 
-__all__ = ["INPUTS", "MODEL_VERSION", "OUTPUTS", "PARAMETERS", "Call", "model_metadata", "run", "server_metadata"]
+__all__ = ["INPUTS", "MODEL_VERSION", "OUTPUTS", "PARAMETERS", "model_metadata", "run", "server_metadata"]
 
 MODEL_VERSION = "1"
 # v2 input name -> where it goes in a CheckRequest
@@ -64,14 +63,6 @@ PARAMETERS = {
     "binary_data_output": "boolean: outputs as raw bytes (binary tensor data extension)",
 }
 _TENSOR_KEYS = {"name", "shape", "datatype", "parameters", "data"}
-
-
-@dataclass(frozen=True)
-class Call:
-    """What a worker needs besides the body: the model and where the JSON header ends."""
-
-    model: str
-    header_length: int | None
 
 
 def server_metadata(version: str) -> dict[str, Any]:
@@ -264,10 +255,10 @@ def v2_field(loc: Sequence[Any]) -> str:
     return f"parameters.{parts[0]}"
 
 
-def parse(body: Any, call: Call, settings: Settings) -> tuple[CheckRequest, list[tuple[str, bool]], Any]:
+def parse(body: Any, call: runner.Call, settings: Settings) -> tuple[CheckRequest, list[tuple[str, bool]], Any]:
     """The request, the outputs asked for (name, binary) and the request's id."""
     if call.model not in VARIANTS:
-        raise unknown_model(call.model)
+        raise unknown_model(str(call.model))
     doc, header_length = _header(body, call.header_length)
     tensors = _tensors(body, _input_list(doc), header_length, settings.max_elements)
     data, binary_default = _parameters(doc)
@@ -282,7 +273,8 @@ def parse(body: Any, call: Call, settings: Settings) -> tuple[CheckRequest, list
         else:
             data[name] = decoded
     data["variant"] = call.model
-    data["output"] = Output(gradients=any(n in GRADIENTS for n, _ in asked), encoding="b64")
+    data["output"] = Output(gradients=any(n in GRADIENTS for n, _ in asked) and not call.html, encoding="b64",
+                            plots=call.html)
     try:
         req = CheckRequest.model_validate(data, context={"max_elements": settings.max_elements})
     except ValidationError as exc:
@@ -325,9 +317,10 @@ def _small_output(name: str, datatype: str, value: Any, packed: bytes, binary: b
     return out
 
 
-def run(body: Any, call: Call, settings: Settings, *, deadline: float | None = None, joined: bool = True
+def run(body: Any, call: runner.Call, settings: Settings, *, deadline: float | None = None, joined: bool = True
         ) -> runner.Outcome:
-    """The answer to one infer body; ``joined=False`` leaves it in pieces (runner.run)."""
+    """The answer to one infer body; ``joined=False`` leaves it in pieces (runner.run);
+    ``call.html``: the HTML report instead (the web page sends its files this way)."""
     start = time.perf_counter()
     req, asked, request_id = parse(body, call, settings)
     decoded = (time.perf_counter() - start) * 1e3
@@ -335,6 +328,8 @@ def run(body: Any, call: Call, settings: Settings, *, deadline: float | None = N
         report = runner.evaluate(req, settings, deadline)
     except InputError as exc:
         raise from_domain(exc, rename=lambda field: v2_field(field.split("."))) from None
+    if call.html:
+        return runner.html_outcome(runner.to_wire(req, report), report)
     encode_start = time.perf_counter()
     held = codec.Held()
     raw: list[Any] = []  # the binary outputs' bytes, in order
@@ -359,7 +354,7 @@ def run(body: Any, call: Call, settings: Settings, *, deadline: float | None = N
                                          raw))
     order = {name: i for i, (name, _) in enumerate(asked)}
     outputs.sort(key=lambda o: order[o["name"]])
-    header: dict[str, Any] = {"model_name": call.model, "model_version": MODEL_VERSION, "outputs": outputs}
+    header: dict[str, Any] = {"model_name": str(call.model), "model_version": MODEL_VERSION, "outputs": outputs}
     if request_id is not None:
         header["id"] = request_id
     doc = held.splice(orjson.dumps(header))

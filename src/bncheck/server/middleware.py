@@ -72,6 +72,8 @@ def _route(path: str) -> str:
     """The metrics' route label: the path, with a v2 model (and version) as placeholders."""
     if path in KNOWN:
         return path
+    if path.startswith("/ui/"):
+        return "/ui"
     match = _V2_MODEL.match(path)
     if match:
         return "/v2/models/{model}" + ("/versions/{version}" if match.group(1) else "") + (match.group(2) or "")

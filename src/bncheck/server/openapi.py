@@ -178,6 +178,10 @@ def build(app: FastAPI) -> dict[str, Any]:
     if "HTTPValidationError" not in str(schema["paths"]):
         components.pop("HTTPValidationError", None)
         components.pop("ValidationError", None)
+    html = {"schema": {"type": "string"}, "description": "with Accept: text/html, the report as one "
+                                                          "self-contained HTML page with its pictures"}
+    for path in ("/v1/check", "/v2/models/{model}/infer", "/v2/models/{model}/versions/{version}/infer"):
+        schema["paths"][path]["post"]["responses"]["200"]["content"]["text/html"] = html
     ok = schema["paths"]["/v1/check"]["post"]["responses"]["200"]["content"]["application/json"]
     ok["examples"] = {"small": {"summary": "the answer to the request example", "value": _example_answer()}}
     app.openapi_schema = _local_refs(schema)

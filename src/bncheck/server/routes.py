@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import pathlib
 import secrets
 import time
 
 import anyio
 import numpy as np
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import Response
+from fastapi.responses import FileResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from bncheck.numerics import check
 from bncheck.numerics.variants import VARIANTS
 
-from . import kserve, shm, workers
+from . import runner, shm, workers
 from .admission import Admission, QueueFull
 from .errors import ProblemError
 from .metrics import Metrics
@@ -23,7 +24,7 @@ from .openapi import PROBLEM_RESPONSES, REQUEST_BODY
 from .schemas import CheckResponse, VariantInfo
 from .settings import Settings
 
-__all__ = ["AUTH", "readiness", "router", "run_check"]
+__all__ = ["AUTH", "readiness", "router", "run_check", "wants_html"]
 
 router = APIRouter()
 JSON_TYPES = ("application/json",)
@@ -61,11 +62,18 @@ async def post_check(request: Request) -> Response:
         metrics.rejected.labels("media_type").inc()
         detail = f"send the body as application/json, not {media or 'no content type'}"
         raise ProblemError("unsupported-media", detail, [("content-type", detail)])
-    return await run_check(request)
+    return await run_check(request, runner.Call(html=wants_html(request)))
 
 
-async def run_check(request: Request, call: kserve.Call | None = None) -> Response:
-    """Admission, the body, a worker, the answer: /v1/check, and /v2 infer with ``call``."""
+def wants_html(request: Request) -> bool:
+    """Accept: text/html before application/json: the HTML report (a browser, curl -H)."""
+    accept = request.headers.get("accept", "").lower()
+    html, json_ = accept.find("text/html"), accept.find("application/json")
+    return html >= 0 and (json_ < 0 or html < json_)
+
+
+async def run_check(request: Request, call: runner.Call) -> Response:
+    """Admission, the body, a worker, the answer: /v1/check, and /v2 infer, as ``call`` says."""
     settings, metrics = _state(request)
     admission: Admission = request.app.state.admission
     deadline = time.monotonic() + settings.request_timeout_s  # the time in the queue counts
@@ -190,6 +198,14 @@ async def metrics(request: Request) -> Response:
     return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
+STATIC = pathlib.Path(__file__).with_name("static")
+
+
 @router.get("/", include_in_schema=False)
-async def index() -> dict[str, str]:
-    return {"name": "bncheck", "docs": "/docs", "openapi": "/openapi.json", "check": "POST /v1/check"}
+async def index(request: Request) -> Response:
+    """The web page for a browser (its assets under /ui, served from the package: it works
+    offline); a short JSON index for anything else."""
+    if "text/html" in request.headers.get("accept", ""):
+        return FileResponse(STATIC / "index.html", media_type="text/html")
+    return JSONResponse({"name": "bncheck", "page": "/ (a browser)", "docs": "/docs", "openapi": "/openapi.json",
+                         "check": "POST /v1/check", "v2": "POST /v2/models/{variant}/infer"})

@@ -14,6 +14,7 @@ import numpy as np
 import orjson
 from pydantic import ValidationError
 
+from bncheck import htmlreport
 from bncheck.numerics import check
 from bncheck.numerics.check import FDOptions, Limits
 from bncheck.numerics.report import Block, CheckReport, FDBlock, VariantsBlock
@@ -23,7 +24,7 @@ from .errors import ProblemError, validation_problem
 from .schemas import TENSOR_FIELDS, TENSOR_GROUPS, CheckRequest
 from .settings import Settings
 
-__all__ = ["Outcome", "evaluate", "parse", "run", "to_wire"]
+__all__ = ["V1", "Call", "Outcome", "evaluate", "parse", "run", "to_wire"]
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,23 @@ class Outcome:
     parts: tuple[bytes | memoryview, ...] = ()  # or, in the worker only (unpicklable), in these pieces
     media_type: str = "application/json"
     headers: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class Call:
+    """What a worker needs besides the body: the protocol (/v1, or KServe v2 with its model
+    and where its JSON header ends) and whether the answer is the HTML report."""
+
+    model: str | None = None  # a v2 infer of this model; None: /v1/check
+    header_length: int | None = None  # v2: Inference-Header-Content-Length
+    html: bool = False
+
+    @property
+    def path(self) -> str:
+        return "/v1/check" if self.model is None else f"/v2/models/{self.model}/infer"
+
+
+V1 = Call()
 
 
 def parse(body: Any, settings: Settings) -> CheckRequest:
@@ -73,13 +91,20 @@ def _array(t: codec.Decoded | None) -> np.ndarray | None:
     return None if t is None else t.array
 
 
-def run(body: Any, settings: Settings, *, deadline: float | None = None, joined: bool = True) -> Outcome:
+def run(body: Any, settings: Settings, *, deadline: float | None = None, joined: bool = True,
+        html: bool = False) -> Outcome:
     """The answer to one request body. ``joined=False`` leaves a long answer in ``parts``
-    (its long b64 texts are not copied into one bytes object: for a writer of pieces)."""
+    (its long b64 texts are not copied into one bytes object: for a writer of pieces).
+    ``html``: the HTML report (htmlreport.py) instead of JSON."""
     start = time.perf_counter()
     req = parse(body, settings)
+    if html:
+        req = req.model_copy(update={"output": req.output.model_copy(update={"plots": True, "gradients": False,
+                                                                             "reference": False})})
     decoded = (time.perf_counter() - start) * 1e3
     report = evaluate(req, settings, deadline)
+    if html:
+        return html_outcome(to_wire(req, report), report)
     encode_start = time.perf_counter()
     held = codec.Held()
     wire = to_wire(req, report, held)
@@ -94,6 +119,12 @@ def run(body: Any, settings: Settings, *, deadline: float | None = None, joined:
     if joined or not held.texts:
         return Outcome(held.splice(doc), report.passed, elements, timings)
     return Outcome(b"", report.passed, elements, timings, parts=tuple(held.pieces(doc)))
+
+
+def html_outcome(wire: dict[str, Any], report: CheckReport) -> Outcome:
+    page = htmlreport.render(wire).encode()
+    return Outcome(page, report.passed, int(np.prod(report.shape)), wire["timings_ms"],
+                   media_type="text/html; charset=utf-8")
 
 
 def evaluate(req: CheckRequest, settings: Settings, deadline: float | None = None) -> CheckReport:
@@ -119,6 +150,7 @@ def evaluate(req: CheckRequest, settings: Settings, deadline: float | None = Non
         tolerance=_tolerance(req),
         device=req.device or settings.device,
         limits=Limits(fd_work=settings.fd_work, deadline=deadline),
+        plots=req.output.plots,
     )
 
 
@@ -146,6 +178,8 @@ def _tensor(m: Any) -> dict[str, Any]:
     doc = _json_safe(asdict(m))
     if doc["compared"] is None:  # said only where the numbers are not the tensor itself
         del doc["compared"]
+    if doc["plots"] is None:  # present only when asked for
+        del doc["plots"]
     return dict(doc)
 
 

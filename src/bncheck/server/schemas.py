@@ -15,6 +15,7 @@ from pydantic_core import PydanticCustomError
 
 from bncheck.numerics.check import FD_METHODS
 from bncheck.numerics.dtypes import DTYPE_NAMES, WIRE_NAMES
+from bncheck.numerics.pictures import Pictures
 from bncheck.numerics.variants import VARIANTS
 
 from . import codec
@@ -108,6 +109,10 @@ class Output(_Strict):
     gradients: bool = Field(True, description="return the variant's dx, dgamma and dbeta")
     reference: bool = Field(False, description="return the float64 reference gradients too")
     encoding: Literal["list", "data", "b64"] | None = Field(None, description="default: x's encoding")
+    plots: bool = Field(False, description=(
+        "add to each tensor of the variant and candidate blocks what the HTML report draws (plots): per-channel "
+        "tol_ratio, the worst ratio over (sample, channel), the worst cell's positions, a histogram; "
+        "an answer in text/html (Accept) always has them"))
 
 
 class CheckRequest(_Strict):
@@ -203,6 +208,9 @@ class TensorReport(_Out):
         "present only when the numbers are not the tensor itself (directional derivatives, sampled positions)"))
     failed_channels: str = Field(description="every failing channel, in order, as ranges: '16-23,30'")
     resolution: Resolution | None
+    plots: Pictures | None = Field(None, description=(
+        "present when output.plots is true: what the HTML report draws, from every element's tol_ratio "
+        "(null where the candidate is not finite)"))
 
 
 class Block(_Out):

@@ -1,7 +1,7 @@
 """Routes of the KServe v2 inference protocol (kserve.py does the work), beside /v1.
 
 The same limits, token, queue, workers and metrics as /v1/check: an infer is
-``routes.run_check`` with a ``kserve.Call``. Errors are ``{"error": "..."}``
+``routes.run_check`` with a ``runner.Call`` naming the model. Errors are ``{"error": "..."}``
 (errors.render). The health routes, like /livez and /readyz, need no token.
 """
 
@@ -15,9 +15,9 @@ from fastapi.responses import Response
 from bncheck import __version__
 from bncheck.numerics.variants import VARIANTS
 
-from . import kserve
+from . import kserve, runner
 from .errors import ProblemError
-from .routes import AUTH, readiness, run_check
+from .routes import AUTH, readiness, run_check, wants_html
 
 __all__ = ["router"]
 
@@ -115,15 +115,15 @@ async def infer_version(request: Request, model: str, version: str) -> Response:
     return await run_check(request, _call(request, _model(model, version)))
 
 
-def _call(request: Request, model: str) -> kserve.Call:
+def _call(request: Request, model: str) -> runner.Call:
     encoding = request.headers.get("content-encoding", "identity").strip().lower()
     if encoding not in ("", "identity"):
         detail = f"Content-Encoding {encoding[:20]!r} is not supported; send the body uncompressed"
         raise ProblemError("unsupported-media", detail, [("content-encoding", detail)])
     length = request.headers.get("inference-header-content-length")
     if length is None:
-        return kserve.Call(model, None)
+        return runner.Call(model, None, wants_html(request))
     if not length.strip().isdigit():
         detail = f"Inference-Header-Content-Length must be a number of bytes, not {length[:20]!r}"
         raise ProblemError("malformed-infer", detail, [("Inference-Header-Content-Length", detail)])
-    return kserve.Call(model, int(length))
+    return runner.Call(model, int(length), wants_html(request))

@@ -71,14 +71,14 @@ def too_big_problem(detail: str) -> ProblemError:
 
 
 def job(body: Any, settings: Settings, deadline: float | None, *, joined: bool = True,
-        call: kserve.Call | None = None) -> runner.Outcome | Failure:
-    """One check (/v1, or /v2 with ``call``); every expected error comes back as a problem
+        call: runner.Call = runner.V1) -> runner.Outcome | Failure:
+    """One check (/v1, or /v2 as ``call`` says); every expected error comes back as a problem
     document in the protocol's form."""
     try:
         with heap.busy():
-            if call is not None:
+            if call.model is not None:
                 return kserve.run(body, call, settings, deadline=deadline, joined=joined)
-            return runner.run(body, settings, deadline=deadline, joined=joined)
+            return runner.run(body, settings, deadline=deadline, joined=joined, html=call.html)
     except ProblemError as exc:
         problem = exc
     except InputError as exc:
@@ -88,12 +88,12 @@ def job(body: Any, settings: Settings, deadline: float | None, *, joined: bool =
     except MemoryError:
         problem = too_big_problem(f"the check needs more memory than a worker may use "
                                   f"(BNCHECK_WORKER_MEMORY_MB={settings.worker_memory_mb}); send smaller tensors")
-    status, body, media = render(problem, "/v1/check" if call is None else f"/v2/models/{call.model}/infer")
+    status, body, media = render(problem, call.path)
     return Failure(status, body, problem.headers, media)
 
 
 def shared_job(path: str, size: int, settings: Settings, deadline: float | None, owner: str,
-               call: kserve.Call | None = None) -> runner.Outcome | Failure:
+               call: runner.Call = runner.V1) -> runner.Outcome | Failure:
     """``job`` on a body in a shared-memory segment, parsed in place; a large answer goes
     back in a segment of its own (named for ``owner``, the server, which removes it)."""
     seg = shm.Segment.open(path, size)
@@ -141,7 +141,7 @@ class ThreadWorkers:
     async def receive(self, request: Request) -> bytes:
         return await request.body()
 
-    async def run(self, body: bytes, deadline: float, done: Callable[[], None], call: kserve.Call | None = None
+    async def run(self, body: bytes, deadline: float, done: Callable[[], None], call: runner.Call = runner.V1
                   ) -> runner.Outcome | Failure:
         def work() -> runner.Outcome | Failure:
             try:
@@ -315,7 +315,7 @@ class ProcessWorkers:
         return seg
 
     async def run(self, body: bytes | shm.Segment, deadline: float, done: Callable[[], None],
-                  call: kserve.Call | None = None) -> runner.Outcome | Failure:
+                  call: runner.Call = runner.V1) -> runner.Outcome | Failure:
         fingerprint = _fingerprint(body)
         pool = self.pool
         handed = False
@@ -338,7 +338,7 @@ class ProcessWorkers:
                     body.unlink()
 
     def _submit(self, pool: ProcessPoolExecutor, body: bytes | shm.Segment, deadline: float,
-                call: kserve.Call | None) -> Future[Any]:
+                call: runner.Call) -> Future[Any]:
         if isinstance(body, shm.Segment):
             return pool.submit(shared_job, body.path, body.size, self.settings, deadline, self.owner, call)
         return pool.submit(job, body, self.settings, deadline, call=call)
