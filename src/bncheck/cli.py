@@ -188,7 +188,7 @@ def _tolerance(args: argparse.Namespace) -> tuple[float, float] | dict[str, tupl
 
 
 def _run_check(args: argparse.Namespace) -> int:
-    from bncheck.client import APIError, BNCheckClientError, CheckResult, RequestTimeout, TransportError, build_request
+    from bncheck.client import APIError, BNCheckClientError, RequestTimeout, TransportError
 
     inputs, candidate = _gather(args)
     options: dict[str, Any] = {
@@ -212,8 +212,7 @@ def _run_check(args: argparse.Namespace) -> int:
             with Client(base_url=args.server, token=args.token, timeout=args.timeout) as bn:
                 result = bn.check(x, dy, inputs.get("gamma"), inputs.get("beta"), **options, **extra)
         else:
-            result = CheckResult.from_json(_in_process(build_request(
-                x, dy, inputs.get("gamma"), inputs.get("beta"), **options, **extra)))
+            result = _in_process(x, dy, inputs.get("gamma"), inputs.get("beta"), options, extra)
     except APIError as exc:
         fields = "; ".join(f"{f}: {m}" for f, m in exc.errors) or exc.detail
         msg = f"{exc.status} {exc.title}: {fields}"
@@ -248,26 +247,27 @@ def _run_check(args: argparse.Namespace) -> int:
     return 0 if result.passed else 1
 
 
-def _in_process(body: dict[str, Any]) -> dict[str, Any]:
-    """The service's own job (parse, check, encode) in this process; a problem answer
-    becomes the client's exception, as it would over HTTP."""
-    import httpx
+def _in_process(x: Any, dy: Any, gamma: Any, beta: Any, options: dict[str, Any], extra: dict[str, Any]) -> Any:
+    """The numerics, called directly (no JSON, no server packages); the report becomes the same
+    document the service answers with (wire.document), read by the same client model."""
+    from dataclasses import replace
 
-    from bncheck.client._exceptions import raise_for_problem
+    from bncheck import wire
+    from bncheck.client import CheckResult
+    from bncheck.numerics import FDOptions, check
+    from bncheck.numerics.errors import InputError
 
+    opts = dict(options)
+    fd = opts.pop("finite_difference")
+    opts.pop("reference")
+    opts.pop("gradients")
+    opts["device"] = opts["device"] or "cpu"
     try:
-        import orjson
-
-        from bncheck.server import Settings, workers
-    except ImportError as exc:
-        msg = (f"checking in-process needs the server's packages ({exc.name} is missing): "
-               "pip install 'bncheck[server]', or give --server URL")
-        raise UsageError(msg) from None
-
-    result = workers.job(orjson.dumps(body), Settings(), None)
-    if isinstance(result, workers.Failure):
-        raise_for_problem(httpx.Response(result.status, content=result.body, headers=result.headers))
-    return dict(orjson.loads(result.body))
+        report = check(x, dy, gamma, beta, **opts, **extra, finite_difference=FDOptions(**fd))
+    except InputError as exc:
+        raise UsageError(str(exc)) from None
+    result = CheckResult.from_json(wire.document(report))
+    return replace(result, gradients=report.gradients, reference=report.reference)
 
 
 def _write_outputs(out: Path, result: Any) -> None:

@@ -275,3 +275,39 @@ def test_html_report_to_a_folder_that_is_not_there(tmp_path, capsys):
                  "--html", str(tmp_path / "missing" / "r.html")])
     assert code == 2
     assert "--html" in capsys.readouterr().err
+
+
+BLOCKED = """
+import importlib.abc, sys
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {"fastapi", "starlette", "uvicorn", "pydantic", "orjson", "prometheus_client"}:
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+sys.meta_path.insert(0, Block())
+from bncheck.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_in_process_checks_need_no_server_packages(tmp_path):
+    """pip install . (no [server] extra): the in-process check calls the numerics directly."""
+    import subprocess
+    import sys
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-c", BLOCKED, *args], capture_output=True, text=True, timeout=120,
+                              check=False)
+
+    r = cli("check", "--case", "normal", "--shape", "16,4", "--fd", "brute", "--json",
+            "--html", str(tmp_path / "r.html"))
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["passed"] is True
+    assert doc["checks"]["finite_difference"]["method"] == "brute"
+    assert (tmp_path / "r.html").read_text().startswith("<!DOCTYPE html>")
+    bad = cli("check", "--case", "normal", "--shape", "16,4", "--channel-axis", "5")
+    assert bad.returncode == 2
+    assert "channel_axis" in bad.stderr
+    serve = cli("serve")
+    assert serve.returncode == 2
+    assert "pip install 'bncheck[server]'" in serve.stderr

@@ -7,17 +7,17 @@ parse (lift_b64, then simdjson for large nested lists or orjson, pydantic, codec
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import orjson
 from pydantic import ValidationError
 
-from bncheck import htmlreport
+from bncheck import htmlreport, wire
 from bncheck.numerics import check
 from bncheck.numerics.check import FDOptions, Limits
-from bncheck.numerics.report import Block, CheckReport, FDBlock, VariantsBlock
+from bncheck.numerics.report import CheckReport
 
 from . import codec, fastlists
 from .errors import ProblemError, validation_problem
@@ -163,50 +163,11 @@ def _tolerance(req: CheckRequest) -> tuple[float, float] | dict[str, tuple[float
     return {name: (v.rtol, v.atol) for name, v in t.per_tensor().items()}
 
 
-def _json_safe(value: Any) -> Any:
-    """Non-finite floats have no JSON number: inf becomes null (documented per field)."""
-    if isinstance(value, float):
-        return value if np.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_json_safe(v) for v in value]
-    return value
-
-
-def _tensor(m: Any) -> dict[str, Any]:
-    doc = _json_safe(asdict(m))
-    if doc["compared"] is None:  # said only where the numbers are not the tensor itself
-        del doc["compared"]
-    if doc["plots"] is None:  # present only when asked for
-        del doc["plots"]
-    return dict(doc)
-
-
-def _block(b: Block) -> dict[str, Any]:
-    out: dict[str, Any] = {"passed": b.passed, "notes": list(b.notes)}
-    out.update({name: _tensor(m) for name, m in b.tensors.items()})
-    if isinstance(b, FDBlock):
-        extra = asdict(b)
-        for key in ("passed", "notes", "tensors"):
-            extra.pop(key)
-        if b.cross_check is None:
-            extra.pop("cross_check")
-        for key in ("samples", "directions"):
-            if extra[key] is None:
-                extra.pop(key)
-        out.update(_json_safe(extra))
-    return out
-
-
-def _variants(v: VariantsBlock) -> dict[str, Any]:
-    return {"passed": v.passed, "variants": {k: _block(b) for k, b in v.variants.items()},
-            "spread": _json_safe(v.spread), "spread_pair": v.spread_pair}
-
-
 def to_wire(req: CheckRequest, report: CheckReport, held: codec.Held | None = None) -> dict[str, Any]:
+    """The answer's document (wire.document), with the arrays the request asked for encoded
+    as it asked (a NaN or Inf forces b64, with a note)."""
     encoding = req.output.encoding or req.x.encoding
-    notes = list(report.notes)
+    notes: list[str] = []
 
     def tensors(arrays: dict[str, np.ndarray], what: str) -> dict[str, Any]:
         out = {}
@@ -216,25 +177,9 @@ def to_wire(req: CheckRequest, report: CheckReport, held: codec.Held | None = No
                 notes.append(f"{what}.{name} holds NaN or Inf, which JSON numbers cannot carry: sent as b64")
         return out
 
-    wire: dict[str, Any] = {
-        "passed": report.passed, "variant": report.variant, "dtype": report.dtype,
-        "accum_dtype": report.accum_dtype, "shape": report.shape, "channel_axis": report.channel_axis,
-        "reduce_size": report.reduce_size, "training": report.training, "eps": report.eps,
-        "device": report.device,
-    }
+    arrays: dict[str, Any] = {}
     if req.output.gradients and report.gradients is not None:
-        wire["gradients"] = tensors(report.gradients, "gradients")
+        arrays["gradients"] = tensors(report.gradients, "gradients")
     if req.output.reference:
-        wire["reference"] = tensors(report.reference, "reference")
-    checks: dict[str, Any] = {}
-    c = report.checks
-    for name, block in (("variant", c.variant), ("finite_difference", c.finite_difference),
-                        ("candidate", c.candidate), ("saved_statistics", c.saved_statistics)):
-        if block is not None:
-            checks[name] = _block(block)
-    if c.variants is not None:
-        checks["variants"] = _variants(c.variants)
-    wire["checks"] = checks
-    wire["notes"] = notes
-    wire["timings_ms"] = _json_safe(dict(report.timings_ms))
-    return wire
+        arrays["reference"] = tensors(report.reference, "reference")
+    return wire.document(report, arrays, notes)
