@@ -102,11 +102,11 @@ def before_after(cp: Any, shape: tuple[int, ...], dtype: str) -> list[list[str]]
     rows = []
     for name, v in VARIANTS.items():
         new = gpu_ms(cp, lambda v=v: v.fn(dys, cache, ar))
-        backend.RAW_KERNELS_OK[0] = False
+        backend.STATE.raw_kernels_ok = False
         try:
             old = gpu_ms(cp, lambda v=v: v.fn(dys, cache, ar))
         finally:
-            backend.RAW_KERNELS_OK[0] = not backend.RAW_KERNEL_ERRORS
+            backend.STATE.raw_kernels_ok = not backend.STATE.raw_kernel_errors
         rows.append([f"{shape}", dtype, f"`{name}`", f"{old:.3f}", f"{new:.3f}", f"{old / new:.2f}"])
     return rows
 
@@ -151,8 +151,8 @@ def main() -> None:
     print(table(["shape", "dtype", "phase", "ms"], check_rows((65536, 256), "float32")))
     from bncheck.numerics import backend
 
-    kernels = ("generated kernels (kernels.py)" if backend.RAW_KERNELS_OK[0]
-               else f"CuPy fallbacks, generated kernels failed: {backend.RAW_KERNEL_ERRORS[:1]}")
+    kernels = ("generated kernels (kernels.py)" if backend.STATE.raw_kernels_ok
+               else f"CuPy fallbacks, generated kernels failed: {backend.STATE.raw_kernel_errors[:1]}")
     print(f"\nworst variant backward / torch: {worst:.2f} (target <= 2); {kernels}; "
           f"total {time.perf_counter() - start:.0f} s")
 

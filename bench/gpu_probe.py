@@ -27,7 +27,7 @@ def probe(cp, torch, shape: tuple[int, int]) -> dict[str, float]:  # type: ignor
         "a.sum(axis=0) (CuPy)": gpu_ms(cp, lambda: a.sum(axis=0)),
         "fused a*b then ones @ (written out)": gpu_ms(cp, lambda: backend.ones(P, a.dtype, cp)
                                                       @ backend.fuse(_mul, cp)(a, b)),
-        "fused sum(a*b) (in-kernel, default k)": gpu_ms(cp, lambda: backend._fused_sum(_mul, (a3, b3),
+        "fused sum(a*b) (in-kernel, default k)": gpu_ms(cp, lambda: backend.fused_sum(_mul, (a3, b3),
                                                                                       (P, C, 1), cp)),
         "fused a*b element-wise only": gpu_ms(cp, lambda: backend.fuse(_mul, cp)(a, b)),
         "generated kernel: sum(a) and sum(a*b) in one pass": gpu_ms(
@@ -35,9 +35,9 @@ def probe(cp, torch, shape: tuple[int, int]) -> dict[str, float]:  # type: ignor
         "generated kernel: a*b element-wise": gpu_ms(cp, lambda: backend.elementwise(_mul, (P, C, 1), cp)(a3, b3)),
     }
     for k in (64, 256, 1024, 4096):
-        backend._ROW_CHUNKS = k
+        backend.STATE.row_chunks = k
         rows[f"fused sum(a*b), chunks <= {k}"] = gpu_ms(
-            cp, lambda: backend._fused_sum(_mul, (a3, b3), (P, C, 1), cp))
+            cp, lambda: backend.fused_sum(_mul, (a3, b3), (P, C, 1), cp))
     t = [torch.as_tensor(v, device="cuda") for v in (b, a)]
     g, m, s = (torch.ones(C, device="cuda"), torch.zeros(C, device="cuda"), torch.ones(C, device="cuda"))
     rows["torch native_batch_norm_backward"] = gpu_ms(cp, lambda: torch.ops.aten.native_batch_norm_backward(
@@ -52,7 +52,7 @@ def main() -> None:
     for shape in ((1048576, 32), (65536, 256), (4096, 4096)):
         for what, ms in probe(cp, torch, shape).items():
             print(f"{shape[0]} x {shape[1]}  {what:45s} {ms:.3f} ms")
-        backend._ROW_CHUNKS = 1024
+        backend.STATE.row_chunks = 1024
 
 
 if __name__ == "__main__":

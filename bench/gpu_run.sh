@@ -23,7 +23,7 @@ for dtype in ("float16", "bfloat16", "float32", "float64"):
         except Exception:
             print(f"smoke {dtype} {v} FAILED"); traceback.print_exc()
 from bncheck.numerics import backend
-print("generated kernels ok:", backend.RAW_KERNELS_OK[0], "built:", len(backend._RAW_KERNELS), backend.RAW_KERNEL_ERRORS[:2])
+print("generated kernels ok:", backend.STATE.raw_kernels_ok, "built:", len(backend.STATE.raw_kernels), backend.STATE.raw_kernel_errors[:2])
 PY
 timeout 120 $PY -m pytest -q -p no:cacheprovider -x tests/numerics/test_gpu.py -k generated_kernels 2>&1 \
     | tee "$OUT/gpu_kernel_tests.txt" | tail -30

@@ -8,12 +8,14 @@ WEB = {"fastapi", "starlette", "uvicorn", "pydantic", "pydantic_settings", "http
 
 
 def _imports(package: pathlib.Path):
+    """(file, absolute module names it imports, how far a relative import climbs above the package)."""
     for path in package.rglob("*.py"):
+        depth = len(path.relative_to(package).parts) - 1  # 0 for a module of the package itself
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Import):
                 yield path, [a.name for a in node.names], 0
             elif isinstance(node, ast.ImportFrom):
-                yield path, [node.module or ""], node.level
+                yield path, [node.module or ""], max(0, node.level - depth)
 
 
 def test_numerics_import_no_web_stack_no_client_and_no_server():

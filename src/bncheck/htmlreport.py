@@ -37,7 +37,7 @@ svg text{font:11px system-ui,sans-serif;fill:#333}
 .axis{stroke:#555;stroke-width:1} .grid{stroke:#e3e3e3;stroke-width:1} .passline{stroke:#9b1c1c;stroke-width:1.5;
  stroke-dasharray:6 3}
 .mark circle{fill:#2c6fbb} .mark.fail path{stroke:#c0262d;stroke-width:2.2}
-.bar{fill:#2c6fbb} .bar.fail{fill:#c0262d}
+.bar{fill:#2c6fbb} .bar.fail{fill:#c0262d} .envline{stroke:#0a5d2a;stroke-width:1.5;stroke-dasharray:2 2}
 .cell.fail{stroke:#000;stroke-width:.6}
 details{margin:.2em 0 .8em} summary{cursor:pointer;color:#2556a3}
 ul.notes li{margin:.2em 0}
@@ -300,6 +300,43 @@ def _histogram(tname: str, h: Mapping[str, Any]) -> str:
             f"<th>elements</th></tr>{rows}</table></details></figure>")
 
 
+def _natural(tname: str, h: Mapping[str, Any]) -> str:
+    """Errors in natural units, with the allowance (where the reference is 0) and the
+    correct kernels' envelope as lines."""
+    edges, counts = h["edges"], h["counts"]
+    left, top, width, height = 52.0, 18.0, 560.0, 140.0
+    peak = max([*counts, 1])
+    bw = width / len(counts)
+    lo, hi = edges[0], edges[-1]
+
+    def at(value: float) -> float:
+        return left + (min(hi, max(lo, math.log10(value))) - lo) / (hi - lo) * width
+
+    bars = "".join(
+        f"<rect class='bar' x='{left + i * bw:.1f}' y='{top + height - height * math.log1p(n) / math.log1p(peak):.1f}' "
+        f"width='{bw - 1:.1f}' height='{height * math.log1p(n) / math.log1p(peak):.1f}'><title>error 1e{edges[i]:g} to "
+        f"1e{edges[i + 1]:g} natural units: {n:,} elements</title></rect>" for i, n in enumerate(counts))
+    lines, said = [], []
+    for value, cls, label in ((h.get("allowed"), "passline", "allowed where the reference is 0"),
+                              (h.get("envelope"), "envline", "correct kernels' worst")):
+        if value:
+            x = at(value)
+            lines.append(f"<line class='{cls}' x1='{x:.1f}' x2='{x:.1f}' y1='{top}' y2='{top + height}'/>"
+                         f"<text x='{x + 3:.1f}' y='{top - 5 if cls == 'passline' else top + 10}'>{_e(label)}</text>")
+            said.append(f"{label}: {_num(value)}")
+    axis = "".join(f"<text x='{left + (k - lo) / (hi - lo) * width:.1f}' y='{top + height + 14}' "
+                   f"text-anchor='middle'>1e{k}</text>" for k in range(int(lo), int(hi) + 1, 2))
+    desc = (f"how many elements of {tname} have each error in natural units (|error| / the element's natural "
+            f"scale), log scale; {h['zero']:,} exact" + ("; " + "; ".join(said) if said else ""))
+    svg = (f"<svg class='natural' role='img' aria-label='{_e(desc)}' width='{left + width + 10:.0f}' "
+           f"height='{top + height + 34:.0f}'><title>{_e(desc)}</title>{bars}{''.join(lines)}"
+           f"<line class='axis' x1='{left}' x2='{left + width}' y1='{top + height}' y2='{top + height}'/>{axis}"
+           f"<text x='{left + width / 2}' y='{top + height + 30}' text-anchor='middle'>error in natural units"
+           f"</text></svg>")
+    return (f"<figure><figcaption><strong>{_e(tname)}: errors in natural units</strong>: {_e(desc)}. Elements with "
+            f"a large reference are allowed rtol x |reference| more than the dashed line.</figcaption>{svg}</figure>")
+
+
 def _pictures(block_name: str, block: Mapping[str, Any]) -> str:
     out = []
     for tname, t in _tensor_rows(block):
@@ -311,6 +348,8 @@ def _pictures(block_name: str, block: Mapping[str, Any]) -> str:
         if p.get("heatmap"):
             out.append(_heatmap(tname, p["heatmap"], p.get("spatial")))
         out.append(_histogram(tname, p["histogram"]))
+        if p.get("natural"):
+            out.append(_natural(tname, p["natural"]))
     return "".join(out)
 
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from bncheck.numerics import backend
+from bncheck.numerics.errors import DeviceUnavailableError
 from bncheck.numerics.layout import Layout
 
 
@@ -42,7 +43,7 @@ def test_namespace_is_numpy_for_numpy_arrays():
 
 @pytest.mark.skipif(backend.gpu_available(), reason="this machine has a GPU")
 def test_asking_for_a_missing_gpu_is_a_clear_error():
-    with pytest.raises(backend.DeviceUnavailableError, match="device"):
+    with pytest.raises(DeviceUnavailableError, match="device"):
         backend.resolve_device("gpu")
     assert backend.resolve_device("auto") is np
 
@@ -142,4 +143,31 @@ def test_fused_channel_sum_layouts_with_numpy_standing_in(shape):
 
     got = backend.fused_channel_sum(fn, (a, g, 2.0, b), shape, _NumpyPosingAsCupy())
     np.testing.assert_allclose(got.reshape(-1), (a * g * 2.0 + b).sum(axis=(0, 2)), rtol=1e-10, atol=1e-12)
-    assert backend._FUSED_REDUCTION_OK[0]
+    assert backend.STATE.fused_reduction_ok
+
+
+def test_every_name_the_callers_use_is_in_all():
+    """backend is a façade: what the numerics, tests and benchmarks call is its public API."""
+    import pathlib
+    import re
+
+    root = pathlib.Path(__file__).resolve().parents[2]
+    used = set()
+    for folder in ("src", "tests", "bench"):
+        for path in (root / folder).rglob("*.py"):
+            used |= set(re.findall(r"\bbackend\.([A-Za-z_][A-Za-z0-9_]*)", path.read_text()))
+    used -= {"py", "__all__"}  # "backend.py" in prose; this test itself
+    assert used <= set(backend.__all__), sorted(used - set(backend.__all__))
+    assert all(hasattr(backend, name) for name in backend.__all__)
+
+
+def test_the_gpu_state_is_one_object_that_resets():
+    state = backend.GpuState()
+    state.raw_kernels_ok = False
+    state.raw_kernel_errors.append("x")
+    state.ones[(1, "<f8", 0)] = object()
+    state.reset()
+    assert state.raw_kernels_ok is True
+    assert state.raw_kernel_errors == []
+    assert state.ones == {}
+    assert backend.GpuState().raw_kernel_errors is not backend.GpuState().raw_kernel_errors

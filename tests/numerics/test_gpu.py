@@ -100,7 +100,7 @@ def test_generated_kernels_are_exact_on_the_gpu(shape, dtype):
     out = backend.elementwise(variants._qianfeng_dx, shape, cp)(
         *[cp.asarray(v) if isinstance(v, np.ndarray) else v for v in args])
     np.testing.assert_array_equal(out.get().view(np.uint8), variants._qianfeng_dx(*args).view(np.uint8))
-    assert backend.RAW_KERNELS_OK[0], backend.RAW_KERNEL_ERRORS
+    assert backend.STATE.raw_kernels_ok, backend.STATE.raw_kernel_errors
     np.testing.assert_array_equal(backend.channel_sum(cp.asarray(a), cp).get(), a.astype(np.float64).sum(axis=(0, 2)))
 
 

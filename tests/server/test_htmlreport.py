@@ -93,6 +93,15 @@ def test_the_pictures_are_the_json_reports_numbers(bug):
     assert sum(hist["counts"]) + hist["zero"] + hist["nonfinite"] == dx["total"]
     over = sum(n for edge, n in zip(hist["edges"], hist["counts"], strict=False) if edge >= 0)
     assert over == dx["mismatched"]
+    natural = dx["plots"]["natural"]
+    assert sum(natural["counts"]) + natural["zero"] == dx["total"] - dx["nonfinite"]
+    assert natural["allowed"] == dx["tolerance"]["atol"]
+    assert natural["envelope"] == dx["tolerance"]["envelope"]
+    # every element past the allowance at reference 0 plus the largest rtol term is a mismatch, and
+    # the planted zeros are errors of the order of the values themselves: near 1 natural unit
+    big = sum(n for edge, n in zip(natural["edges"], natural["counts"], strict=False) if edge >= -1)
+    assert (big > 0) is bug
+    assert len(html.find("svg", "natural")) == 2  # dx and dgamma
 
 
 def test_channels_last_heatmap_and_spatial_map():

@@ -53,6 +53,7 @@ class _Part:
     ch_ratio: np.ndarray
     ch_abs: np.ndarray
     ch_bad: np.ndarray
+    natural: np.ndarray | None = None  # plots: the block's histogram of errors in natural units
 
 
 class _Inputs:
@@ -103,8 +104,11 @@ class _Inputs:
         xp.divide(err, allowed, out=ratio)
         if finite is not None:
             ratio[~finite] = xp.inf
+        natural_hist = None
         if self.ratios is not None:
             self.ratios[b[0], :, b[1]] = backend.to_numpy(ratio)
+            if scale is not None:  # err is still |candidate - reference| (0 where not finite)
+                natural_hist = pictures.natural_counts(backend.to_numpy(err / xp.maximum(scale, _TINY)))
         # The first non-finite element is the worst; otherwise the largest ratio.
         worst = int(xp.argmin(finite)) if finite is not None and n_nonfinite else int(xp.argmax(ratio))
         local = tuple(int(i) for i in np.unravel_index(worst, ratio.shape))
@@ -128,6 +132,7 @@ class _Inputs:
             ch_ratio=backend.to_numpy(backend.channel_max(ratio, xp)),
             ch_abs=backend.to_numpy(ch_abs),
             ch_bad=backend.to_numpy(backend.channel_count(bad, xp)),
+            natural=natural_hist,
         )
         if part.max_abs > 0:
             part.max_rel, part.max_ulp = self._relative(err, aref, ref, allowed)
@@ -202,9 +207,18 @@ def compare(cand: Any, ref: Any, *, tol: Tolerance, lay: Layout, out_dtype: Any,
         failed_channels=channel_ranges(np.flatnonzero(ch_bad)),
         resolution=_resolution(tol, max(p.max_allowed for p in parts), max(p.max_ref for p in parts), out_dtype,
                                natural=scale is not None),
-        plots=None if inputs.ratios is None else pictures.summarize(inputs.ratios, lay, ch_ratio,
-                                                                      batch=lay.P * lay.S > 1),
+        plots=None if inputs.ratios is None else pictures.summarize(
+            inputs.ratios, lay, ch_ratio, batch=lay.P * lay.S > 1, natural=_natural(parts, tol, n_nonfinite)),
     )
+
+
+def _natural(parts: list[_Part], tol: Tolerance, n_nonfinite: int) -> pictures.NaturalHistogram | None:
+    if parts[0].natural is None:
+        return None
+    total = np.sum([p.natural for p in parts if p.natural is not None], axis=0)
+    zero = int(total[-1]) - n_nonfinite  # non-finite candidates were counted as exact zeros
+    return pictures.NaturalHistogram(list(pictures.NATURAL_EDGES), [int(c) for c in total[:-1]], zero,
+                                     tol.atol if tol.mode == "natural" else None, tol.envelope)
 
 
 def channel_ranges(channels: Any) -> str:

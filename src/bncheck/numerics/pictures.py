@@ -18,11 +18,14 @@ import numpy as np
 
 from .layout import Layout
 
-__all__ = ["Heatmap", "Histogram", "Pictures", "SpatialMap", "summarize"]
+__all__ = ["NATURAL_EDGES", "Heatmap", "Histogram", "NaturalHistogram", "Pictures", "SpatialMap", "natural_counts",
+           "summarize"]
 
 HEAT_ROWS, HEAT_COLS, SPATIAL_MAX = 64, 128, 64
 # log10 of the ratio, from 1e-8 to 1e4, in quarter decades; zeros and non-finite apart
 EDGES = [round(-8 + 0.25 * i, 2) for i in range(49)]
+# log10 of the error in natural units, from 1e-12 to 1e4, in quarter decades
+NATURAL_EDGES = [round(-12 + 0.25 * i, 2) for i in range(65)]
 
 
 @dataclass(frozen=True)
@@ -59,11 +62,26 @@ class Histogram:
 
 
 @dataclass(frozen=True)
+class NaturalHistogram:
+    """How many elements have each error in natural units (|error| / the element's natural
+    scale): counts[i] between 10**edges[i] and 10**edges[i+1]. ``allowed`` is the allowance
+    in natural units where the reference is 0 (larger references get rtol * |reference| more);
+    ``envelope`` the worst error of the correct kernels (calibrated verdicts)."""
+
+    edges: list[float]
+    counts: list[int]
+    zero: int
+    allowed: float | None
+    envelope: float | None
+
+
+@dataclass(frozen=True)
 class Pictures:
     channel_ratio: list[float | None]  # the worst ratio in each channel; > 1 fails
     heatmap: Heatmap | None  # tensors with a batch axis (dx, y)
     spatial: SpatialMap | None  # tensors with positions (NCHW, NHWC, ...)
     histogram: Histogram
+    natural: NaturalHistogram | None = None  # tensors judged against a natural scale
 
 
 def _finite(values: np.ndarray) -> list[list[float | None]]:
@@ -92,7 +110,18 @@ def _histogram(r3: np.ndarray) -> Histogram:
     return Histogram(list(EDGES), [int(c) for c in counts], zero, nonfinite)
 
 
-def summarize(r3: np.ndarray, lay: Layout, channel_ratio: np.ndarray, *, batch: bool) -> Pictures:
+def natural_counts(natural: np.ndarray) -> np.ndarray:
+    """One block's histogram of errors in natural units (finite values): counts over
+    NATURAL_EDGES, then the exact zeros."""
+    flat = natural.reshape(-1)
+    pos = flat[flat > 0]
+    logs = np.clip(np.log10(pos), NATURAL_EDGES[0], NATURAL_EDGES[-1] - 1e-9)
+    counts, _ = np.histogram(logs, bins=NATURAL_EDGES)
+    return np.append(counts, flat.size - pos.size)
+
+
+def summarize(r3: np.ndarray, lay: Layout, channel_ratio: np.ndarray, *, batch: bool,
+              natural: NaturalHistogram | None = None) -> Pictures:
     """``r3``: the ratio over ``lay``'s (P, C, S) view (inf at non-finite candidates);
     ``batch``: whether axis 0 is a batch axis (a full tensor, not a per-channel one)."""
     heatmap = spatial = None
@@ -103,7 +132,7 @@ def summarize(r3: np.ndarray, lay: Layout, channel_ratio: np.ndarray, *, batch: 
         pooled, rb, cb = _pool(cells, HEAT_ROWS, HEAT_COLS)
         heatmap = Heatmap(rb, cb, _finite(pooled))
         spatial = _spatial(per_sample, cells, lay)
-    return Pictures(_finite(channel_ratio.reshape(1, -1))[0], heatmap, spatial, _histogram(r3))
+    return Pictures(_finite(channel_ratio.reshape(1, -1))[0], heatmap, spatial, _histogram(r3), natural)
 
 
 def _spatial(per_sample: np.ndarray, cells: np.ndarray, lay: Layout) -> SpatialMap | None:

@@ -300,7 +300,7 @@ def encode(arr: np.ndarray, encoding: str, held: Held | None = None) -> tuple[An
 class Held:
     """Long text kept out of a JSON document until it is serialised: b64 strings, or the
     JSON text of long arrays of numbers. Neither pydantic nor orjson then copies or scans
-    it (orjson alone takes 12 ms for 21 MB of b64)."""
+    it (orjson scanning megabytes of b64 is measurable: README, Benchmarks)."""
 
     def __init__(self) -> None:
         self.nonce = secrets.token_hex(8)
@@ -340,8 +340,8 @@ _WHITESPACE = (b" ", b"\t", b"\r", b"\n")
 def lift_b64(body: Any, min_len: int = LIFT_MIN) -> tuple[Any, dict[str, memoryview]]:
     """Take long ``"b64": "..."`` strings out of a JSON body before it is parsed.
 
-    orjson reads a long string at about 0.6 GB/s (73 ms for a 43 MB body of two b64
-    tensors); ``find`` skips over one at memory speed. The walk goes from string to string
+    orjson reads a long string far below memory speed (docs/design.md, section 9, and
+    bench/service.py measure it); ``find`` skips over one at memory speed. The walk goes from string to string
     (``find`` of the next quote, so the numbers of a nested-list body cost nothing). Each
     long b64 value is replaced by a short placeholder of base64 characters (a per-request
     random nonce), and its text is returned by reference, as a view of ``body``.

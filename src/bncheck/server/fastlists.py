@@ -1,9 +1,9 @@
 """Large bodies of nested-list tensors read straight into arrays (simdjson), with no Python
 float per number.
 
-orjson builds a Python float for every number (75 ms for 1M of them, 21 MB of JSON) and
-NumPy then reads them back (20 ms more). simdjson (pysimdjson) parses the same text in
-about 20 ms and copies a homogeneous array into a buffer of doubles in C++.
+orjson builds a Python float for every number and NumPy then reads them back; simdjson
+(pysimdjson) parses the same text several times faster and copies a homogeneous array into
+a buffer of doubles in C++ (bench/service.py prints the ratio; README, Benchmarks).
 
 That copy flattens nested arrays whatever their shape, so the shape is proven here:
 every array on the way down must have the lengths that the path through first elements

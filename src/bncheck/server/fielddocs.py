@@ -126,6 +126,12 @@ BY_SCHEMA_FIELD: dict[str, str] = {
                        "beyond)",
     "Histogram.counts": "elements per bin",
     "Histogram.zero": "elements with no error at all",
+    "Pictures.natural": "how many elements have each error in natural units; null where no natural scale applies",
+    "NaturalHistogram.edges": "bin edges in log10(|error| / natural scale), from -12 to 4",
+    "NaturalHistogram.counts": "elements per bin (finite candidates)",
+    "NaturalHistogram.zero": "elements with no error at all",
+    "NaturalHistogram.allowed": "the allowance in natural units where the reference is 0 (null: absolute tolerance)",
+    "NaturalHistogram.envelope": "the correct kernels' worst error in natural units (calibrated verdicts)",
 }
 for _name, _what in _TENSORS.items():
     BY_FIELD.setdefault(_name, _what)

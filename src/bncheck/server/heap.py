@@ -3,9 +3,8 @@
 A check of 4M elements allocates and frees tens of arrays of 16 to 32 MB. By default
 glibc serves blocks that large with fresh mmaps and returns a heap's free top to the
 system once it passes 32 MB, so every check faults its memory in again, page by page.
-Measured on 2 cores (4M float32, FD auto, the same warm worker, 12 interleaved rounds;
-see the README): the worker's part took 363-408 ms with glibc's defaults and 324-334 ms
-with the heap kept, the HTTP round trip 496-557 against 441-442 ms (medians).
+Keeping the heap makes a worker's part of a large check measurably faster (the README's
+Benchmarks section has the numbers, from python -m bench.service).
 
 So a worker serves blocks of up to 32 MB (glibc's ceiling for this setting) from its heap
 and keeps up to ``keep_mb`` of free heap between checks; after ``idle_s`` without a

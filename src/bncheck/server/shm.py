@@ -1,9 +1,9 @@
 """Request and response bodies handed to worker processes through shared memory.
 
-A 43 MB body pickled through a ProcessPoolExecutor's pipe costs about 120 ms one
-way on two cores (and the answer as much again); through a file in /dev/shm it
-costs a copy. The server writes the body into a segment as it arrives, the worker
-maps it and parses it in place, and writes its answer into a segment of its own.
+A large body pickled through a ProcessPoolExecutor's pipe is copied several times
+each way; through a file in /dev/shm it costs one copy (docs/design.md, section 9).
+The server writes the body into a segment as it arrives, the worker maps it and parses
+it in place, and writes its answer into a segment of its own.
 
 Why not ``multiprocessing.shared_memory``: it sizes segments with ftruncate and is
 written through a mapping, so a full /dev/shm (64 MB by default in Docker) shows up

@@ -160,9 +160,9 @@ class ThreadWorkers:
 
 def _init_worker(nice: int, heap_mb: int, memory_mb: int = 0) -> None:
     """Workers yield the CPU to the server process, whose event loop must keep answering
-    (/livez, new requests). Measured on 2 cores with 4 checks of 4M elements running
-    (python -m bench.service): /livez p99 45 ms at nice 5 against 72 ms at nice 0. A
-    single check over HTTP is no slower at nice 5: nothing else competes for the CPU.
+    (/livez, new requests): with every core busy, /livez's p99 is markedly lower at nice 5
+    (python -m bench.service measures it), and a single check over HTTP is no slower:
+    nothing else competes for the CPU.
     And they keep their heap from one check to the next (heap.py)."""
     with contextlib.suppress(OSError):
         os.nice(nice)
@@ -367,7 +367,7 @@ class ProcessWorkers:
                 except RuntimeError:  # the loop has closed
                     discard(outcome[1])
             finally:
-                # Once the answer is on its way: freeing 40 MB of pages takes ~8 ms.
+                # Once the answer is on its way: freeing tens of megabytes of pages takes milliseconds.
                 if seg is not None:
                     seg.unlink()
 
