@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bncheck.client import Block, CheckResult, TensorReport
+from bncheck.client import Block, CheckResult, FDBlock, TensorReport
 
 __all__ = ["render"]
 
@@ -42,18 +42,16 @@ def _tensor(name: str, t: TensorReport) -> list[str]:
 
 def _block(title: str, b: Block) -> list[str]:
     info = ""
-    if b.info.get("method"):
-        i = b.info
-        info = (f" ({i['method']}, {i.get('elements', 0):,} values, step {i.get('step', 0):g}, "
-                f"est. error {_num(i.get('estimated_error'))})")
+    if isinstance(b, FDBlock):
+        info = (f" ({b.method}, {b.elements:,} values, step {_num(b.step)}, "
+                f"est. error {_num(b.estimated_error)})")
     lines = [f"  {title:<18} {'passed' if b.passed else 'FAILED'}{info}"]
     for name, t in b.tensors.items():
         lines += _tensor(name, t)
-    cross = b.info.get("cross_check")
-    if cross:
-        lines.append(f"    cross-check {cross['method']} at {cross['positions']} positions: "
-                     f"{'ok' if cross['metrics']['passed'] else 'FAIL'} "
-                     f"(tol_ratio {_num(cross['metrics']['tol_ratio'])})")
+    cross = b.cross_check if isinstance(b, FDBlock) else None
+    if cross is not None:
+        lines.append(f"    cross-check {cross.method} at {cross.positions} positions: "
+                     f"{'ok' if cross.metrics.passed else 'FAIL'} (tol_ratio {_num(cross.metrics.tol_ratio)})")
     lines += [f"    note: {n}" for n in b.notes]
     return lines
 

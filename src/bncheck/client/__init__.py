@@ -21,7 +21,17 @@ from ._exceptions import (
     TransportError,
     Unauthorized,
 )
-from ._models import Block, ChannelError, CheckResult, Resolution, TensorReport, Tolerance, VariantsBlock
+from ._models import (
+    Block,
+    ChannelError,
+    CheckResult,
+    CrossCheck,
+    FDBlock,
+    Resolution,
+    TensorReport,
+    Tolerance,
+    VariantsBlock,
+)
 
 __all__ = [
     "APIError",
@@ -32,6 +42,8 @@ __all__ = [
     "ChannelError",
     "CheckResult",
     "Client",
+    "CrossCheck",
+    "FDBlock",
     "InvalidInput",
     "PayloadTooLarge",
     "RequestTimeout",

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar, cast
 
 import numpy as np
 
@@ -201,7 +201,7 @@ def check(
         reduce_size=inp.layout.R,
         training=inp.training,
         eps=inp.eps,
-        device=backend.device_name(xp),
+        device=cast(Any, backend.device_name(xp)),
         gradients=gradients,
         reference=ref,
         checks=checks,
@@ -284,7 +284,7 @@ def _grad_compare(ctx: _Ctx, grads: Grads, ar: Arith, tol_for: Any) -> dict[str,
 def _variant_block(ctx: _Ctx, grads: Grads, ar: Arith) -> Block:
     tensors = _grad_compare(ctx, grads, ar,
                             lambda _n, out: default_tolerance(ar.storage, ar.accum, out, ctx.lay.R))
-    return Block(all(t.passed for t in tensors.values()), tensors)
+    return Block.of(tensors)
 
 
 def _variants_block(blocks: dict[str, Block], grads: list[Grads]) -> VariantsBlock:
@@ -313,31 +313,31 @@ def _fd_block(ctx: _Ctx, opts: FDOptions, limits: Limits) -> FDBlock:
     scales = ctx.exact_scales
     tol = fd_tolerance()
     method = "stats" if opts.method == "auto" else opts.method
-    block = FDBlock(True, {}, method=method, requested=opts.method, step=opts.step, seed=opts.seed)
+    block = FDBlock(True, method=cast(Any, method), requested=opts.method, step=opts.step, seed=opts.seed)
     h = fd.steps(ctx.exact, opts.step)
     block.step_min, block.step_max = float(xp.min(h)), float(xp.max(h))
     errors: list[float] = []
     if method == "stats":
         raw = ref.dgamma / ctx.exact.invstd
         num = fd.stats_dx(pr, ctx.exact, ref.dbeta, raw, opts.step)
-        block.tensors["dx"] = compare(lay.restore(ref.dx), lay.restore(num.values), tol=tol, lay=lay,
-                                      out_dtype=np.float64, scale=scales.dx, extra=4 * num.error)
+        block.dx = compare(lay.restore(ref.dx), lay.restore(num.values), tol=tol, lay=lay,
+                           out_dtype=np.float64, scale=scales.dx, extra=4 * num.error)
         block.elements = lay.M
         errors.append(float(xp.max(num.error / _channel_max(scales.dx, lay, xp))))
         if opts.method == "auto":
             block.cross_check = _cross_check(ctx, pr, ref, scales, opts, limits, block.notes)
     elif method == "brute":
         metrics, count = _brute(ctx, pr, ref, scales, opts, limits, opts.samples, block.notes)
-        block.tensors["dx"], block.samples, block.elements = metrics, count, count * lay.C
+        block.dx, block.samples, block.elements = metrics, count, count * lay.C
     else:
         metrics, count = _directional(ctx, pr, ref, scales, opts, limits, block.notes)
-        block.tensors["dx"], block.directions, block.elements = metrics, count, count * lay.C
+        block.dx, block.directions, block.elements = metrics, count, count * lay.C
     dg, db = fd.param_fd(pr, ctx.exact)
     clay = channel_layout(lay.C)
-    block.tensors["dgamma"] = compare(ref.dgamma, dg.values, tol=tol, lay=clay, out_dtype=np.float64,
-                                      scale=scales.dgamma, extra=4 * dg.error)
-    block.tensors["dbeta"] = compare(ref.dbeta, db.values, tol=tol, lay=clay, out_dtype=np.float64,
-                                     scale=scales.dbeta, extra=4 * db.error)
+    block.dgamma = compare(ref.dgamma, dg.values, tol=tol, lay=clay, out_dtype=np.float64,
+                           scale=scales.dgamma, extra=4 * dg.error)
+    block.dbeta = compare(ref.dbeta, db.values, tol=tol, lay=clay, out_dtype=np.float64,
+                          scale=scales.dbeta, extra=4 * db.error)
     block.estimated_error = max(errors) if errors else 0.0
     block.passed = all(t.passed for t in block.tensors.values()) and (
         block.cross_check is None or block.cross_check.metrics.passed)
@@ -445,7 +445,7 @@ def _candidate_block(ctx: _Ctx, ar: Arith, tolerance: Tolerances, tick: Callable
             f"{dtype_name(car.accum)} arithmetic{held} on these inputs; envelope (natural units): "
             + ", ".join(f"{k} {v:.3g}" for k, v in env.items()))
     ctx.notes.extend(_blind_spots(ctx, cand))
-    return Block(all(t.passed for t in tensors.values()), tensors)
+    return Block.of(tensors)
 
 
 def _user_tolerances(tolerance: Tolerances, cand: Mapping[str, Any]) -> dict[str, Tolerance]:
@@ -556,7 +556,7 @@ def _saved_block(ctx: _Ctx, ar: Arith) -> Block:
         "invstd": compare(xp.asarray(inp.saved_invstd), ctx.exact.invstd, tol=tol, lay=_clay(ctx),
                           out_dtype=out, scale=scales.invstd),
     }
-    return Block(all(t.passed for t in tensors.values()), tensors)
+    return Block.of(tensors)
 
 
 @_quiet

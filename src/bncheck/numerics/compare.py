@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -190,7 +190,7 @@ def compare(cand: Any, ref: Any, *, tol: Tolerance, lay: Layout, out_dtype: Any,
         max_ulp=None if cancellation else max(p.max_ulp for p in parts),
         tol_ratio=worst.worst_ratio,
         worst_index=lay.unravel(worst.worst_flat),
-        worst_candidate=worst.worst_cand if math.isfinite(worst.worst_cand) else str(worst.worst_cand),
+        worst_candidate=worst.worst_cand if math.isfinite(worst.worst_cand) else cast(Any, str(worst.worst_cand)),
         worst_reference=worst.worst_ref,
         worst_allowed=worst.worst_allowed,
         mismatched=n_bad,
@@ -198,11 +198,11 @@ def compare(cand: Any, ref: Any, *, tol: Tolerance, lay: Layout, out_dtype: Any,
         nonfinite=n_nonfinite,
         channels_failed=int(np.count_nonzero(ch_bad)),
         worst_channels=_worst_channels(ch_ratio, ch_abs, ch_bad),
-        decided_by=_decided_by(tol, worst),
+        decided_by=cast(Any, _decided_by(tol, worst)),
         cancellation=cancellation,
         dtype=dtype_name(out_dtype),
-        tolerance=ToleranceUsed(tol.rtol, tol.atol, tol.mode, 1.0, tol.basis, tol.envelope, tol.margin,
-                                tol.members, tol.abs_floor),
+        tolerance=ToleranceUsed(tol.rtol, tol.atol, cast(Any, tol.mode), 1.0, cast(Any, tol.basis), tol.envelope,
+                                tol.margin, tol.members, tol.abs_floor),
         compared=compared,
         failed_channels=channel_ranges(np.flatnonzero(ch_bad)),
         resolution=_resolution(tol, max(p.max_allowed for p in parts), max(p.max_ref for p in parts), out_dtype,

@@ -111,6 +111,47 @@ BY_SCHEMA_FIELD: dict[str, str] = {
     "ToleranceSpec.atol": "for every candidate tensor: allowed += atol (give rtol too)",
     "ToleranceIn.rtol": "allowed += rtol * |reference|",
     "ToleranceIn.atol": "allowed += atol",
+    # the answer (its schema is generated from numerics/report.py; the descriptions live here)
+    "CheckResponse.passed": "true only when every block in checks passed",
+    "CheckResponse.gradients": "the chosen formula's dx, dgamma, dbeta; absent for variant 'all' or "
+                               "output.gradients false",
+    "CheckResponse.reference": "float64; present when output.reference is true",
+    "ChannelError.max_abs_err": "the channel's largest |candidate - reference|; null where not finite",
+    "ChannelError.tol_ratio": "the channel's worst |err| / allowed; null when the channel holds a non-finite value",
+    "FDBlock.step": "the step, relative to sqrt(var + eps), per channel",
+    "FDBlock.step_min": "the smallest absolute step of any channel",
+    "FDBlock.step_max": "the largest absolute step of any channel",
+    "FDBlock.estimated_error": "the finite differences' own error, natural-scale units",
+    "Resolution.natural": "allowance where the reference is 0, in natural-scale units",
+    "Resolution.max_abs": "the largest error any element was allowed: a pass means no error above it",
+    "Resolution.ulp": "max_abs in ulps of the tensor's dtype at its largest |reference|",
+    "TensorReport.max_abs_err": "the largest |candidate - reference| over finite candidates",
+    "TensorReport.max_rel_err": "over elements whose reference is not 0; null when not finite, or not applicable "
+                                "(cancellation)",
+    "TensorReport.rms_err": "root mean square of the errors over finite candidates",
+    "TensorReport.max_ulp": "in the candidate's dtype, over elements whose reference is not 0; null when not "
+                            "applicable (cancellation)",
+    "TensorReport.tol_ratio": "worst |err| / allowed; <= 1 passes; null if non-finite",
+    "TensorReport.worst_reference": "the reference's value at the worst element",
+    "TensorReport.worst_allowed": "the allowance at the worst element: tol_ratio = |worst_candidate - "
+                                  "worst_reference| / worst_allowed",
+    "TensorReport.failed_channels": "every failing channel, in order, as ranges: '16-23,30'",
+    "TensorReport.compared": "present only when the numbers are not the tensor itself (directional derivatives, "
+                             "sampled positions)",
+    "TensorReport.plots": "present when output.plots is true: what the HTML report draws, from every element's "
+                          "tol_ratio (null where the candidate is not finite)",
+    "ToleranceUsed.mode": "natural: atol is in units of the natural scale",
+    "ToleranceUsed.floor": "always 1 (the first release's noise-floor widening; kept for compatibility)",
+    "ToleranceUsed.basis": "calibrated: measured on correct kernels run on these inputs; analytic: a first-order "
+                           "bound; user: the request's tolerance",
+    "ToleranceUsed.envelope": "calibrated: correct kernels' worst error, natural units",
+    "ToleranceUsed.margin": "calibrated: allowed = margin * envelope * scale + rtol * |reference| "
+                            "(atol = margin * envelope)",
+    "ToleranceUsed.members": "calibrated: how many correct kernels the envelope spans",
+    "ToleranceUsed.abs_floor": "added to every element's allowance: the rounding of outputs in the dtype's "
+                               "subnormal range. allowed = rtol * |reference| + atol * scale + abs_floor, scale = 1 "
+                               "in absolute mode",
+    "VariantsBlock.spread": "per tensor: the largest difference between two variants",
     # the pictures' numbers (numerics/pictures.py), in a tensor report when output.plots is true
     "Pictures.channel_ratio": "each channel's worst tol_ratio (over 1 fails; null: a non-finite candidate)",
     "Pictures.heatmap": "the worst tol_ratio of each (sample, channel); null for per-channel tensors",

@@ -6,18 +6,21 @@ a body parameter; the request schema is added here from the pydantic model.
 
 from __future__ import annotations
 
+import dataclasses
+import typing
 from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from bncheck.numerics.dtypes import WIRE_NAMES
+from bncheck.numerics.report import OMIT, CheckReport
 from bncheck.numerics.variants import VARIANTS
 
 from . import kserve
 from .fielddocs import describe
 from .problems import PROBLEMS
-from .schemas import TENSOR_PLACEHOLDER, CheckRequest, Problem
+from .schemas import TENSOR_PLACEHOLDER, CheckRequest, CheckResponse, Problem
 
 __all__ = ["EXAMPLE", "PROBLEM_RESPONSES", "build"]
 
@@ -158,6 +161,12 @@ def build(app: FastAPI) -> dict[str, Any]:
         doc = model.model_json_schema(ref_template=_REF)
         components.update(doc.pop("$defs", {}))
         components[model.__name__] = doc
+    # The answer, generated from the report's dataclasses: every float may be null on the wire
+    # (JSON has no NaN or Inf; wire.py writes a non-finite value as null).
+    answer = _nullable_numbers(CheckResponse.model_json_schema(ref_template=_REF, mode="serialization"))
+    components.update(answer.pop("$defs", {}))
+    components["CheckResponse"] = answer
+    _always_sent(components)
     components.update(TENSOR_SCHEMAS)
     components.update(V2_SCHEMAS)
     for name, component in components.items():
@@ -186,6 +195,46 @@ def build(app: FastAPI) -> dict[str, Any]:
     ok["examples"] = {"small": {"summary": "the answer to the request example", "value": _example_answer()}}
     app.openapi_schema = _local_refs(schema)
     return app.openapi_schema
+
+
+def _always_sent(components: dict[str, Any]) -> None:
+    """What the answer always carries is required: every field of a report dataclass but those
+    left out when None (report.OMIT). A default does not make a field optional on the wire."""
+    seen: dict[str, Any] = {}
+    todo: list[Any] = [CheckReport]
+    while todo:
+        cls = todo.pop()
+        if not (isinstance(cls, type) and dataclasses.is_dataclass(cls)) or cls.__name__ in seen:
+            continue
+        seen[cls.__name__] = cls
+        todo += [t for hint in typing.get_type_hints(cls).values() for t in _classes(hint)]
+    seen["CheckResponse"] = CheckReport
+    for name, cls in seen.items():
+        if name in components:
+            components[name]["required"] = [f.name for f in dataclasses.fields(cls) if not f.metadata.get(OMIT)]
+
+
+def _classes(hint: Any) -> list[Any]:
+    args = typing.get_args(hint)
+    return [hint] if not args else [c for a in args for c in _classes(a)]
+
+
+def _nullable_numbers(schema: Any) -> Any:
+    """Every number may be null (and no answer schema states a default: the answer sends its
+    fields, or leaves out those marked report.OMIT)."""
+    if isinstance(schema, dict):
+        schema = {k: v for k, v in schema.items() if k != "default"}
+        if schema.get("type") == "number":
+            rest = {k: v for k, v in schema.items() if k != "type"}
+            return {**rest, "anyOf": [{"type": "number"}, {"type": "null"}]}
+        options = schema.get("anyOf")
+        if isinstance(options, list):  # a union says for itself whether it may be null
+            return {**{k: _nullable_numbers(v) for k, v in schema.items() if k != "anyOf"},
+                    "anyOf": [o if o.get("type") == "number" else _nullable_numbers(o) for o in options]}
+        return {k: _nullable_numbers(v) for k, v in schema.items()}
+    if isinstance(schema, list):
+        return [_nullable_numbers(v) for v in schema]
+    return schema
 
 
 def _example_answer() -> dict[str, Any]:

@@ -180,6 +180,6 @@ def to_wire(req: CheckRequest, report: CheckReport, held: codec.Held | None = No
     arrays: dict[str, Any] = {}
     if req.output.gradients and report.gradients is not None:
         arrays["gradients"] = tensors(report.gradients, "gradients")
-    if req.output.reference:
+    if req.output.reference and report.reference is not None:
         arrays["reference"] = tensors(report.reference, "reference")
     return wire.document(report, arrays, notes)

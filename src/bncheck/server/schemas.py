@@ -1,4 +1,5 @@
-"""The wire contract (docs/design.md, and README "What the answer means") as pydantic models.
+"""The wire contract (docs/design.md, and README "What the answer means") as pydantic models:
+the request, and the answer's model generated from the report's dataclasses.
 
 Tensor fields are validated by ``codec.decode`` in one step, never element by
 element, and are described in the OpenAPI document by the ``Tensor`` schema
@@ -7,15 +8,16 @@ of ``openapi.py``.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, get_args, get_origin
+import dataclasses
+from typing import Annotated, Any, Literal, get_args, get_origin, get_type_hints
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, WithJsonSchema, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, WithJsonSchema, create_model, model_validator
 from pydantic.functional_validators import PlainValidator
 from pydantic_core import PydanticCustomError
 
 from bncheck.numerics.check import FD_METHODS
 from bncheck.numerics.dtypes import DTYPE_NAMES, WIRE_NAMES
-from bncheck.numerics.pictures import Pictures
+from bncheck.numerics.report import CheckReport
 from bncheck.numerics.variants import VARIANTS
 
 from . import codec
@@ -144,143 +146,32 @@ class _Out(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-# Every float a report holds. JSON has no NaN or Inf: a value that is not finite (an error
-# over a zero reference, a finite difference that overflowed) travels as null.
-Number = Annotated[float | None, Field(description="null where the value is not finite: JSON has no NaN or Inf")]
-
-
-class ToleranceUsed(_Out):
-    rtol: Number
-    atol: Number
-    mode: Literal["natural", "absolute"] = Field(description="natural: atol is in units of the natural scale")
-    floor: Number = Field(description="always 1 (the first release's noise-floor widening; kept for compatibility)")
-    basis: Literal["analytic", "calibrated", "user"] = Field(description=(
-        "calibrated: measured on correct kernels run on these inputs; analytic: a first-order bound; "
-        "user: the request's tolerance"))
-    envelope: Number = Field(None, description="calibrated: correct kernels' worst error, natural units")
-    margin: Number = Field(None, description=(
-        "calibrated: allowed = margin * envelope * scale + rtol * |reference| (atol = margin * envelope)"))
-    members: int | None = Field(None, description="calibrated: how many correct kernels the envelope spans")
-    abs_floor: Number = Field(0.0, description=(
-        "added to every element's allowance: the rounding of outputs in the dtype's subnormal range. "
-        "allowed = rtol * |reference| + atol * scale + abs_floor, scale = 1 in absolute mode"))
-
-
-class Resolution(_Out):
-    """What a pass could not see: errors below these went unflagged."""
-
-    natural: Number = Field(description="allowance where the reference is 0, in natural-scale units")
-    max_abs: Number = Field(description="the largest error any element was allowed: a pass means no error above it")
-    ulp: Number = Field(description="max_abs in ulps of the tensor's dtype at its largest |reference|")
-
-
-class ChannelError(_Out):
-    channel: int
-    max_abs_err: Number
-    tol_ratio: Number = Field(description="null when the channel holds a non-finite value")
-    mismatched: int
-
-
-class TensorReport(_Out):
-    passed: bool
-    max_abs_err: Number
-    max_rel_err: Number = Field(description="over elements whose reference is not 0; null when not finite, "
-                                "or not applicable (cancellation)")
-    rms_err: Number
-    max_ulp: Number = Field(description="in the candidate's dtype, over elements whose reference is not 0; "
-                            "null when not applicable (cancellation)")
-    tol_ratio: Number = Field(description="worst |err| / allowed; <= 1 passes; null if non-finite")
-    worst_index: list[int]
-    worst_candidate: float | Literal["nan", "inf", "-inf"]
-    worst_reference: Number
-    worst_allowed: Number = Field(description=(
-        "the allowance at the worst element: tol_ratio = |worst_candidate - worst_reference| / worst_allowed"))
-    mismatched: int
-    total: int
-    nonfinite: int
-    channels_failed: int
-    worst_channels: list[ChannelError]
-    decided_by: Literal["relative", "natural_scale", "absolute", "nonfinite", "exact"]
-    cancellation: bool
-    dtype: str
-    tolerance: ToleranceUsed
-    compared: str | None = Field(None, description=(
-        "present only when the numbers are not the tensor itself (directional derivatives, sampled positions)"))
-    failed_channels: str = Field(description="every failing channel, in order, as ranges: '16-23,30'")
-    resolution: Resolution | None
-    plots: Pictures | None = Field(None, description=(
-        "present when output.plots is true: what the HTML report draws, from every element's tol_ratio "
-        "(null where the candidate is not finite)"))
-
-
-class Block(_Out):
-    passed: bool
-    notes: list[str] = []
-    dx: TensorReport | None = None
-    dgamma: TensorReport | None = None
-    dbeta: TensorReport | None = None
-    y: TensorReport | None = None
-    mean: TensorReport | None = None
-    invstd: TensorReport | None = None
-
-
-class CrossCheck(_Out):
-    method: str
-    positions: int
-    metrics: TensorReport
-
-
-class FDBlock(Block):
-    method: Literal["stats", "brute", "directional"]
-    requested: str
-    step: Number
-    step_min: Number
-    step_max: Number
-    estimated_error: Number = Field(description="the finite differences' own error, natural-scale units")
-    elements: int
-    samples: int | None = None
-    directions: int | None = None
-    seed: int
-    cross_check: CrossCheck | None = None
-
-
-class VariantsBlock(_Out):
-    passed: bool
-    variants: dict[str, Block]
-    spread: dict[str, Number] = Field(description="per tensor: the largest difference between two variants")
-    spread_pair: dict[str, list[str]]
-
-
-class Checks(_Out):
-    variant: Block | None = None
-    finite_difference: FDBlock | None = None
-    candidate: Block | None = None
-    saved_statistics: Block | None = None
-    variants: VariantsBlock | None = None
-
-
 class Gradients(_Out):
     dx: TensorOut
     dgamma: TensorOut
     dbeta: TensorOut
 
 
-class CheckResponse(_Out):
-    passed: bool = Field(description="true only when every block in checks passed")
-    variant: str
-    dtype: str
-    accum_dtype: str
-    shape: list[int]
-    channel_axis: int
-    reduce_size: int
-    training: bool
-    eps: float
-    device: Literal["cpu", "gpu"]
-    gradients: Gradients | None = Field(None, description="absent for variant 'all' or output.gradients false")
-    reference: Gradients | None = Field(None, description="float64; present when output.reference is true")
-    checks: Checks
-    timings_ms: dict[str, float]
-    notes: list[str]
+def _from_report(report: type, name: str, substitute: dict[str, Any]) -> type[BaseModel]:
+    """The answer's model, generated from the report's one definition (numerics/report.py):
+    the same fields, types and defaults; ``substitute`` gives the types the wire carries
+    instead of arrays. Its nested dataclasses become their own schemas, unchanged."""
+    hints = get_type_hints(report)
+    fields: dict[str, Any] = {}
+    for f in dataclasses.fields(report):
+        kind = substitute.get(f.name, hints[f.name])
+        if f.default is not dataclasses.MISSING:
+            fields[f.name] = (kind, f.default)
+        elif f.default_factory is not dataclasses.MISSING:
+            fields[f.name] = (kind, Field(default_factory=f.default_factory))
+        else:
+            fields[f.name] = (kind, ...)
+    model: type[BaseModel] = create_model(name, __base__=_Out, __doc__=report.__doc__, **fields)
+    return model
+
+
+CheckResponse = _from_report(CheckReport, "CheckResponse", {"gradients": Gradients | None,
+                                                            "reference": Gradients | None})
 
 
 class VariantInfo(_Out):
