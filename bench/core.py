@@ -115,6 +115,74 @@ def _candidate_rows(shape: tuple[int, ...], label: str, torch) -> list[list[str]
     return rows
 
 
+def _torch_backward_ms(torch, x: np.ndarray, dy: np.ndarray, gamma: np.ndarray) -> float:  # type: ignore[no-untyped-def]
+    """PyTorch's CPU float64 native_batch_norm_backward on these data, NCHW or (N, C)."""
+    x64 = x.astype(np.float64)
+    lay = Layout.of(x.shape, 1)
+    st = ref.batch_stats(lay.view(x64), lay, EPS, np)
+    t = [torch.from_numpy(np.ascontiguousarray(a)).to(torch.float64)
+         for a in (dy.astype(np.float64), x64, gamma, st.mean, st.invstd)]
+    return best_ms(lambda: torch.ops.aten.native_batch_norm_backward(
+        t[0], t[1], t[2], None, None, t[3], t[4], True, EPS, [True, True, True]), repeat=5)
+
+
+def _phases(x: np.ndarray, dy: np.ndarray, gamma: np.ndarray, beta: np.ndarray, **kw: object) -> dict[str, float]:
+    """The fastest of three whole checks, with its phases as the check timed them."""
+    best: dict[str, float] | None = None
+    for _ in range(3):
+        t = check(x, dy, gamma, beta, eps=EPS, **kw).timings_ms  # type: ignore[arg-type]
+        if best is None or t["total"] < best["total"]:
+            best = dict(t)
+    assert best is not None
+    return best
+
+
+def whole_check_rows(torch) -> list[list[str]]:  # type: ignore[no-untyped-def]
+    """Issue 17's targets, as ratios to PyTorch's float64 backward on the same 4M float32
+    elements: a whole check with FD off (<= 6), the stats FD block (<= 5), a check with a
+    candidate and the calibrated verdict (<= 8); with each phase."""
+    shape = (16, 64, 64, 64)
+    x, dy, gamma, beta = (a.astype(np.float32) if a.ndim > 1 else a for a in _data(shape))
+    torch_ms = _torch_backward_ms(torch, x, dy, gamma)
+    off = _phases(x, dy, gamma, beta, finite_difference=FDOptions("none"))
+    stats = _phases(x, dy, gamma, beta, finite_difference=FDOptions("stats"))
+    out = kernel_backward(x, dy, gamma, beta, eps=EPS)
+    cand = _phases(x, dy, gamma, beta, finite_difference=FDOptions("none"),
+                   candidate={k: out[k] for k in ("dx", "dgamma", "dbeta")})
+
+    def phases(t: dict[str, float]) -> str:
+        return ", ".join(f"{k} {v:.0f}" for k, v in t.items() if k != "total")
+
+    return [
+        ["PyTorch CPU float64 `native_batch_norm_backward`", f"{torch_ms:.1f}", "1.0", "", ""],
+        ["`check()`, FD off", f"{off['total']:.0f}", f"{off['total'] / torch_ms:.1f}", "<= 6", phases(off)],
+        ["the `stats` FD block inside a check", f"{stats['finite_difference']:.0f}",
+         f"{stats['finite_difference'] / torch_ms:.1f}", "<= 5", ""],
+        ["`check()` with a candidate, calibrated verdict, FD off", f"{cand['total']:.0f}",
+         f"{cand['total'] / torch_ms:.1f}", "<= 8", phases(cand)],
+    ]
+
+
+def scaling_rows(torch) -> list[list[str]]:  # type: ignore[no-untyped-def]
+    """How a whole check (float32 NCHW, 64 channels, FD off) grows from 64K to 16M elements,
+    and its peak memory (tracemalloc, which NumPy reports to) per element."""
+    import tracemalloc
+
+    rows = []
+    for n in (1, 4, 16, 64, 256):  # 64K .. 16M elements
+        shape = (n, 64, 32, 32)
+        x, dy, gamma, beta = (a.astype(np.float32) if a.ndim > 1 else a for a in _data(shape))
+        M = x.size
+        ms = _phases(x, dy, gamma, beta, finite_difference=FDOptions("none"))["total"]
+        tracemalloc.start()
+        check(x, dy, gamma, beta, eps=EPS, finite_difference=FDOptions("none"))
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        ratio = f"{ms / _torch_backward_ms(torch, x, dy, gamma):.1f}" if torch is not None else ""
+        rows.append([f"{M:,}", str(shape), f"{ms:.1f}", f"{ms * 1e6 / M:.1f}", ratio, f"{peak / M:.0f}"])
+    return rows
+
+
 def main() -> None:
     torch = torch_or_none()
     print(f"# bncheck numerical core ({machine()})\n")
@@ -125,6 +193,11 @@ def main() -> None:
     small = _data((128, 64))
     small_ms = best_ms(lambda: check(*small, dtype="float64"), repeat=20)
     print(f"\nfull check of 8,192 elements (128 x 64), float64, FD auto: {small_ms:.2f} ms")
+    if torch is not None:
+        print("\n" + table(["4M float32 NCHW (16, 64, 64, 64)", "ms (best of 3)", "÷ PyTorch", "target",
+                             "phases (ms)"], whole_check_rows(torch)))
+    print("\n" + table(["elements", "shape", "check ms (FD off)", "ns per element", "÷ PyTorch float64 backward",
+                         "peak bytes per element"], scaling_rows(torch)))
     if torch is None:
         print("\n(PyTorch not installed: `pip install torch==2.13.0` adds its rows.)")
 

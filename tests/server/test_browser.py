@@ -79,6 +79,13 @@ def _npy(path, arr):
     return str(path)
 
 
+def _open(page, server, tmp_path, **arrays):
+    """The page, with each array saved as NAME.npy and chosen in its file input."""
+    page.goto(server.url + "/")
+    for name, arr in arrays.items():
+        page.set_input_files(f"#f-{name}", _npy(tmp_path / f"{name}.npy", arr))
+
+
 def _report(page):
     page.wait_for_selector("#result:not([hidden])", timeout=60_000)
     frame = page.frame_locator("#report")
@@ -99,12 +106,7 @@ def test_the_page_loads_offline_with_no_console_errors(page, server):
 
 def test_a_one_tile_bug_is_drawn_where_it_is(page, server, tmp_path):
     x, dy, good, bad = _case()
-    page.goto(server.url + "/")
-    page.set_input_files("#f-x", _npy(tmp_path / "x.npy", x))
-    page.set_input_files("#f-dy", _npy(tmp_path / "dy.npy", dy))
-    page.set_input_files("#f-dx", _npy(tmp_path / "dx.npy", bad))
-    page.set_input_files("#f-dgamma", _npy(tmp_path / "dgamma.npy", good["dgamma"]))
-    page.set_input_files("#f-dbeta", _npy(tmp_path / "dbeta.npy", good["dbeta"]))
+    _open(page, server, tmp_path, x=x, dy=dy, dx=bad, dgamma=good["dgamma"], dbeta=good["dbeta"])
     page.select_option("#fd", "stats")
     page.click("#run")
     report = _report(page)
@@ -165,9 +167,7 @@ def test_npz_inputs_and_a_raw_bin_output(page, server, tmp_path):
 
 def test_a_raw_bin_of_the_wrong_size_is_explained(page, server, tmp_path):
     x, dy, _, _ = _case()
-    page.goto(server.url + "/")
-    page.set_input_files("#f-x", _npy(tmp_path / "x.npy", x))
-    page.set_input_files("#f-dy", _npy(tmp_path / "dy.npy", dy))
+    _open(page, server, tmp_path, x=x, dy=dy)
     (tmp_path / "dx.bin").write_bytes(b"\0" * 100)
     page.set_input_files("#f-dx", str(tmp_path / "dx.bin"))
     page.click("#run")
@@ -205,9 +205,7 @@ def test_the_page_works_behind_the_token(browser, tmp_path):
     x, dy, _, _ = _case()
     with LiveServer(token="s3cret") as server:
         page = browser.new_page()
-        page.goto(server.url + "/")  # the page and its assets need no token, like /docs
-        page.set_input_files("#f-x", _npy(tmp_path / "x.npy", x))
-        page.set_input_files("#f-dy", _npy(tmp_path / "dy.npy", dy))
+        _open(page, server, tmp_path, x=x, dy=dy)  # the page and its assets need no token, like /docs
         page.select_option("#fd", "none")
         page.click("#run")
         page.wait_for_function("document.getElementById('error').textContent.length > 0")
