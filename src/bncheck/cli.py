@@ -16,11 +16,12 @@ from typing import Any
 
 import numpy as np
 
+from bncheck.numerics.inputs import FULL_TENSORS
+from bncheck.numerics.request import CANDIDATE_NAMES, INPUT_NAMES
+
 __all__ = ["main"]
 
-INPUT_NAMES = ("x", "dy", "gamma", "beta", "running_mean", "running_var", "saved_mean", "saved_invstd")
-CANDIDATE_NAMES = ("y", "mean", "invstd", "dx", "dgamma", "dbeta")
-FULL = ("x", "dy", "dx", "y")  # shaped like x; every other array is per channel
+FULL = (*INPUT_NAMES[:2], *FULL_TENSORS)  # shaped like x; every other array is per channel
 
 
 class UsageError(Exception):

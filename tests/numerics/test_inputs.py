@@ -44,9 +44,9 @@ DY = np.ones((4, 6))
         ({"x": np.array([["a", "b"], ["c", "d"]]), "dy": np.ones((2, 2))}, "x", "dtype"),
         ({"x": np.ones((2, 2), dtype=bool), "dy": np.ones((2, 2))}, "x", "dtype"),
         ({"finite_difference": FDOptions("exact")}, "finite_difference.method", "stats"),
-        ({"finite_difference": FDOptions(step=0.5)}, "finite_difference.step", "(0, 0.1]"),
-        ({"finite_difference": FDOptions(samples=0)}, "finite_difference.samples", "at least 1"),
-        ({"finite_difference": FDOptions(directions=0)}, "finite_difference.directions", "[1, 256]"),
+        ({"finite_difference": FDOptions(step=0.5)}, "finite_difference.step", "> 0 and <= 0.1"),
+        ({"finite_difference": FDOptions(samples=0)}, "finite_difference.samples", ">= 1 and <= 1,048,576"),
+        ({"finite_difference": FDOptions(directions=0)}, "finite_difference.directions", ">= 1 and <= 256"),
         ({"device": "tpu"}, "device", "cpu, gpu, auto"),
     ],
 )
@@ -69,3 +69,19 @@ def test_first_non_finite_index_is_named():
 def test_integer_inputs_are_numbers():
     r = check(np.arange(12).reshape(3, 4), np.ones((3, 4), dtype=np.int64))
     assert r.dtype == "float32"
+
+
+def test_check_takes_the_request_definitions_tensors_and_options():
+    """check()'s tensors are request.INPUT_NAMES, in order; its options are CheckOptions' fields."""
+    import inspect
+
+    from bncheck.numerics import INPUT_NAMES, check
+    from bncheck.numerics.errors import InputError
+
+    params = list(inspect.signature(check).parameters)
+    assert tuple(params[:len(INPUT_NAMES)]) == INPUT_NAMES
+    assert params[len(INPUT_NAMES):] == ["candidate", "limits", "options"]
+    x = np.arange(8.0).reshape(4, 2)
+    with pytest.raises(InputError, match="unknown option; check\\(\\) takes variant, dtype") as info:
+        check(x, x, epsilon=1e-3)
+    assert info.value.field == "epsilon"

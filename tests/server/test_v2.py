@@ -227,7 +227,7 @@ EIGHT = np.arange(8, dtype="<f4").tobytes()
     ({"inputs": [{**DY, "name": "weight"}]}, b"", None, 400, "unknown input 'weight'; the inputs are x, dy"),
     ({"inputs": [DY, DY]}, b"", None, 400, "dy: is sent twice"),
     ({"inputs": [X, DY], "parameters": {"epsilon": 1e-3}}, EIGHT, None, 400,
-     "parameters.epsilon: unknown parameter; bncheck reads eps"),
+     "parameters.epsilon: unknown parameter; bncheck reads dtype, accum_dtype, eps"),
     ({"inputs": [X, DY], "parameters": {"eps": -1}}, EIGHT, None, 400, "parameters.eps: Input should be greater"),
     ({"inputs": [X, DY], "outputs": [{"name": "y"}]}, EIGHT, None, 400, "unknown output 'y'"),
     ({"inputs": [X, {**DY, "shape": [2, 4]}]}, EIGHT, None, 400, "dy"),

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, cast
 
 import httpx
+
+from bncheck.numerics.request import INPUT_NAMES, WIRE_OUTPUT, CheckOptions
 
 from . import _codec
 from ._exceptions import RequestTimeout, TransportError, raise_for_problem
@@ -78,40 +81,55 @@ async def _apieces(body: list[bytes]) -> AsyncIterator[memoryview]:
         yield piece
 
 
-def build_request(
-    x: Any, dy: Any, gamma: Any = None, beta: Any = None, *, variant: str = "qianfeng", dtype: str | None = None,
-    accum_dtype: str | None = None, eps: float = 1e-5, channel_axis: int = 1, training: bool = True,
-    running_mean: Any = None, running_var: Any = None, saved_mean: Any = None, saved_invstd: Any = None,
-    candidate: Mapping[str, Any] | None = None, finite_difference: Mapping[str, Any] | str | None = None,
-    tolerance: tuple[float, float] | Mapping[str, tuple[float, float]] | None = None, reference: bool = False,
-    gradients: bool = True,
-    device: str | None = None,
-    plots: bool = False,
-) -> dict[str, Any]:
+def build_request(x: Any, dy: Any, gamma: Any = None, beta: Any = None, *,
+                  candidate: Mapping[str, Any] | None = None, reference: bool = False, gradients: bool = True,
+                  **options: Any) -> dict[str, Any]:
     """The JSON body of /v1/check; every array travels as b64 (exact bits, NaN-safe).
-    ``plots`` asks for what the HTML report draws (``bncheck.htmlreport.render(result.raw)``)."""
-    body: dict[str, Any] = {"x": _codec.encode(x), "dy": _codec.encode(dy), "variant": variant, "eps": eps,
-                            "channel_axis": channel_axis, "training": training,
-                            "output": {"gradients": gradients, "reference": reference, "encoding": "b64"}}
-    optional = {"gamma": gamma, "beta": beta, "running_mean": running_mean, "running_var": running_var,
-                "saved_mean": saved_mean, "saved_invstd": saved_invstd}
-    body.update({k: _codec.encode(v) for k, v in optional.items() if v is not None})
-    for key, value in (("dtype", dtype), ("accum_dtype", accum_dtype), ("device", device)):
-        if value is not None:
-            body[key] = value
-    if plots:
-        body["output"]["plots"] = True
+
+    ``options`` are the other tensors (running_mean, running_var, saved_mean, saved_invstd)
+    and the check's options, the fields of ``bncheck.numerics.request.CheckOptions``: variant,
+    dtype, accum_dtype, eps, channel_axis, training, finite_difference (a method name, a
+    mapping or FDOptions), tolerance ((rtol, atol), or per tensor), device, and plots (what
+    ``bncheck.htmlreport.render(result.raw)`` draws). Left out, an option takes the server's
+    default, which is the same definition's."""
+    tensors = {"x": x, "dy": dy, "gamma": gamma, "beta": beta}
+    tensors.update({name: options.pop(name) for name in INPUT_NAMES if name in options})
+    known = {f.name for f in dataclasses.fields(CheckOptions)}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        msg = (f"build_request() got unknown options {unknown}; the options are {', '.join(sorted(known))}, "
+               f"and the tensors {', '.join(INPUT_NAMES)}")
+        raise TypeError(msg)
+    body: dict[str, Any] = {name: _codec.encode(v) for name, v in tensors.items() if v is not None}
+    body["output"] = {"gradients": gradients, "reference": reference, "encoding": "b64"}
     if candidate:
         body["candidate"] = {k: _codec.encode(v) for k, v in candidate.items() if v is not None}
-    if isinstance(finite_difference, str):
-        body["finite_difference"] = {"method": finite_difference}
-    elif finite_difference is not None:
-        body["finite_difference"] = dict(finite_difference)
-    if isinstance(tolerance, Mapping):  # per tensor; the others get the calibrated verdict
-        body["tolerance"] = {name: {"rtol": t[0], "atol": t[1]} for name, t in tolerance.items()}
-    elif tolerance is not None:
-        body["tolerance"] = {"rtol": tolerance[0], "atol": tolerance[1]}
+    for name, value in options.items():
+        if value is None:
+            continue
+        if name in WIRE_OUTPUT:
+            body["output"][name] = value
+        elif name == "finite_difference":
+            body[name] = _finite_difference(value)
+        elif name == "tolerance":
+            body[name] = _tolerance(value)
+        else:
+            body[name] = value
     return body
+
+
+def _finite_difference(value: Any) -> dict[str, Any]:
+    if isinstance(value, str):
+        return {"method": value}
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    return dict(value)
+
+
+def _tolerance(value: Any) -> dict[str, Any]:
+    if isinstance(value, Mapping):  # per tensor; the others get the calibrated verdict
+        return {name: {"rtol": t[0], "atol": t[1]} for name, t in value.items()}
+    return {"rtol": value[0], "atol": value[1]}
 
 
 @contextmanager

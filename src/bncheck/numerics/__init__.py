@@ -7,20 +7,24 @@ Submodules: ``variants`` (the four seed formulas), ``reference`` (float64),
 ``stress`` (named stress cases), ``backend`` (NumPy/CuPy dispatch).
 """
 
-from .check import FD_METHODS, FDOptions, Limits, check, reference_outputs
+from .check import Limits, check, reference_outputs
 from .errors import BNCheckError, DeviceUnavailableError, InputError, TimeBudgetError, WorkLimitError
 from .report import Block, ChannelError, CheckReport, Checks, FDBlock, TensorMetrics, VariantsBlock
+from .request import CANDIDATE_NAMES, FD_METHODS, INPUT_NAMES, CheckOptions, FDOptions
 from .stress import CASES, Case, make
 from .variants import VARIANTS, Variant
 
 __all__ = [
+    "CANDIDATE_NAMES",
     "CASES",
     "FD_METHODS",
+    "INPUT_NAMES",
     "VARIANTS",
     "BNCheckError",
     "Block",
     "Case",
     "ChannelError",
+    "CheckOptions",
     "CheckReport",
     "Checks",
     "DeviceUnavailableError",

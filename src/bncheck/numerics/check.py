@@ -28,26 +28,16 @@ from .layout import Layout
 from .precision import Arith, make_arith
 from .reference import Stats
 from .report import Block, CheckReport, Checks, CrossCheck, FDBlock, TensorMetrics, VariantsBlock
+from .request import FD_METHODS, INPUT_NAMES, FDOptions, Tolerances, options_from
 from .scales import Scales
 from .tolerance import Tolerance, default_tolerance, fd_tolerance, least_precise, user_tolerance
 from .variants import VARIANTS, Cache, Grads, forward_cache, inference_backward
 
-__all__ = ["FD_METHODS", "FDOptions", "Limits", "check", "reference_outputs"]
+__all__ = ["FD_METHODS", "FDOptions", "Limits", "check", "reference_outputs"]  # FD_METHODS, FDOptions: request.py
 
-FD_METHODS = ("auto", "stats", "brute", "directional", "none")
 GRAD_NAMES = ("dx", "dgamma", "dbeta")
-Tolerances = tuple[float, float] | Mapping[str, tuple[float, float]] | None
 P = ParamSpec("P")
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class FDOptions:
-    method: str = "auto"
-    samples: int | None = None  # brute: positions per channel (all when None and affordable)
-    directions: int = 4  # directional
-    seed: int = 0
-    step: float = 1e-4  # relative to sqrt(var + eps), per channel
 
 
 @dataclass(frozen=True)
@@ -120,46 +110,37 @@ def check(
     gamma: Any = None,
     beta: Any = None,
     *,
-    variant: str = "qianfeng",
-    dtype: Any = None,
-    accum_dtype: Any = None,
-    eps: float = 1e-5,
-    channel_axis: int = 1,
-    training: bool = True,
     running_mean: Any = None,
     running_var: Any = None,
     saved_mean: Any = None,
     saved_invstd: Any = None,
     candidate: Mapping[str, Any] | None = None,
-    finite_difference: FDOptions | None = None,
-    tolerance: Tolerances = None,
-    device: str = "cpu",
     limits: Limits | None = None,
-    plots: bool = False,
+    **options: Any,
 ) -> CheckReport:
     """Check a batch-norm backward formula, and optionally a caller's outputs.
 
-    ``tolerance`` is ``(rtol, atol)`` in plain absolute terms, for every candidate tensor, or a
-    mapping from tensor names to such pairs; the tensors it leaves out get the calibrated
-    verdict of ``calibrate.py``. ``plots`` adds, to each tensor of the variant and candidate
-    blocks, what the pictures of the HTML report draw (pictures.py). Raises ``InputError``
-    for bad input.
+    The tensors are request.INPUT_NAMES; ``options`` are the fields of ``request.CheckOptions``
+    (variant, dtype, accum_dtype, eps, channel_axis, training, finite_difference, tolerance,
+    device, plots), defined there once with their meanings and bounds. ``tolerance`` is
+    ``(rtol, atol)`` in plain absolute terms, for every candidate tensor, or a mapping from
+    tensor names to such pairs; the tensors it leaves out get the calibrated verdict of
+    ``calibrate.py``. ``plots`` adds, to each tensor of the variant and candidate blocks, what
+    the pictures of the HTML report draw (pictures.py). Raises ``InputError`` for bad input.
     """
     timings: dict[str, float] = {}
     start = time.perf_counter()
-    opts = finite_difference or FDOptions()
     limits = limits or Limits()
     with _timed(timings, "validate"):
-        inp = validate(x, dy, gamma, beta, variant=variant, dtype=dtype, accum_dtype=accum_dtype, eps=eps,
-                       channel_axis=channel_axis, training=training, running_mean=running_mean,
-                       running_var=running_var, saved_mean=saved_mean, saved_invstd=saved_invstd,
-                       candidate=candidate)
-        _validate_fd(opts)
-        xp = backend.resolve_device(device)
+        opts = options_from(options)
+        tensors = dict(zip(INPUT_NAMES, (x, dy, gamma, beta, running_mean, running_var, saved_mean, saved_invstd),
+                           strict=True))
+        inp = validate(tensors, candidate, opts)
+        xp = backend.resolve_device(opts.device or "cpu")
         arith = make_arith(inp.dtype, inp.accum_dtype, shape=inp.layout.view_shape, xp=xp)
     with _timed(timings, "reference"):
         ctx = _context(inp, xp)
-        ctx.plots = plots
+        ctx.plots = opts.plots
     limits.tick("the variants")
     with _timed(timings, "variant"):
         runs = []
@@ -172,14 +153,14 @@ def check(
         checks.variant = next(iter(blocks.values()))
     else:
         checks.variants = _variants_block(blocks, [g for _, g in runs])
-    if opts.method != "none":
+    if opts.finite_difference.method != "none":
         limits.tick("the finite differences")
         with _timed(timings, "finite_difference"):
-            checks.finite_difference = _fd_block(ctx, opts, limits)
+            checks.finite_difference = _fd_block(ctx, opts.finite_difference, limits)
     if inp.candidate:
         limits.tick("the candidate")
         with _timed(timings, "candidate"):
-            checks.candidate = _candidate_block(ctx, arith, tolerance, limits.tick)
+            checks.candidate = _candidate_block(ctx, arith, opts.tolerance, limits.tick)
     if inp.saved_mean is not None:
         checks.saved_statistics = _saved_block(ctx, arith)
     gradients = None
@@ -193,7 +174,7 @@ def check(
     timings["total"] = (time.perf_counter() - start) * 1e3
     return CheckReport(
         passed=all(b.passed for b in checks.blocks()),
-        variant=variant,
+        variant=opts.variant,
         dtype=dtype_name(arith.storage),
         accum_dtype=dtype_name(arith.accum),
         shape=list(inp.layout.shape),
@@ -208,24 +189,6 @@ def check(
         timings_ms=timings,
         notes=ctx.notes,
     )
-
-
-def _validate_fd(o: FDOptions) -> None:
-    if o.method not in FD_METHODS:
-        msg = f"unknown method {o.method!r}; choose from {', '.join(FD_METHODS)}"
-        raise InputError(msg, field="finite_difference.method")
-    if o.samples is not None and o.samples < 1:
-        msg = f"is {o.samples}; it must be at least 1"
-        raise InputError(msg, field="finite_difference.samples")
-    if not 1 <= o.directions <= 256:
-        msg = f"is {o.directions}; it must be in [1, 256]"
-        raise InputError(msg, field="finite_difference.directions")
-    if not (0 < o.step <= 0.1):
-        msg = f"is {o.step!r}; it must be in (0, 0.1]"
-        raise InputError(msg, field="finite_difference.step")
-    if o.seed < 0:
-        msg = f"is {o.seed}; it must be >= 0"
-        raise InputError(msg, field="finite_difference.seed")
 
 
 def _context(inp: Inputs, xp: ModuleType) -> _Ctx:
@@ -564,9 +527,10 @@ def reference_outputs(x: Any, dy: Any, gamma: Any = None, beta: Any = None, *, e
                       channel_axis: int = 1, training: bool = True, running_mean: Any = None,
                       running_var: Any = None) -> dict[str, np.ndarray]:
     """The float64 forward and backward (y, mean, invstd, dx, dgamma, dbeta): golden outputs."""
-    inp = validate(x, dy, gamma, beta, variant="qianfeng", dtype="float64", accum_dtype=None, eps=eps,
-                   channel_axis=channel_axis, training=training, running_mean=running_mean,
-                   running_var=running_var, saved_mean=None, saved_invstd=None, candidate=None)
+    opts = options_from({"dtype": "float64", "eps": eps, "channel_axis": channel_axis, "training": training})
+    tensors = {"x": x, "dy": dy, "gamma": gamma, "beta": beta, "running_mean": running_mean,
+               "running_var": running_var}
+    inp = validate(tensors, None, opts)
     ctx = _context(inp, np)
     lay = ctx.lay
     y = reference.forward_y(ctx.x3, ctx.gamma, ctx.beta, ctx.exact, lay, np)

@@ -12,12 +12,12 @@ import numpy as np
 from .dtypes import BFLOAT16, DTYPE_NAMES, finfo_max, resolve
 from .errors import InputError
 from .layout import Layout
+from .request import CANDIDATE_NAMES, INPUT_NAMES, CheckOptions
 from .tolerance import least_precise
 from .variants import VARIANTS
 
 __all__ = ["CANDIDATE_NAMES", "FULL_TENSORS", "Inputs", "float_dtype", "validate"]
 
-CANDIDATE_NAMES = ("y", "mean", "invstd", "dx", "dgamma", "dbeta")
 FULL_TENSORS = ("y", "dx")  # one value per element of x; the others have one per channel
 
 
@@ -116,10 +116,13 @@ def _variants(variant: str) -> tuple[str, ...]:
     return (variant,)
 
 
-def validate(x: Any, dy: Any, gamma: Any = None, beta: Any = None, *, variant: str, dtype: Any,
-             accum_dtype: Any, eps: float, channel_axis: int, training: bool, running_mean: Any,
-             running_var: Any, saved_mean: Any, saved_invstd: Any,
-             candidate: Mapping[str, Any] | None) -> Inputs:
+def validate(tensors: Mapping[str, Any], candidate: Mapping[str, Any] | None, opts: CheckOptions) -> Inputs:
+    """The tensors (by request.INPUT_NAMES; absent or None where not sent) checked against each
+    other and against ``opts``."""
+    x, dy, gamma, beta, running_mean, running_var, saved_mean, saved_invstd = (
+        tensors.get(name) for name in INPUT_NAMES)
+    variant, dtype, accum_dtype = opts.variant, opts.dtype, opts.accum_dtype
+    eps, channel_axis, training = opts.eps, opts.channel_axis, opts.training
     names = _variants(variant)
     x_arr = _array("x", x)
     lay = Layout.of(x_arr.shape, channel_axis)

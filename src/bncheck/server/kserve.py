@@ -15,6 +15,7 @@ input or parameter: ``candidate_dx``, ``parameters.eps``.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import struct
 import time
@@ -27,6 +28,9 @@ from pydantic import ValidationError
 
 from bncheck.numerics.dtypes import BFLOAT16, wire_name
 from bncheck.numerics.errors import InputError
+from bncheck.numerics.inputs import FULL_TENSORS
+from bncheck.numerics.report import TENSOR_NAMES
+from bncheck.numerics.request import FD_METHODS, INPUT_NAMES, CheckOptions
 from bncheck.numerics.variants import VARIANTS
 
 from . import codec, runner
@@ -39,29 +43,24 @@ __all__ = ["INPUTS", "MODEL_VERSION", "OUTPUTS", "PARAMETERS", "model_metadata",
 MODEL_VERSION = "1"
 # v2 input name -> where it goes in a CheckRequest
 INPUTS: dict[str, tuple[str, ...]] = {
-    "x": ("x",), "dy": ("dy",), "gamma": ("gamma",), "beta": ("beta",),
-    "running_mean": ("running_mean",), "running_var": ("running_var",),
-    "saved_mean": ("saved_mean",), "saved_invstd": ("saved_invstd",),
-    **{f"candidate_{t}": ("candidate", t) for t in ("dx", "dgamma", "dbeta", "y", "mean", "invstd")},
+    **{name: (name,) for name in INPUT_NAMES},
+    **{f"candidate_{t}": ("candidate", t) for t in TENSOR_NAMES},
 }
-REQUIRED = ("x", "dy")
-PER_CHANNEL = {"gamma", "beta", "running_mean", "running_var", "saved_mean", "saved_invstd", "candidate_dgamma",
-               "candidate_dbeta", "candidate_mean", "candidate_invstd"}
+REQUIRED = INPUT_NAMES[:2]
+PER_CHANNEL = {name for name in INPUTS if name.removeprefix("candidate_") not in (*REQUIRED, *FULL_TENSORS)}
 GRADIENTS = ("dx", "dgamma", "dbeta")
 OUTPUTS = (*GRADIENTS, "passed", "report")
-# Request parameters: the check's options (as in /v1) and the protocol's own.
-PARAMETERS = {
-    "eps": "number, default 1e-5",
-    "channel_axis": "integer, default 1 (-1 for channels-last)",
-    "accum_dtype": "accumulation dtype, default float32 for 16-bit dtypes",
-    "dtype": "the variant's precision, default x's datatype",
-    "training": "boolean, default true",
-    "finite_difference": "auto, stats, brute, directional or none (default auto)",
-    "device": "cpu, gpu or auto (default: the server's BNCHECK_DEVICE)",
+# Request parameters: the check's options (request.py; the model names the variant, rtol and atol
+# stand for a tolerance, and the HTML answer asks for plots itself), and the protocol's own.
+_NOT_PARAMETERS = ("variant", "tolerance", "plots")
+_OPTIONS = [f for f in dataclasses.fields(CheckOptions) if f.name not in _NOT_PARAMETERS]
+PARAMETERS = {f.name: f.metadata["doc"] for f in _OPTIONS}
+PARAMETERS.update({
+    "finite_difference": "a method: " + ", ".join(FD_METHODS) + " (default auto)",
     "rtol": "with atol: plain allclose terms instead of the calibrated verdict",
     "atol": "with rtol",
     "binary_data_output": "boolean: outputs as raw bytes (binary tensor data extension)",
-}
+})
 _TENSOR_KEYS = {"name", "shape", "datatype", "parameters", "data"}
 
 
@@ -202,8 +201,8 @@ def _parameters(doc: dict[str, Any]) -> tuple[dict[str, Any], bool]:
     unknown = sorted(set(params) - set(PARAMETERS))
     if unknown:
         raise _fail(f"parameters.{unknown[0][:40]}", f"unknown parameter; bncheck reads {', '.join(PARAMETERS)}")
-    data: dict[str, Any] = {k: params[k] for k in ("eps", "channel_axis", "accum_dtype", "dtype", "training",
-                                                    "device") if k in params}
+    data: dict[str, Any] = {f.name: params[f.name] for f in _OPTIONS
+                            if f.name in params and f.name != "finite_difference"}
     if "finite_difference" in params:
         data["finite_difference"] = {"method": params["finite_difference"]}
     if "rtol" in params or "atol" in params:
@@ -255,7 +254,7 @@ def v2_field(loc: Sequence[Any]) -> str:
     return f"parameters.{parts[0]}"
 
 
-def parse(body: Any, call: runner.Call, settings: Settings) -> tuple[CheckRequest, list[tuple[str, bool]], Any]:
+def parse(body: Any, call: runner.Call, settings: Settings) -> tuple[Any, list[tuple[str, bool]], Any]:
     """The request, the outputs asked for (name, binary) and the request's id."""
     if call.model not in VARIANTS:
         raise unknown_model(str(call.model))

@@ -6,6 +6,7 @@ parse (lift_b64, then simdjson for large nested lists or orjson, pydantic, codec
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -16,12 +17,13 @@ from pydantic import ValidationError
 
 from bncheck import htmlreport, wire
 from bncheck.numerics import check
-from bncheck.numerics.check import FDOptions, Limits
+from bncheck.numerics.check import Limits
 from bncheck.numerics.report import CheckReport
+from bncheck.numerics.request import INPUT_NAMES, CheckOptions, FDOptions
 
 from . import codec, fastlists
 from .errors import ProblemError, validation_problem
-from .schemas import TENSOR_FIELDS, TENSOR_GROUPS, CheckRequest
+from .schemas import TENSOR_FIELDS, TENSOR_GROUPS, WIRE_OUTPUT, CheckRequest
 from .settings import Settings
 
 __all__ = ["V1", "Call", "Outcome", "evaluate", "parse", "run", "to_wire"]
@@ -56,7 +58,7 @@ class Call:
 V1 = Call()
 
 
-def parse(body: Any, settings: Settings) -> CheckRequest:
+def parse(body: Any, settings: Settings) -> Any:
     """The request from its JSON ``body`` (bytes, or an mmap of them)."""
     text, lifted = codec.lift_b64(body)
     data = fastlists.parse(text, TENSOR_FIELDS, TENSOR_GROUPS)  # None: orjson reads it
@@ -127,34 +129,26 @@ def html_outcome(wire: dict[str, Any], report: CheckReport) -> Outcome:
                    media_type="text/html; charset=utf-8")
 
 
-def evaluate(req: CheckRequest, settings: Settings, deadline: float | None = None) -> CheckReport:
-    """The numerics' report on a validated request (/v1 and /v2 alike)."""
-    fd = req.finite_difference
+def evaluate(req: Any, settings: Settings, deadline: float | None = None) -> CheckReport:
+    """The numerics' report on a validated request (/v1 and /v2 alike): its fields are
+    request.py's, so they pass over by name; only the wire's own forms are translated."""
+    options = {f.name: getattr(req, f.name) for f in dataclasses.fields(CheckOptions) if f.name not in WIRE_OUTPUT}
+    options.update(
+        dtype=req.dtype or req.x.dtype_name or "float32",
+        finite_difference=FDOptions(**req.finite_difference.model_dump()),
+        tolerance=_tolerance(req),
+        device=req.device or settings.device,
+        **{name: getattr(req.output, name) for name in WIRE_OUTPUT},
+    )
+    tensors = {name: _array(getattr(req, name)) for name in INPUT_NAMES}
     candidate = None
     if req.candidate is not None:
         candidate = {k: v.array for k, v in req.candidate if v is not None}
-    return check(
-        req.x.array, req.dy.array, _array(req.gamma), _array(req.beta),
-        variant=req.variant,
-        dtype=req.dtype or req.x.dtype_name or "float32",
-        accum_dtype=req.accum_dtype,
-        eps=req.eps,
-        channel_axis=req.channel_axis,
-        training=req.training,
-        running_mean=_array(req.running_mean),
-        running_var=_array(req.running_var),
-        saved_mean=_array(req.saved_mean),
-        saved_invstd=_array(req.saved_invstd),
-        candidate=candidate,
-        finite_difference=FDOptions(fd.method, fd.samples, fd.directions, fd.seed, fd.step),
-        tolerance=_tolerance(req),
-        device=req.device or settings.device,
-        limits=Limits(fd_work=settings.fd_work, deadline=deadline),
-        plots=req.output.plots,
-    )
+    return check(**tensors, candidate=candidate, limits=Limits(fd_work=settings.fd_work, deadline=deadline),
+                 **options)
 
 
-def _tolerance(req: CheckRequest) -> tuple[float, float] | dict[str, tuple[float, float]] | None:
+def _tolerance(req: Any) -> tuple[float, float] | dict[str, tuple[float, float]] | None:
     t = req.tolerance
     if t is None:
         return None
@@ -163,7 +157,7 @@ def _tolerance(req: CheckRequest) -> tuple[float, float] | dict[str, tuple[float
     return {name: (v.rtol, v.atol) for name, v in t.per_tensor().items()}
 
 
-def to_wire(req: CheckRequest, report: CheckReport, held: codec.Held | None = None) -> dict[str, Any]:
+def to_wire(req: Any, report: CheckReport, held: codec.Held | None = None) -> dict[str, Any]:
     """The answer's document (wire.document), with the arrays the request asked for encoded
     as it asked (a NaN or Inf forces b64, with a note)."""
     encoding = req.output.encoding or req.x.encoding

@@ -1,5 +1,6 @@
-"""The wire contract (docs/design.md, and README "What the answer means") as pydantic models:
-the request, and the answer's model generated from the report's dataclasses.
+"""The wire contract (docs/design.md, and README "What the answer means") as pydantic models,
+generated from the one definition of each side: the request from numerics/request.py (its
+tensors, options, defaults, bounds and descriptions), the answer from numerics/report.py.
 
 Tensor fields are validated by ``codec.decode`` in one step, never element by
 element, and are described in the OpenAPI document by the ``Tensor`` schema
@@ -15,14 +16,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, WithJsonSchem
 from pydantic.functional_validators import PlainValidator
 from pydantic_core import PydanticCustomError
 
-from bncheck.numerics.check import FD_METHODS
 from bncheck.numerics.dtypes import DTYPE_NAMES, WIRE_NAMES
 from bncheck.numerics.report import CheckReport
+from bncheck.numerics.request import CANDIDATE_NAMES, INPUT_NAMES, WIRE_OUTPUT, CheckOptions, FDOptions
 from bncheck.numerics.variants import VARIANTS
 
 from . import codec
 
-__all__ = ["CheckRequest", "CheckResponse", "Problem", "VariantInfo"]
+__all__ = ["WIRE_OUTPUT", "CheckRequest", "CheckResponse", "Problem", "VariantInfo"]
 
 # pydantic checks every local $ref against its own definitions but lets absolute URLs through;
 # openapi.build() rewrites this placeholder to #/components/schemas/Tensor.
@@ -50,25 +51,51 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
-class Candidate(_Strict):
-    """Outputs computed elsewhere, to verify. Send any of them."""
+def _field(f: dataclasses.Field[Any], kind: Any, default: Any = dataclasses.MISSING) -> tuple[Any, Any]:
+    """A request field from its one definition (numerics/request.py): its type, default,
+    description and bounds (floats must be finite)."""
+    meta = dict(f.metadata)
+    doc = meta.pop("doc", None)
+    extra: dict[str, Any] = {"description": doc, **meta}
+    if _is_float(kind):
+        extra["allow_inf_nan"] = False
+    if isinstance(default, type) and issubclass(default, BaseModel):  # the wire's own model, made afresh
+        return kind, Field(default_factory=default, **extra)
+    if default is not dataclasses.MISSING:
+        return kind, Field(default, **extra)
+    if f.default_factory is not dataclasses.MISSING:
+        return kind, Field(default_factory=f.default_factory, **extra)  # type: ignore[arg-type]
+    return kind, Field(f.default, **extra)
 
-    y: Tensor | None = None
-    mean: Tensor | None = None
-    invstd: Tensor | None = None
-    dx: Tensor | None = None
-    dgamma: Tensor | None = None
-    dbeta: Tensor | None = None
+
+def _is_float(kind: Any) -> bool:
+    return kind is float or float in get_args(kind)
 
 
-class FiniteDifference(_Strict):
-    method: Literal[FD_METHODS] = Field("auto", description=(  # type: ignore[valid-type]
-        "auto = stats on every element plus a brute cross-check where affordable; none skips."))
-    samples: int | None = Field(None, ge=1, le=1 << 20, description="brute: positions per channel (default all)")
-    directions: int = Field(4, ge=1, le=256, description="directional: seeded random directions")
-    seed: int = Field(0, ge=0, le=2**32 - 1)
-    step: float = Field(1e-4, gt=0, le=0.1, allow_inf_nan=False,
-                        description="step relative to sqrt(var + eps), per channel")
+def _model(name: str, source: type, doc: str | None = None, substitute: dict[str, Any] | None = None,
+           skip: tuple[str, ...] = (), extra: dict[str, Any] | None = None, base: type[BaseModel] = _Strict
+           ) -> type[BaseModel]:
+    """A strict pydantic model with ``source``'s fields (request.py), ``substitute`` giving the
+    wire's types where they differ, ``extra`` the wire's own fields before them."""
+    hints = get_type_hints(source)
+    fields: dict[str, Any] = dict(extra or {})
+    for f in dataclasses.fields(source):
+        if f.name in skip:
+            continue
+        if substitute and f.name in substitute:
+            kind, default = substitute[f.name]
+            fields[f.name] = _field(f, kind, default)
+        else:
+            fields[f.name] = _field(f, hints[f.name])
+    model: type[BaseModel] = create_model(name, __base__=base, __doc__=doc or source.__doc__, **fields)
+    return model
+
+
+Candidate = create_model(  # type: ignore[call-overload]
+    "Candidate", __base__=_Strict, __doc__="Outputs computed elsewhere, to verify. Send any of them.",
+    **{name: (Tensor | None, None) for name in CANDIDATE_NAMES})
+
+FiniteDifference = _model("FiniteDifference", FDOptions)
 
 
 class ToleranceIn(_Strict):
@@ -78,22 +105,12 @@ class ToleranceIn(_Strict):
     atol: float = Field(ge=0, allow_inf_nan=False)
 
 
-class ToleranceSpec(_Strict):
-    """Plain allclose terms, |candidate - reference| <= atol + rtol * |reference|: ``rtol`` and
-    ``atol`` for every candidate tensor, or per tensor (``{"dgamma": {"rtol": 0, "atol": 1e-4}}``),
-    the tensors left out getting the calibrated verdict."""
-
+class _ToleranceForms(_Strict):
     rtol: float | None = Field(None, ge=0, le=1, allow_inf_nan=False)
     atol: float | None = Field(None, ge=0, allow_inf_nan=False)
-    y: ToleranceIn | None = None
-    mean: ToleranceIn | None = None
-    invstd: ToleranceIn | None = None
-    dx: ToleranceIn | None = None
-    dgamma: ToleranceIn | None = None
-    dbeta: ToleranceIn | None = None
 
     @model_validator(mode="after")
-    def _one_form(self) -> ToleranceSpec:
+    def _one_form(self) -> _ToleranceForms:
         if (self.rtol is None) != (self.atol is None):
             msg = "give both rtol and atol, or tolerances per tensor"
             raise ValueError(msg)
@@ -103,40 +120,38 @@ class ToleranceSpec(_Strict):
         return self
 
     def per_tensor(self) -> dict[str, ToleranceIn]:
-        return {name: getattr(self, name) for name in ("y", "mean", "invstd", "dx", "dgamma", "dbeta")
-                if getattr(self, name) is not None}
+        return {name: t for name in CANDIDATE_NAMES if (t := getattr(self, name, None)) is not None}
 
 
-class Output(_Strict):
-    gradients: bool = Field(True, description="return the variant's dx, dgamma and dbeta")
-    reference: bool = Field(False, description="return the float64 reference gradients too")
-    encoding: Literal["list", "data", "b64"] | None = Field(None, description="default: x's encoding")
-    plots: bool = Field(False, description=(
-        "add to each tensor of the variant and candidate blocks what the HTML report draws (plots): per-channel "
-        "tol_ratio, the worst ratio over (sample, channel), the worst cell's positions, a histogram; "
-        "an answer in text/html (Accept) always has them"))
+ToleranceSpec = create_model(  # type: ignore[call-overload]
+    "ToleranceSpec", __base__=_ToleranceForms,
+    __doc__=("Plain allclose terms, |candidate - reference| <= atol + rtol * |reference|: ``rtol`` and "
+             "``atol`` for every candidate tensor, or per tensor (``{\"dgamma\": {\"rtol\": 0, \"atol\": 1e-4}}``), "
+             "the tensors left out getting the calibrated verdict."),
+    **{name: (ToleranceIn | None, None) for name in CANDIDATE_NAMES})
 
+# What the answer carries: the wire's own choices, and the one check option that shapes it.
+Output = _model("Output", CheckOptions, doc="What the answer carries.", skip=tuple(
+    f.name for f in dataclasses.fields(CheckOptions) if f.name != "plots"), extra={
+    "gradients": (bool, Field(True, description="return the variant's dx, dgamma and dbeta")),
+    "reference": (bool, Field(False, description="return the float64 reference gradients too")),
+    "encoding": (Literal["list", "data", "b64"] | None, Field(None, description="default: x's encoding")),
+})
 
-class CheckRequest(_Strict):
-    x: Tensor
-    dy: Tensor
-    gamma: Tensor | None = Field(None, description="default ones")
-    beta: Tensor | None = Field(None, description="default zeros")
-    variant: Variant = "qianfeng"
-    dtype: DType | None = Field(None, description="precision of the variant; default x's datatype, FP32 for lists")
-    accum_dtype: DType | None = Field(None, description="accumulation precision; default float32 for 16-bit dtypes")
-    eps: float = Field(1e-5, gt=0, allow_inf_nan=False)
-    channel_axis: int = Field(1, ge=-32, le=31, description="1 for NCHW and (N, D); -1 for channels-last")
-    training: bool = True
-    running_mean: Tensor | None = None
-    running_var: Tensor | None = None
-    saved_mean: Tensor | None = None
-    saved_invstd: Tensor | None = None
-    candidate: Candidate | None = None
-    finite_difference: FiniteDifference = Field(default_factory=FiniteDifference)
-    tolerance: ToleranceSpec | None = Field(None, description="omit for the calibrated verdict")
-    output: Output = Field(default_factory=Output)
-    device: Literal["cpu", "gpu", "auto"] | None = Field(None, description="default: the server's BNCHECK_DEVICE")
+_TENSOR_DOCS = {"gamma": "default ones", "beta": "default zeros"}
+# A generated model is no type to mypy: code that reads a request sees it as Any.
+CheckRequest: Any = _model(
+    "CheckRequest", CheckOptions, doc="A check: the tensors (x and dy at least) and the options.",
+    skip=WIRE_OUTPUT,
+    substitute={"variant": (Variant, dataclasses.MISSING), "dtype": (DType | None, dataclasses.MISSING),
+                "accum_dtype": (DType | None, dataclasses.MISSING),
+                "finite_difference": (FiniteDifference, FiniteDifference),
+                "tolerance": (ToleranceSpec | None, dataclasses.MISSING)},
+    extra={**{name: ((Tensor, ...) if name in ("x", "dy") else
+                     (Tensor | None, Field(None, description=_TENSOR_DOCS.get(name))))
+              for name in INPUT_NAMES},
+           "candidate": (Candidate | None, None),
+           "output": (Output, Field(default_factory=Output))})
 
 
 # ---------------------------------------------------------------- response
