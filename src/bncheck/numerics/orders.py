@@ -56,11 +56,15 @@ def _sequential(a: np.ndarray) -> np.ndarray:
         return _sequential_rows(a[:, :, 0])
     if P > CARRY_ROWS:  # each plane's running sum, then the planes in order
         return _sequential_rows(np.add.accumulate(a, axis=2)[:, :, -1])
+    # Each plane (C, S) turned into (S, C) rows, the carried sums added to its first row, then
+    # reduced row after row: the same additions in the same order as a running sum along s,
+    # without writing every partial sum.
     acc = np.zeros(C, dtype=a.dtype)
+    rows = np.empty((S, C), dtype=a.dtype)
     for p in range(P):
-        plane = a[p].copy()
-        plane[:, 0] += acc
-        acc = np.add.accumulate(plane, axis=1)[:, -1]
+        np.copyto(rows, a[p].T)
+        rows[0] += acc
+        acc = _sequential_rows(rows)
     return acc
 
 
