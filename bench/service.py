@@ -35,6 +35,13 @@ from ._timing import best_ms, interleaved_ms, machine, median, round_ratio, tabl
 SHAPE = (65536, 64)
 
 
+def _row(ms: dict[str, list[float]], what: str, key: str) -> list[str]:
+    """A row of timings against the in-process "check": best, median, and both ratios."""
+    base = min(ms["check"])
+    return [what, f"{min(ms[key]):.0f}", f"{median(ms[key]):.0f}", f"{min(ms[key]) / base:.2f}",
+            f"{round_ratio(ms, key, 'check'):.2f}"]
+
+
 def _data(shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(0)
     return (rng.standard_normal(shape) + 1).astype(np.float32), rng.standard_normal(shape).astype(np.float32)
@@ -59,11 +66,9 @@ def transport_rows(rounds: int = 9) -> list[list[str]]:
             "client": lambda: bn.check(x, dy),
         }, rounds=rounds)
     size = len(body) / 2**20
-    base_best = min(ms["check"])
 
     def row(what: str, key: str) -> list[str]:
-        return [what, f"{min(ms[key]):.0f}", f"{median(ms[key]):.0f}", f"{min(ms[key]) / base_best:.2f}",
-                f"{round_ratio(ms, key, 'check'):.2f}"]
+        return _row(ms, what, key)
 
     return [
         row("numerics `check()` in-process (4M float32, FD auto)", "check"),
@@ -121,11 +126,9 @@ def v2_rows(rounds: int = 7) -> list[list[str]]:
         except ImportError:
             pass
         ms = interleaved_ms(timings, rounds=rounds)
-    base_best = min(ms["check"])
 
     def row(what: str, key: str) -> list[str]:
-        return [what, f"{min(ms[key]):.0f}", f"{median(ms[key]):.0f}", f"{min(ms[key]) / base_best:.2f}",
-                f"{round_ratio(ms, key, 'check'):.2f}"]
+        return _row(ms, what, key)
 
     rows = [row("numerics `check()` in-process, candidate dx (4M float32, FD auto)", "check"),
             row(f"POST /v1/check, b64 ({len(v1_body) / 2**20:.0f} MiB)", "v1"),

@@ -204,7 +204,7 @@ def _hatch(uid: str) -> str:
             "<line x1='0' y1='0' x2='0' y2='4' stroke='#fff' stroke-width='1.5'/></pattern></defs>")
 
 
-def _grid(values: list[list[float | None]], cell: float, cls: str, attrs: Any, label: str, uid: str,
+def _grid(values: list[list[float | None]], cell: float, cls: str, attrs: Any, label: str, uid: str, desc: str,
           left: float = 40, top: float = 14) -> str:
     rows, cols = len(values), len(values[0]) if values else 0
     rects = []
@@ -216,7 +216,8 @@ def _grid(values: list[list[float | None]], cell: float, cls: str, attrs: Any, l
                          f"y='{top + i * cell:.1f}' width='{cell:.2f}' height='{cell:.2f}' fill='{fill}'>"
                          f"<title>{_e(label)} {_e(attrs(i, j, text=True))}: tol_ratio {_num(r)}</title></rect>")
     w, h = left + cols * cell + 10, top + rows * cell + 28
-    return (f"<svg class='{cls}' role='img' width='{w:.0f}' height='{h:.0f}'>{_hatch(uid)}{''.join(rects)}"
+    return (f"<svg class='{cls}' role='img' aria-label='{_e(desc)}' width='{w:.0f}' height='{h:.0f}'>"
+            f"{_hatch(uid)}{''.join(rects)}"
             f"<rect x='{left}' y='{top}' width='{cols * cell:.1f}' height='{rows * cell:.1f}' fill='none' "
             f"class='axis'/></svg>")
 
@@ -237,8 +238,7 @@ def _heatmap(tname: str, hm: Mapping[str, Any], spatial: Mapping[str, Any] | Non
     desc = (f"worst tol_ratio of {tname} over each (sample, channel): {rows} x {cols} cells"
             + (f", each {rb} samples x {cb} channels" if rb * cb > 1 else "")
             + f"; {len(failing)} cells fail (hatched)")
-    svg = _grid(values, cell, "heatmap", attrs, "cell", f"hatch-heat-{tname}")
-    svg = svg.replace("role='img'", f"role='img' aria-label='{_e(desc)}'", 1)
+    svg = _grid(values, cell, "heatmap", attrs, "cell", f"hatch-heat-{tname}", desc)
     listed = "".join(f"<li>{_e(attrs(i, j, text=True))}: tol_ratio {_num(values[i][j])}</li>"
                      for i, j in failing[:500])
     more = f"<li>… and {len(failing) - 500} more</li>" if len(failing) > 500 else ""
@@ -263,8 +263,7 @@ def _spatial(tname: str, sp: Mapping[str, Any]) -> str:
     n_fail = sum(_fails(r) for row in values for r in row)
     desc = (f"tol_ratio over the {sp['shape'][0]} x {sp['shape'][1]} positions of sample {sp['sample']}, "
             f"channel {sp['channel']} (the worst cell); {n_fail} fail (hatched)")
-    svg = _grid(values, cell, "spatial", attrs, "position", f"hatch-spatial-{tname}")
-    svg = svg.replace("role='img'", f"role='img' aria-label='{_e(desc)}'", 1)
+    svg = _grid(values, cell, "spatial", attrs, "position", f"hatch-spatial-{tname}", desc)
     return (f"<figure><figcaption><strong>{_e(tname)}, sample {sp['sample']}, channel {sp['channel']}</strong>: "
             f"{_e(desc)}.</figcaption>{svg}</figure>")
 

@@ -21,22 +21,11 @@ from typing import Any, TypeVar
 
 from bncheck.numerics.report import OMIT, CheckReport
 
-__all__ = ["document", "json_safe", "load", "to_json"]
+__all__ = ["document", "load", "to_json"]
 
 T = TypeVar("T")
 ARRAYS = ("gradients", "reference")  # the report's arrays: encoded by whoever knows the transport
 _REPORT_FIELDS = frozenset(f.name for f in dataclasses.fields(CheckReport))
-
-
-def json_safe(value: Any) -> Any:
-    """Non-finite floats have no JSON number: inf becomes null (documented per field)."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_safe(v) for v in value]
-    return value
 
 
 def to_json(value: Any, skip: tuple[str, ...] = ()) -> Any:
@@ -53,7 +42,9 @@ def to_json(value: Any, skip: tuple[str, ...] = ()) -> Any:
         return {k: to_json(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [to_json(v) for v in value]
-    return json_safe(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return None  # JSON has no NaN or Inf (documented per field)
+    return value
 
 
 def document(report: CheckReport, arrays: Mapping[str, Any] | None = None, notes: list[str] | None = None

@@ -127,7 +127,7 @@ def test_the_report_is_self_contained():
     assert "@import" not in text
     for svg in html.find("svg"):  # every picture has a text alternative
         assert svg.get("role") == "img"
-        assert svg.get("aria-label") or svg.get("class") in ("heatmap", "spatial")
+        assert svg.get("aria-label")
 
 
 def test_render_marks_non_finite_candidates():

@@ -170,6 +170,30 @@ def test_requested_outputs_and_their_binary_flags(server):
     np.testing.assert_allclose(got, (dy64 * xhat).sum(axis=(0, 2, 3)), rtol=1e-5, atol=1e-5)
 
 
+def test_binary_parts_follow_the_order_the_outputs_were_asked_in(server):
+    """report before dgamma, passed in between: each binary part sits where the header says."""
+    x, dy = _data(np.float32, shape=(16, 3))
+    header = {"inputs": [{"name": n, "shape": [16, 3], "datatype": "FP32", "data": a.reshape(-1).tolist()}
+                         for n, a in (("x", x), ("dy", dy))],
+              "outputs": [{"name": "report", "parameters": {"binary_data": True}}, {"name": "passed"},
+                          {"name": "dgamma", "parameters": {"binary_data": True}}]}
+    r = httpx.post(f"{server.url}/v2/models/qianfeng/infer", json=header)
+    n = int(r.headers["inference-header-content-length"])
+    outputs = json.loads(r.content[:n])["outputs"]
+    assert [o["name"] for o in outputs] == ["report", "passed", "dgamma"]
+    at, parts = n, {}
+    for o in outputs:
+        size = o.get("parameters", {}).get("binary_data_size")
+        if size is not None:
+            parts[o["name"]] = r.content[at:at + size]
+            at += size
+    assert at == len(r.content)
+    assert json.loads(parts["report"][4:])["variant"] == "qianfeng"
+    x64, dy64 = x.astype(np.float64), dy.astype(np.float64)
+    xhat = (x64 - x64.mean(0)) / np.sqrt(x64.var(0) + 1e-5)
+    np.testing.assert_allclose(np.frombuffer(parts["dgamma"], "<f4"), (dy64 * xhat).sum(0), rtol=1e-5, atol=1e-6)
+
+
 def test_a_json_answer_with_no_binary(server):
     x, dy = _data(np.float32, shape=(8, 3))
     body = {"inputs": [{"name": "x", "shape": [8, 3], "datatype": "FP32", "data": x.reshape(-1).tolist()},

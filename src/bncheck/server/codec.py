@@ -27,7 +27,7 @@ import pybase64
 from bncheck.numerics.dtypes import BFLOAT16, WIRE_NAMES, finfo_max, resolve, wire_name
 
 __all__ = ["ENCODINGS", "Decoded", "Held", "Numbers", "TensorError", "check_datatype", "check_shape", "decode",
-           "encode", "lift_b64"]
+           "encode", "from_bytes", "lift_b64", "numbers", "to_bytes"]
 
 ENCODINGS = ("list", "data", "b64")
 TENSOR_KEYS = ("shape", "datatype", "data", "b64", "name", "parameters")  # name, parameters: as KServe v2 sends
@@ -268,30 +268,47 @@ def _from_b64(text: Any, shape: tuple[int, ...], dt: np.dtype[Any]) -> np.ndarra
     except (binascii.Error, ValueError):
         msg = "b64 is not valid base64 (characters outside A-Z a-z 0-9 + / =)"
         raise TensorError(msg) from None
+    return from_bytes(raw, dt, shape)
+
+
+def from_bytes(raw: Any, dt: np.dtype[Any], shape: tuple[int, ...]) -> np.ndarray:
+    """The wire's little-endian row-major bytes as an array of ``dt`` (a view of ``raw``)."""
     little = BFLOAT16 if dt == BFLOAT16 else dt.newbyteorder("<")
     return np.frombuffer(raw, dtype=little).reshape(shape)
+
+
+def to_bytes(arr: np.ndarray) -> np.ndarray:
+    """An array as the wire's little-endian row-major bytes (bfloat16 has no buffer format)."""
+    little = arr if arr.dtype == BFLOAT16 else arr.astype(arr.dtype.newbyteorder("<"), copy=False)
+    return np.ascontiguousarray(little).view(np.uint8).reshape(-1)
+
+
+def numbers(arr: np.ndarray, *, flat: bool, held: Held | None = None) -> Any:
+    """An array as JSON numbers (nested lists, or ``flat``), or None when it holds NaN or Inf,
+    which JSON numbers cannot carry. With ``held``, a long array's JSON stays out of the
+    document (a placeholder takes its place; ``Held.splice`` puts it in)."""
+    f64 = np.ascontiguousarray(arr, dtype=np.float64)
+    if not bool(np.isfinite(f64).all()):
+        return None
+    values = f64.reshape(-1) if flat else f64
+    if held is not None and f64.nbytes >= LIFT_MIN:
+        # orjson writes a float64 array as the very text it writes for the list of its
+        # floats (tested), three times as fast and with no Python float per number.
+        return held.hold(orjson.dumps(values, option=orjson.OPT_SERIALIZE_NUMPY), quoted=False)
+    return values.tolist()
 
 
 def encode(arr: np.ndarray, encoding: str, held: Held | None = None) -> tuple[Any, str]:
     """An array on the wire, and the encoding used: JSON numbers cannot carry NaN or Inf,
     so an array holding them goes as b64 whatever was asked. With ``held``, a long array's
-    b64 text, or its numbers' JSON, stays out of the document (a placeholder takes its
-    place; ``Held.splice`` puts it into the serialised JSON)."""
+    b64 text, or its numbers' JSON, stays out of the document."""
     header = {"shape": list(arr.shape), "datatype": wire_name(arr.dtype)}
     if encoding != "b64":
-        f64 = np.ascontiguousarray(arr, dtype=np.float64)
-        if bool(np.isfinite(f64).all()):
-            values = f64 if encoding == "list" else f64.reshape(-1)
-            if held is not None and f64.nbytes >= LIFT_MIN:
-                # orjson writes a float64 array as the very text it writes for the list of its
-                # floats (tested), three times as fast and with no Python float per number.
-                numbers: Any = held.hold(orjson.dumps(values, option=orjson.OPT_SERIALIZE_NUMPY), quoted=False)
-            else:
-                numbers = values.tolist()
-            return (numbers, encoding) if encoding == "list" else ({**header, "data": numbers}, encoding)
+        values = numbers(arr, flat=encoding == "data", held=held)
+        if values is not None:
+            return (values, encoding) if encoding == "list" else ({**header, "data": values}, encoding)
         encoding = "b64"
-    little = arr if arr.dtype == BFLOAT16 else arr.astype(arr.dtype.newbyteorder("<"), copy=False)
-    raw = np.ascontiguousarray(little).view(np.uint8)  # a plain byte buffer (bfloat16 has none)
+    raw = to_bytes(arr)
     if held is not None and raw.nbytes >= LIFT_MIN:
         return {**header, "b64": held.hold(pybase64.b64encode(raw.data))}, encoding
     return {**header, "b64": pybase64.b64encode_as_string(raw.data)}, encoding

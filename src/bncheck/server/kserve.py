@@ -26,7 +26,7 @@ import numpy as np
 import orjson
 from pydantic import ValidationError
 
-from bncheck.numerics.dtypes import BFLOAT16, wire_name
+from bncheck.numerics.dtypes import wire_name
 from bncheck.numerics.errors import InputError
 from bncheck.numerics.inputs import FULL_TENSORS
 from bncheck.numerics.report import TENSOR_NAMES
@@ -187,10 +187,9 @@ def _from_bytes(t: dict[str, Any], raw: memoryview, max_elements: int) -> codec.
         msg = (f"binary_data_size is {raw.nbytes:,} but shape {list(shape)} of {t['datatype']} needs {want:,} "
                f"bytes ({math.prod(shape):,} x {dt.itemsize})")
         raise codec.TensorError(msg)
-    little = BFLOAT16 if dt == BFLOAT16 else dt.newbyteorder("<")
     # One copy, out of the body (bytes or a shared-memory segment, which must be closed
     # after the check) into an aligned array.
-    arr = np.frombuffer(raw, dtype=little).reshape(shape).copy()
+    arr = codec.from_bytes(raw, dt, shape).copy()
     return codec.Decoded(arr, "binary", t["datatype"])
 
 
@@ -286,34 +285,25 @@ def parse(body: Any, call: runner.Call, settings: Settings) -> tuple[Any, list[t
 # ------------------------------------------------------------------ answer
 
 
-def _tensor_output(name: str, arr: np.ndarray, binary: bool, held: codec.Held, raw: list[Any], notes: list[str]
-                   ) -> dict[str, Any]:
-    out: dict[str, Any] = {"name": name, "datatype": wire_name(arr.dtype), "shape": list(arr.shape)}
-    f64 = np.ascontiguousarray(arr, dtype=np.float64).reshape(-1)
-    if not binary and not bool(np.isfinite(f64).all()):
+Made = tuple[dict[str, Any], Any]  # an output's JSON entry, and its raw bytes when binary
+
+
+def _output(name: str, datatype: str, shape: list[int], binary: bool, packed: Any, json_data: Any) -> Made:
+    entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": shape}
+    if binary:
+        entry["parameters"] = {"binary_data_size": memoryview(packed).nbytes}
+        return entry, packed
+    entry["data"] = json_data
+    return entry, None
+
+
+def _tensor_output(name: str, arr: np.ndarray, binary: bool, held: codec.Held, notes: list[str]) -> Made:
+    data = None if binary else codec.numbers(arr, flat=True, held=held)
+    if not binary and data is None:
         notes.append(f"output {name} holds NaN or Inf, which JSON numbers cannot carry: sent as binary data")
         binary = True
-    if binary:
-        little = arr if arr.dtype == BFLOAT16 else arr.astype(arr.dtype.newbyteorder("<"), copy=False)
-        data = np.ascontiguousarray(little).view(np.uint8).reshape(-1)
-        raw.append(data.data)
-        out["parameters"] = {"binary_data_size": data.nbytes}
-    elif f64.nbytes >= codec.LIFT_MIN:
-        out["data"] = held.hold(orjson.dumps(f64, option=orjson.OPT_SERIALIZE_NUMPY), quoted=False)
-    else:
-        out["data"] = f64.tolist()
-    return out
-
-
-def _small_output(name: str, datatype: str, value: Any, packed: bytes, binary: bool, raw: list[Any]
-                  ) -> dict[str, Any]:
-    out: dict[str, Any] = {"name": name, "datatype": datatype, "shape": [1]}
-    if binary:
-        raw.append(packed)
-        out["parameters"] = {"binary_data_size": len(packed)}
-    else:
-        out["data"] = [value]
-    return out
+    packed = codec.to_bytes(arr).data if binary else None
+    return _output(name, wire_name(arr.dtype), list(arr.shape), binary, packed, data)
 
 
 def run(body: Any, call: runner.Call, settings: Settings, *, deadline: float | None = None, joined: bool = True
@@ -331,28 +321,24 @@ def run(body: Any, call: runner.Call, settings: Settings, *, deadline: float | N
         return runner.html_outcome(runner.to_wire(req, report), report)
     encode_start = time.perf_counter()
     held = codec.Held()
-    raw: list[Any] = []  # the binary outputs' bytes, in order
     notes: list[str] = []
-    outputs: list[dict[str, Any]] = []
     gradients = report.gradients or {}
-    for name, binary in asked:
-        if name in GRADIENTS:
-            outputs.append(_tensor_output(name, gradients[name], binary, held, raw, notes))
+    made = {name: _tensor_output(name, gradients[name], binary, held, notes) for name, binary in asked
+            if name in GRADIENTS}
     wire = runner.to_wire(req.model_copy(update={"output": Output(gradients=False)}), report)
     wire["notes"] += notes
     timings = wire["timings_ms"]
-    for name, binary in asked:
-        if name == "passed":
-            outputs.append(_small_output(name, "BOOL", report.passed, bytes([report.passed]), binary, raw))
     timings.update(decode=decoded, encode=(time.perf_counter() - encode_start) * 1e3,
                    total=(time.perf_counter() - start) * 1e3)
-    text = orjson.dumps(wire)
+    text = orjson.dumps(wire)  # the report, with the time its outputs took
     for name, binary in asked:
-        if name == "report":
-            outputs.append(_small_output(name, "BYTES", text.decode(), struct.pack("<I", len(text)) + text, binary,
-                                         raw))
-    order = {name: i for i, (name, _) in enumerate(asked)}
-    outputs.sort(key=lambda o: order[o["name"]])
+        if name == "passed":
+            made[name] = _output(name, "BOOL", [1], binary, bytes([report.passed]), [report.passed])
+        elif name == "report":
+            made[name] = _output(name, "BYTES", [1], binary, struct.pack("<I", len(text)) + text, [text.decode()])
+    # In the order asked: the header's outputs and the binary parts after it must agree.
+    outputs = [made[name][0] for name, _ in asked]
+    raw = [made[name][1] for name, _ in asked if made[name][1] is not None]
     header: dict[str, Any] = {"model_name": str(call.model), "model_version": MODEL_VERSION, "outputs": outputs}
     if request_id is not None:
         header["id"] = request_id
