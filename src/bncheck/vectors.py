@@ -45,7 +45,7 @@ def _tolerances(x: np.ndarray, dy: np.ndarray, gamma: np.ndarray, beta: np.ndarr
     for name in OUTPUTS:
         out_dtype = dtype if name in ("y", "dx") else accum
         t = default_tolerance(dtype, accum, out_dtype, lay.R)
-        tol[name] = {"rtol": t.rtol, "atol": t.atol * float(np.max(scales.of(name)))}
+        tol[name] = {"rtol": t.rtol, "atol": t.atol * float(np.max(getattr(scales, name)))}
     return tol
 
 

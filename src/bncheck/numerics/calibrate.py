@@ -23,6 +23,14 @@ Why pooled, not per channel: with R = 2 every order adds alike and the members a
 to the last bit, yet correct kernels written differently do not. Why these members:
 see docs/design.md, "The calibrated verdict"; which algorithms count as correct was
 measured against PyTorch's own kernels (bench/oracle.py).
+
+Channels in tiers. A channel's outputs depend on that channel's data alone, for every
+member and every reduction order, so the envelope over all channels is the largest of the
+envelopes over any split of them, and a larger envelope only allows more. The check
+therefore runs the members on a few channels first (``first_channels``): a candidate that
+passes against that envelope passes against the whole one, with the same verdict for a
+fraction of the cost. Only where something fails do more channels run (the failing
+tensors' worst channels, then all the rest), so a failure is judged exactly as before.
 """
 
 from __future__ import annotations
@@ -42,11 +50,14 @@ from .precision import Arith
 from .tolerance import Tolerance
 from .variants import VARIANTS, Cache, Grads, forward_cache, inference_backward
 
-__all__ = ["FLOOR", "MARGIN", "MEMBERS", "ROUNDING", "Given", "Member", "Wanted", "calibrated_tolerance", "envelopes"]
+__all__ = ["FIRST_SHARE", "FLOOR", "MARGIN", "MEMBERS", "MIN_FIRST", "ROUNDING", "Given", "Member", "Wanted",
+           "calibrated_tolerance", "envelopes", "first_channels"]
 
 MARGIN = 3.0
 FLOOR = 0.125
 ROUNDING = 1.5
+MIN_FIRST = 4  # channels of the first tier: at least these ...
+FIRST_SHARE = 16  # ... or one in this many channels, whichever is more
 _TINY = 1e-300
 
 
@@ -74,7 +85,8 @@ MEMBERS: tuple[Member, ...] = (
 
 @dataclass(frozen=True)
 class Given:
-    """The inputs as the check holds them: (P, C, S) float64 views and (C,) vectors. ``mean``
+    """The inputs as the check holds them: (P, C, S) views (x and dy as sent, or float64) and
+    (C,) vectors. ``mean``
     with ``invstd`` are saved statistics; ``mean`` with ``var`` running ones (inference)."""
 
     x3: Any
@@ -89,23 +101,84 @@ class Given:
     var: Any = None
     keep: np.dtype[Any] | None = None  # the kernel's per-channel dtype, when less precise than accum
 
+    def on(self, channels: Any) -> Given:
+        """The same inputs restricted to ``channels`` (sorted indices, or a slice), as a (P, k, S)
+        problem."""
+        lay = self.layout
+        take = _taker(channels, self.x3)
+        k = len(range(lay.C)[channels]) if isinstance(channels, slice) else len(channels)
+        sub = Layout((lay.P, k, lay.S), 1, lay.P, k, lay.S)
+        return replace(self, x3=take(self.x3, True), dy3=take(self.dy3, True), gamma=take(self.gamma, False),
+                       beta=take(self.beta, False), layout=sub, mean=take(self.mean, False),
+                       invstd=take(self.invstd, False), var=take(self.var, False))
+
 
 @dataclass(frozen=True)
 class Wanted:
     """A candidate tensor to calibrate: its dtype, its reference and its natural scale
-    ((P, C, S) views for dx and y, (C,) vectors otherwise)."""
+    ((P, C, S) views for dx and y, the scale there an array or a scales.ElementScale; (C,)
+    vectors otherwise)."""
 
     dtype: np.dtype[Any]
     ref: Any
     scale: Any
     full: bool  # dx and y: one value per element; the rest: one per channel
 
+    def on(self, channels: Any) -> Wanted:
+        take = _taker(channels, self.ref)
+        scale = self.scale.channels(channels) if hasattr(self.scale, "channels") else take(self.scale, self.full)
+        return replace(self, ref=take(self.ref, self.full), scale=scale)
 
-def calibrated_tolerance(envelope: float, out: np.dtype[Any], accum: np.dtype[Any], members: int) -> Tolerance:
+    def whole(self) -> Wanted:
+        """With the scale as an array (a scales.ElementScale made whole)."""
+        return replace(self, scale=self.scale.full()) if hasattr(self.scale, "full") else self
+
+
+def _taker(channels: Any, like: Any) -> Callable[[Any, bool], Any]:
+    """Channels of an array: a slice gives views, indices a contiguous copy."""
+    xp = backend.namespace(like)
+    if isinstance(channels, slice):
+        return lambda a, full: None if a is None else (a[:, channels] if full else a.reshape(-1)[channels])
+    idx = xp.asarray(np.asarray(channels, dtype=np.intp))
+
+    def take(a: Any, full: bool) -> Any:
+        if a is None:
+            return None
+        if full:  # a (P, C, S) view, or a (1, C, 1) per-channel broadcast
+            return xp.ascontiguousarray(xp.take(a, idx, axis=1))
+        return xp.take(a.reshape(-1), idx)
+
+    return take
+
+
+def first_channels(kappa: Any, gamma: Any, suspects: Any = ()) -> np.ndarray:
+    """The channels of the first tier: ``max(MIN_FIRST, C / FIRST_SHARE)`` spread evenly, the
+    worst-conditioned one (largest |mean| * invstd) among them, taken among channels whose gamma
+    is not 0 where there are enough (dx is exactly 0 there for every member, so they add nothing
+    to the envelope); and the ``suspects``, the channels where the candidate's per-channel
+    tensors are furthest off: a per-channel tensor has one value per channel and member, so a
+    few channels say little about the others, but a correct kernel's error in a channel is like
+    the members' error in that same channel. Every channel when C is that small."""
+    kappa, gamma = backend.to_numpy(kappa), backend.to_numpy(gamma)
+    C = kappa.size
+    k = max(MIN_FIRST, -(-C // FIRST_SHARE))
+    if C <= k:
+        return np.arange(C)
+    live = np.flatnonzero(gamma != 0)
+    pool = live if live.size >= k else np.arange(C)
+    worst = pool[int(np.argmax(np.nan_to_num(kappa[pool], nan=np.inf)))]
+    picks = pool[np.linspace(0, pool.size - 1, k).round().astype(int)]  # distinct: the step is at least 1
+    if worst not in picks:
+        picks[np.argmin(np.abs(picks - worst))] = worst
+    return np.union1d(picks, np.asarray(suspects, dtype=int))
+
+
+def calibrated_tolerance(envelope: float, out: np.dtype[Any], accum: np.dtype[Any], members: int,
+                         channels: int | None = None) -> Tolerance:
     atol = MARGIN * max(envelope, FLOOR * unit_roundoff(accum))
     subnormal = float(ulp(np.float64(0.0), out))  # below the smallest normal, spacing is absolute
     return Tolerance(ROUNDING * unit_roundoff(out), atol, "natural", basis="calibrated", envelope=envelope,
-                     margin=MARGIN, members=members, abs_floor=ROUNDING * 0.5 * subnormal)
+                     margin=MARGIN, members=members, abs_floor=ROUNDING * 0.5 * subnormal, channels=channels)
 
 
 def members_for(given: Given) -> tuple[Member, ...]:
@@ -117,9 +190,31 @@ def members_for(given: Given) -> tuple[Member, ...]:
 
 
 def envelopes(given: Given, ar: Arith, wanted: Mapping[str, Wanted],
-              tick: Callable[[str], None] = lambda step: None) -> dict[str, float]:
-    """The envelope of each wanted tensor, in natural units, over ``members_for(given)``;
-    ``tick`` is called before each member (a deadline raises there)."""
+              tick: Callable[[str], None] = lambda step: None, channels: Any = None) -> dict[str, float]:
+    """The envelope of each wanted tensor, in natural units, over ``members_for(given)`` on
+    ``channels`` (sorted indices; default all); ``tick`` is called before each member (a
+    deadline raises there)."""
+    if channels is not None and len(channels) < given.layout.C:
+        given = given.on(channels)
+        wanted = {name: w.on(channels) for name, w in wanted.items()}
+        ar = replace(ar, shape=given.layout.view_shape)
+    else:
+        wanted = {name: w.whole() for name, w in wanted.items()}
+    whole = given.layout.C
+
+    def group(sl: slice) -> dict[str, float]:
+        """The members on one group of channels, every temporary in cache (a channel's values
+        do not depend on the others)."""
+        g = given if sl == slice(0, whole) else given.on(sl)
+        w = wanted if g is given else {name: w.on(sl) for name, w in wanted.items()}
+        return _group_envelopes(g, replace(ar, shape=g.layout.view_shape), w, tick)
+
+    parts = backend.map_channels(group, given.layout, ar.xp)
+    return {name: max(p[name] for p in parts) for name in wanted}
+
+
+def _group_envelopes(given: Given, ar: Arith, wanted: Mapping[str, Wanted],
+                     tick: Callable[[str], None]) -> dict[str, float]:
     out = dict.fromkeys(wanted, 0.0)
     inverse = _inverse_scales(wanted, given.layout, ar.xp)
     for outputs in _run_members(given, ar, set(wanted), tick):

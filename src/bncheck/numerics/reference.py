@@ -1,7 +1,9 @@
 """The float64 reference: batch statistics, forward and backward, fast and accurate.
 
 Everything here is float64 on the (P, C, S) view, in two passes over blocks
-that run on every core (``backend.map_blocks``):
+that run on every core (``backend.map_blocks``). x and dy may arrive in any float
+dtype (on the CPU the check keeps float32 data as sent): each block is copied into
+float64 scratch first, so the numbers are those of float64 arrays, bit for bit.
 
     mean   = m1 + sum(x - m1) / R                  m1 = sum(x) / R
     var    = sum((x - m1)^2) / R - (mean - m1)^2
@@ -49,7 +51,12 @@ def batch_stats(x3: Any, layout: Layout, eps: float, xp: ModuleType) -> Stats:
     R = layout.R
 
     def first(b: Block) -> Any:
-        return backend.channel_sum(x3[b[0], :, b[1]], xp)
+        x = x3[b[0], :, b[1]]
+        if x.dtype == xp.float64:
+            return backend.channel_sum(x, xp)
+        (x64,) = backend.scratch(1, x.shape, xp)
+        xp.copyto(x64, x)
+        return backend.channel_sum(x64, xp)
 
     m1 = backend.sum_parts(backend.map_blocks(first, layout, xp)) / R
     m1c = layout.per_channel(m1)
@@ -74,8 +81,11 @@ def backward(x3: Any, dy3: Any, gamma: Any, st: Stats, layout: Layout, *, traini
 
     def sums(b: Block) -> tuple[Any, Any]:
         x, dyb = x3[b[0], :, b[1]], dy3[b[0], :, b[1]]
-        (d,) = backend.scratch(1, x.shape, xp)
+        d, dy64 = backend.scratch(2, x.shape, xp)
         xp.subtract(x, mean, out=d)
+        if dyb.dtype != xp.float64:
+            xp.copyto(dy64, dyb)
+            dyb = dy64
         return backend.channel_sum(dyb, xp), backend.channel_dot(dyb, d, xp)
 
     parts = backend.map_blocks(sums, layout, xp)

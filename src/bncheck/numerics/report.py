@@ -54,6 +54,8 @@ class ToleranceUsed:
     margin: float | None = None  # calibrated: allowed = margin * envelope * scale + rtol * |reference|
     members: int | None = None  # calibrated: how many correct kernels the envelope spans
     abs_floor: float = 0.0  # added to every element's allowance: rounding in the dtype's subnormal range
+    # calibrated: on how many channels the members ran: all, or a first few when their envelope already passes
+    channels: int | None = None
 
 
 @dataclass(frozen=True)

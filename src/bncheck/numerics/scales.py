@@ -21,6 +21,8 @@ adds a random part of size r / sqrt(R).
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from functools import cached_property
 from types import ModuleType
 from typing import Any
@@ -29,10 +31,76 @@ from . import backend
 from .layout import Block, Layout
 from .reference import Stats
 
-__all__ = ["Scales"]
+__all__ = ["ElementScale", "Scales"]
+
+
+class ElementScale:
+    """The natural scale of a full tensor (dx, y), made where it is used instead of kept: one
+    block of a comparison at a time (in the block's scratch, so a comparison reads no scale
+    array), a few channels for the calibration, or whole (cached) for the finite differences.
+
+    ``fill(out, ady, *params)`` turns |xhat| in ``out`` into the scale of a block, given |dy|;
+    ``params`` are (C,) vectors, given to it as (1, c, 1) for the channels at hand."""
+
+    def __init__(self, src: Scales, fill: Callable[..., None], params: tuple[Any, ...]) -> None:
+        self.src, self.fill, self.params = src, fill, params
+        self.shape = src.layout.view_shape
+        self._full: Any = None
+
+    def _into(self, out: Any, tmp: Any, x: Any, dy: Any, channels: Any) -> Any:
+        xp, st = self.src.xp, self.src.st
+        pick = (lambda v: v) if channels is None else (lambda v: v[channels])
+        mean, invstd = (pick(v).reshape(1, -1, 1) for v in (st.mean, st.invstd))
+        xp.subtract(x, mean, out=out)
+        out *= invstd
+        xp.abs(out, out=out)  # |xhat|
+        xp.abs(dy, out=tmp)  # |dy|
+        self.fill(out, tmp, *(pick(v).reshape(1, -1, 1) for v in self.params))
+        return out
+
+    def block(self, b: Block, out: Any, tmp: Any) -> Any:
+        """The scale of block ``b`` of the (P, C, S) view, written into ``out`` (``tmp``: work
+        space of the same shape)."""
+        return self._into(out, tmp, self.src.x3[b[0], :, b[1]], self.src.dy3[b[0], :, b[1]], None)
+
+    def channels(self, idx: Any) -> Any:
+        """The scale of channels ``idx`` only, (P, len(idx), S)."""
+        xp, lay = self.src.xp, self.src.layout
+        idx = xp.asarray(idx)
+        out = xp.empty((lay.P, int(idx.size), lay.S), dtype=xp.float64)
+        dy = xp.take(self.src.dy3, idx, axis=1)
+        return self._into(out, dy, xp.take(self.src.x3, idx, axis=1), dy, idx)
+
+    def full(self) -> Any:
+        if self._full is None:
+            xp, lay = self.src.xp, self.src.layout
+            out = xp.empty(lay.view_shape, dtype=xp.float64)
+
+            def part(b: Block) -> None:
+                o = out[b[0], :, b[1]]
+                self.block(b, o, backend.scratch(1, o.shape, xp)[0])
+
+            backend.map_blocks(part, lay, xp)
+            self._full = out
+        return self._full
+
+
+def _dx_fill(out: Any, ady: Any, per_xhat: Any, base: Any, coef: Any) -> None:
+    out *= per_xhat  # |xhat| (rms + kappa |A|/R) + base + |dy|, times |gamma| invstd
+    out += base
+    out += ady
+    out *= coef
+
+
+def _y_fill(out: Any, ady: Any, coef: Any, shift: Any) -> None:
+    out *= coef
+    out += shift
 
 
 class Scales:
+    """The natural scales of every tensor a check judges. ``x3`` and ``dy3`` may be in any
+    float dtype (float64 arithmetic throughout)."""
+
     def __init__(self, x3: Any, dy3: Any, gamma: Any, beta: Any, st: Stats, layout: Layout,
                  xp: ModuleType) -> None:
         self.x3, self.dy3, self.gamma, self.beta, self.st = x3, dy3, gamma, beta, st
@@ -41,67 +109,62 @@ class Scales:
 
     @cached_property
     def _sums(self) -> tuple[Any, ...]:
-        """sum|dy|, sum|dy|*|xhat|, sum dy^2, sum|x|, sum dy, sum dy*xhat per channel, in one pass."""
+        """Per channel, in one pass: sum|dy|, sum|dy|*|xhat|, sum dy^2, sum|x|, sum dy,
+        sum dy*xhat; and max and min of x and of dy (for the blind spots)."""
         xp, lay = self.xp, self.layout
         mean, invstd = lay.per_channel(self.st.mean), lay.per_channel(self.st.invstd)
 
         def part(b: Block) -> tuple[Any, ...]:
             x, dy = self.x3[b[0], :, b[1]], self.dy3[b[0], :, b[1]]
+            if x.dtype != xp.float64 or dy.dtype != xp.float64:  # data kept as sent: the same sums in float64
+                x64, dy64 = backend.scratch(2, x.shape, xp)
+                xp.copyto(x64, x)
+                xp.copyto(dy64, dy)
+                x, dy = x64, dy64
             xhat = (x - mean) * invstd
             ady = xp.abs(dy)
             return (backend.channel_sum(ady, xp), backend.channel_dot(ady, xp.abs(xhat), xp),
                     backend.channel_dot(dy, dy, xp), backend.channel_sum(xp.abs(x), xp),
-                    backend.channel_sum(dy, xp), backend.channel_dot(dy, xhat, xp))
+                    backend.channel_sum(dy, xp), backend.channel_dot(dy, xhat, xp),
+                    backend.channel_max(x, xp), -backend.channel_max(-x, xp),
+                    backend.channel_max(dy, xp), -backend.channel_max(-dy, xp))
 
         parts = backend.map_blocks(part, lay, xp)
-        return tuple(backend.sum_parts([p[i] for p in parts]) for i in range(6))
+        sums = tuple(backend.sum_parts([p[i] for p in parts]) for i in range(6))
+        highs = tuple(functools.reduce(xp.maximum, [p[i] for p in parts]) for i in (6, 8))
+        lows = tuple(functools.reduce(xp.minimum, [p[i] for p in parts]) for i in (7, 9))
+        return (*sums, highs[0], lows[0], highs[1], lows[1])
+
+    def constant(self, name: str) -> Any:
+        """(C,) booleans: where ``x`` or ``dy`` holds one value throughout the channel."""
+        i = {"x": 6, "dy": 8}[name]
+        return self._sums[i] == self._sums[i + 1]
 
     @cached_property
     def rms_dy(self) -> Any:
         return self.xp.sqrt(self._sums[2] / self.layout.R)
 
-    def _elementwise(self, fn: Any) -> Any:
-        out = self.xp.empty(self.layout.view_shape, dtype=self.xp.float64)
-        lay = self.layout
-        mean, invstd = lay.per_channel(self.st.mean), lay.per_channel(self.st.invstd)
-
-        def part(b: Block) -> None:
-            axhat = self.xp.abs((self.x3[b[0], :, b[1]] - mean) * invstd)
-            fn(out[b[0], :, b[1]], axhat, self.dy3[b[0], :, b[1]])
-
-        backend.map_blocks(part, lay, self.xp)
-        return out
-
     @cached_property
-    def dx(self) -> Any:
-        xp, lay = self.xp, self.layout
-        R = lay.R
-        rms = self.rms_dy
-        kappa = self.kappa
+    def dx_field(self) -> ElementScale:
+        xp, R = self.xp, self.layout.R
+        rms, kappa = self.rms_dy, self.kappa
         abs_a, abs_g = xp.abs(self._sums[4]) / R, xp.abs(self._sums[5]) / R
-        coef = lay.per_channel(xp.abs(self.gamma) * self.st.invstd)
-        base = lay.per_channel(rms + kappa * (abs_g + 2.0 * rms / R**0.5))  # (1, C, 1)
-        per_xhat = lay.per_channel(rms + kappa * abs_a)
-
-        def fill(out: Any, axhat: Any, dy: Any) -> None:
-            xp.multiply(axhat, per_xhat, out=out)
-            out += base
-            out += xp.abs(dy)
-            out *= coef
-
-        return self._elementwise(fill)
+        return ElementScale(self, _dx_fill, (rms + kappa * abs_a, rms + kappa * (abs_g + 2.0 * rms / R**0.5),
+                                             xp.abs(self.gamma) * self.st.invstd))
 
     @cached_property
+    def y_field(self) -> ElementScale:
+        xp = self.xp
+        return ElementScale(self, _y_fill, (xp.abs(self.gamma), xp.abs(self.gamma) * (1.0 + self.kappa)
+                                            + xp.abs(self.beta)))
+
+    @property
+    def dx(self) -> Any:
+        return self.dx_field.full()
+
+    @property
     def y(self) -> Any:
-        xp, lay = self.xp, self.layout
-        coef = lay.per_channel(xp.abs(self.gamma))
-        shift = lay.per_channel(xp.abs(self.gamma) * (1.0 + self.kappa) + xp.abs(self.beta))
-
-        def fill(out: Any, axhat: Any, dy: Any) -> None:
-            xp.multiply(axhat, coef, out=out)
-            out += shift
-
-        return self._elementwise(fill)
+        return self.y_field.full()
 
     @cached_property
     def dgamma(self) -> Any:
@@ -121,4 +184,5 @@ class Scales:
         return self.st.invstd * (1.0 + self.kappa / self.layout.R**0.5)
 
     def of(self, name: str) -> Any:
-        return getattr(self, name)
+        """A tensor's natural scale: an ElementScale for dx and y, a (C,) vector otherwise."""
+        return getattr(self, f"{name}_field" if name in ("dx", "y") else name)

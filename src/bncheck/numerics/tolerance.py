@@ -76,6 +76,7 @@ class Tolerance:
     margin: float | None = None  # calibrated: allowed = margin * envelope * scale + rtol * |ref|
     members: int | None = None  # calibrated: how many correct kernels the envelope spans
     abs_floor: float = 0.0  # added as is: the rounding of outputs in the dtype's subnormal range
+    channels: int | None = None  # calibrated: on how many channels the members ran
 
 
 def default_tolerance(storage: np.dtype[Any], accum: np.dtype[Any], out: np.dtype[Any], R: int) -> Tolerance:

@@ -148,6 +148,9 @@ BY_SCHEMA_FIELD: dict[str, str] = {
     "ToleranceUsed.margin": "calibrated: allowed = margin * envelope * scale + rtol * |reference| "
                             "(atol = margin * envelope)",
     "ToleranceUsed.members": "calibrated: how many correct kernels the envelope spans",
+    "ToleranceUsed.channels": "calibrated: on how many channels the correct kernels ran: a first few when their "
+                              "envelope already passes every tensor (more channels could only widen it), all of "
+                              "them when something fails",
     "ToleranceUsed.abs_floor": "added to every element's allowance: the rounding of outputs in the dtype's "
                                "subnormal range. allowed = rtol * |reference| + atol * scale + abs_floor, scale = 1 "
                                "in absolute mode",

@@ -5,7 +5,7 @@ split by job, as array-api-extra splits delegation from implementation:
 
 - device.py      which array module, host transfer, logical dtypes (``namespace``,
                  ``resolve_device``, ``to_numpy``, ``as_float64``, ``container``)
-- blocks.py      the CPU's block pool and per-thread scratch (``map_blocks``, ``scratch``)
+- blocks.py      the CPU's block pool and per-thread scratch (``map_blocks``, ``map_channels``, ``scratch``)
 - reductions.py  channel sums, maxima, counts and element-wise steps on either module
 - rounding.py    rounding to a storage dtype (bfloat16 held in float32 on CuPy)
 - rawkernels.py  generated GPU kernels, compiled once
@@ -31,7 +31,7 @@ best form depends on the array module:
 
 from __future__ import annotations
 
-from .blocks import BLOCK_ELEMENTS, map_blocks, scratch, sum_parts
+from .blocks import BLOCK_ELEMENTS, GROUP_ELEMENTS, channel_groups, map_blocks, map_channels, scratch, sum_parts
 from .device import (
     DEVICES,
     as_float64,
@@ -67,11 +67,13 @@ from .state import STATE, GpuState
 __all__ = [
     "BLOCK_ELEMENTS",
     "DEVICES",
+    "GROUP_ELEMENTS",
     "STATE",
     "GpuState",
     "as_float64",
     "channel_count",
     "channel_dot",
+    "channel_groups",
     "channel_max",
     "channel_sum",
     "channel_sums",
@@ -86,6 +88,7 @@ __all__ = [
     "halve",
     "is_numpy",
     "map_blocks",
+    "map_channels",
     "matvec_channel_sum",
     "namespace",
     "ones",

@@ -1,5 +1,11 @@
 """The CPU's block pool: big float64 passes split into cache-sized blocks of the (P, C, S)
-view and run on a small thread pool (NumPy releases the GIL), with per-thread scratch."""
+view and run on a small thread pool (NumPy releases the GIL), with per-thread scratch.
+
+``map_blocks`` splits the view by rows (every channel in each block) for passes whose every
+element is independent. ``map_channels`` splits it by channels for computations that are
+independent per channel but not per element (a kernel's sums, in whatever order): a group of
+channels, with every temporary a formula makes, fits in cache, and each channel's values
+are those of the whole computation bit for bit."""
 
 from __future__ import annotations
 
@@ -17,10 +23,12 @@ import numpy as np
 from ..layout import Block, Layout
 from .device import is_numpy
 
-__all__ = ["BLOCK_ELEMENTS", "map_blocks", "scratch", "sum_parts"]
+__all__ = ["BLOCK_ELEMENTS", "GROUP_ELEMENTS", "channel_groups", "map_blocks", "map_channels", "scratch",
+           "sum_parts"]
 
 T = TypeVar("T")
 BLOCK_ELEMENTS = 1 << 17
+GROUP_ELEMENTS = 1 << 18  # a group of channels: its temporaries (a dozen arrays) stay in L2/L3
 _FULL: Block = (slice(None), slice(None))
 
 
@@ -39,16 +47,51 @@ def map_blocks(fn: Callable[[Block], T], layout: Layout, xp: ModuleType) -> list
     if not is_numpy(xp) or layout.M <= 2 * BLOCK_ELEMENTS:
         return [fn(_FULL)]
     blocks = layout.blocks(BLOCK_ELEMENTS)
-    if threads == 1:
+    if threads == 1 or _inside():
         return [fn(b) for b in blocks]
     # One task per thread over a contiguous run of cache-sized blocks: a future per block
     # costs more than a block's arithmetic.
     runs = [blocks[i::threads] for i in range(threads)]
-    done = _pool(threads).map(lambda run: [fn(b) for b in run], runs)
+    done = _pool(threads).map(_task(lambda run: [fn(b) for b in run]), runs)
     return [r for run in done for r in run]
 
 
+def channel_groups(layout: Layout, target: int | None = None) -> list[slice]:
+    """Consecutive channels in groups of about ``target`` (default GROUP_ELEMENTS) elements, one
+    channel at least."""
+    k = max(1, (target or GROUP_ELEMENTS) // max(layout.R, 1))
+    return [slice(c, min(c + k, layout.C)) for c in range(0, layout.C, k)]
+
+
+def map_channels(fn: Callable[[slice], T], layout: Layout, xp: ModuleType) -> list[T]:
+    """Run ``fn`` on groups of consecutive channels (``channel_groups``), in parallel on the CPU;
+    on the GPU once, on every channel."""
+    groups = channel_groups(layout)
+    if not is_numpy(xp) or len(groups) == 1:
+        return [fn(slice(0, layout.C))]
+    if _threads() == 1 or _inside():
+        return [fn(g) for g in groups]
+    return list(_pool(_threads()).map(_task(fn), groups))
+
+
 _local = threading.local()
+
+
+def _inside() -> bool:
+    """Whether this thread is running a pool task: work it splits further runs inline (a task
+    that waited on the pool it runs in could wait for ever)."""
+    return bool(getattr(_local, "inside", False))
+
+
+def _task(fn: Callable[[Any], T]) -> Callable[[Any], T]:
+    def run(arg: Any) -> T:
+        _local.inside = True
+        try:
+            return fn(arg)
+        finally:
+            _local.inside = False
+
+    return run
 
 
 def scratch(count: int, shape: tuple[int, ...], xp: ModuleType) -> list[Any]:

@@ -1,0 +1,227 @@
+"""The check's fast paths give the numbers and verdicts of the plain computation they stand for.
+
+- Channel groups: a kernel's values in one channel depend on that channel alone, so the
+  variants and the calibration members run group by group of channels (in cache, on every
+  core) must give the bits of one run over the whole tensor.
+- Tiers of channels: the calibrated verdict first runs its members on a few channels and
+  takes more only where something fails; its verdict must be the verdict of every channel.
+- Data as sent: float32 (or float16) x and dy are read as they are, not copied to float64;
+  the reference, the scales and every report number must be those of float64 copies.
+- in_ulps: the error in ulps by bit arithmetic is the plain err / ulp.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+from bncheck.numerics import FDOptions, check
+from bncheck.numerics.backend import blocks  # its GROUP_ELEMENTS, patched below
+from bncheck.numerics.dtypes import in_ulps, ulp
+from bncheck.numerics.layout import Layout
+
+from .kernels import BUGS, backward
+from .kinds import make_kind
+
+calibrate = importlib.import_module("bncheck.numerics.calibrate")
+check_module = importlib.import_module("bncheck.numerics.check")
+
+NO_FD = FDOptions(method="none")
+EPS = 1e-5
+
+
+def _bits(a) -> bytes:
+    return np.ascontiguousarray(np.asarray(a)).tobytes()
+
+
+def _data(shape, axis, seed=0, kind="normal"):
+    return make_kind(kind, shape, axis, np.random.default_rng(seed))
+
+
+def _report_numbers(r) -> dict:
+    """Every verdict-bearing number of a report, timings left out."""
+    out = {"passed": r.passed}
+    blocks_ = []
+    for block in r.checks.blocks():
+        blocks_ += list(block.variants.items()) if hasattr(block, "variants") else [(type(block).__name__, block)]
+    for label, block in blocks_:
+        for name, t in block.tensors.items():
+            out[(label, name)] = (t.passed, t.max_abs_err, t.rms_err, t.max_ulp, t.tol_ratio,
+                                                  t.worst_index, t.mismatched, t.failed_channels,
+                                                  t.tolerance.envelope)
+    return out
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
+@pytest.mark.parametrize(("shape", "axis"), [((4, 12, 5, 7), 1), ((4, 5, 7, 12), -1), ((300, 12), 1)])
+@pytest.mark.parametrize("mode", ["training", "inference", "saved"])
+def test_channel_groups_give_the_bits_of_one_run(monkeypatch, dtype, shape, axis, mode):
+    x, dy, gamma, beta = _data(shape, axis)
+    C = shape[axis]
+    rng = np.random.default_rng(1)
+    kw = {}
+    if mode == "inference":
+        kw = {"training": False, "running_mean": rng.standard_normal(C), "running_var": rng.uniform(0.5, 2, C)}
+    elif mode == "saved":
+        kw = {"saved_mean": rng.standard_normal(C) * 0.1, "saved_invstd": rng.uniform(0.3, 0.6, C)}
+    np_dtype = ml_dtypes.bfloat16 if dtype == "bfloat16" else np.dtype(dtype)
+    out = backward(x.astype(np_dtype), dy.astype(np_dtype), gamma, beta, eps=EPS, channel_axis=axis, dtype=dtype)
+    cand = {"dx": out["dx"], "dgamma": out["dgamma"], "dbeta": out["dbeta"]}
+
+    def run():
+        return check(x, dy, gamma, beta, dtype=dtype, channel_axis=axis, variant="all", eps=EPS,
+                     finite_difference=NO_FD, candidate=cand, **kw)
+
+    monkeypatch.setattr(blocks, "GROUP_ELEMENTS", 1 << 40)  # one group: the whole tensor at once
+    whole = run()
+    R = Layout.of(shape, axis).R
+    for per_group in (1, 5):  # groups of 1 and 5 channels (the last one shorter)
+        monkeypatch.setattr(blocks, "GROUP_ELEMENTS", per_group * R)
+        assert len(blocks.channel_groups(Layout.of(shape, axis))) == -(-C // per_group)
+        grouped = run()
+        assert whole.checks.variants.spread == grouped.checks.variants.spread
+        assert _report_numbers(whole) == _report_numbers(grouped)
+
+
+def test_map_channels_splits_nested_work_inline():
+    """A group's own block passes run in its thread, not on the pool it is running in (which,
+    waited on from inside, could wait for ever)."""
+    lay = Layout.of((8, 6, 1 << 16), 1)
+    seen = []
+
+    def group(sl):
+        inner = Layout.of((8, sl.stop - sl.start, 1 << 16), 1)
+        seen.append(len(blocks.map_blocks(lambda b: 1, inner, np)))
+        return sl
+
+    old = blocks.GROUP_ELEMENTS
+    try:
+        blocks.GROUP_ELEMENTS = 2 * lay.R
+        got = blocks.map_channels(group, lay, np)
+    finally:
+        blocks.GROUP_ELEMENTS = old
+    assert got == [slice(0, 2), slice(2, 4), slice(4, 6)]
+    assert seen
+    assert all(n > 1 for n in seen)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize(("shape", "axis"), [((8, 16, 7, 7), 1), ((392, 16), 1)])
+def test_envelope_of_all_channels_is_the_largest_over_a_split(dtype, shape, axis):
+    x, dy, gamma, beta = _data(shape, axis, seed=3)
+    np_dtype = ml_dtypes.bfloat16 if dtype == "bfloat16" else np.dtype(dtype)
+    x, dy = x.astype(np_dtype), dy.astype(np_dtype)
+    out = backward(x, dy, gamma, beta, eps=EPS, channel_axis=axis, dtype=dtype)
+    cand = {k: out[k] for k in ("dx", "dgamma", "dbeta", "mean", "invstd")}
+    captured = {}
+    real = calibrate.envelopes
+
+    def spy(given, ar, wanted, tick=lambda s: None, channels=None):
+        captured.update(given=given, ar=ar, wanted=wanted)
+        return real(given, ar, wanted, tick, channels)
+
+    import unittest.mock as mock
+
+    with mock.patch.object(calibrate, "envelopes", spy):
+        check(x, dy, gamma, beta, channel_axis=axis, eps=EPS, finite_difference=NO_FD, candidate=cand)
+    g, ar, wanted = captured["given"], captured["ar"], captured["wanted"]
+    every = real(g, ar, wanted)
+    part = np.array([0, 3, 4, 9, 15])
+    rest = np.setdiff1d(np.arange(16), part)
+    a, b = real(g, ar, wanted, channels=part), real(g, ar, wanted, channels=rest)
+    assert every == {name: max(a[name], b[name]) for name in every}
+    assert every["dx"] > 0
+    assert every["dgamma"] > 0
+
+
+def _verdicts(r):
+    return {t: (m.passed, m.mismatched) for t, m in r.checks.candidate.tensors.items()}
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
+@pytest.mark.parametrize("kind", ["normal", "offset", "gamma_zeros"])
+def test_tiers_give_the_verdict_of_every_channel(monkeypatch, dtype, kind):
+    shape, axis = (8, 32, 7, 7), 1
+    x, dy, gamma, beta = _data(shape, axis, seed=5, kind=kind)
+    np_dtype = ml_dtypes.bfloat16 if dtype == "bfloat16" else np.dtype(dtype)
+    x, dy = x.astype(np_dtype), dy.astype(np_dtype)
+    kernels = [{}, {"sums": "chunked"}, {"stats": "welford"}] + [{"bug": bug} for bug in BUGS]
+    tiers_used = set()
+    for kernel in kernels:
+        out = backward(x, dy, gamma, beta, eps=EPS, channel_axis=axis, dtype=dtype, **kernel)
+        cand = {k: out[k] for k in ("dx", "dgamma", "dbeta")}
+        monkeypatch.setattr(calibrate, "FIRST_SHARE", 16)
+        tiered = check(x, dy, gamma, beta, eps=EPS, finite_difference=NO_FD, candidate=cand)
+        monkeypatch.setattr(calibrate, "FIRST_SHARE", 1)  # the first tier is every channel
+        every = check(x, dy, gamma, beta, eps=EPS, finite_difference=NO_FD, candidate=cand)
+        assert _verdicts(tiered) == _verdicts(every), kernel
+        for name, t in tiered.checks.candidate.tensors.items():
+            e = every.checks.candidate.tensors[name].tolerance
+            assert e.channels == 32
+            tiers_used.add(t.tolerance.channels)
+            if t.tolerance.channels == 32:  # all channels ran: the same envelope
+                assert t.tolerance.envelope == e.envelope
+            else:  # a sample passed (or only NaN/Inf failed): its envelope is at most the whole one
+                assert t.passed or t.mismatched == t.nonfinite
+                assert t.tolerance.envelope <= e.envelope
+    assert min(tiers_used) < 32  # the first tier alone decided somewhere
+    assert 32 in tiers_used  # and failures went to every channel
+
+
+def test_first_channels_spread_and_take_the_worst_conditioned_and_the_suspects():
+    kappa = np.zeros(64)
+    kappa[37] = 5.0
+    gamma = np.ones(64)
+    got = calibrate.first_channels(kappa, gamma, [11])
+    assert 37 in got
+    assert 11 in got
+    assert 0 in got
+    assert 63 in got
+    assert len(got) == 5
+    gamma[::2] = 0  # gamma 0: those channels give nothing
+    assert all(gamma[c] != 0 for c in calibrate.first_channels(np.zeros(64), gamma))
+    assert calibrate.first_channels(np.zeros(3), np.ones(3)).tolist() == [0, 1, 2]
+
+
+@pytest.mark.parametrize("sent", [np.float32, np.float16])
+@pytest.mark.parametrize(("shape", "axis"), [((4, 6, 33, 9), 1), ((2000, 6), 1), ((3, 5, 6), -1)])
+def test_data_as_sent_gives_the_numbers_of_float64_copies(sent, shape, axis):
+    x, dy, gamma, beta = _data(shape, axis, seed=7, kind="offset")
+    xs, dys = x.astype(sent), dy.astype(sent)
+    out = backward(xs, dys, gamma, beta, eps=EPS, channel_axis=axis, dtype=np.dtype(sent).name)
+    cand = {k: out[k] for k in ("dx", "dgamma", "dbeta", "y")}
+    kw = {"channel_axis": axis, "eps": EPS, "candidate": cand, "dtype": np.dtype(sent).name,
+          "finite_difference": FDOptions("auto")}
+    as_sent = check(xs, dys, gamma, beta, **kw)
+    as_64 = check(xs.astype(np.float64), dys.astype(np.float64), gamma, beta, **kw)
+    for name in ("dx", "dgamma", "dbeta"):
+        assert _bits(as_sent.reference[name]) == _bits(as_64.reference[name])
+        assert _bits(as_sent.gradients[name]) == _bits(as_64.gradients[name])
+    assert _report_numbers(as_sent) == _report_numbers(as_64)
+    assert as_sent.notes == as_64.notes
+
+
+def test_in_ulps_is_err_over_ulp():
+    rng = np.random.default_rng(0)
+    values = rng.standard_normal(20000) * 10.0 ** rng.integers(-320, 300, 20000)
+    values[:8] = [5e-324, -1e-310, 2.0**-126, 2.0**-125, -2.0**-14, 6e-8, 1.7e308, -3.0]
+    values = values[values != 0]
+    err = np.abs(values) * 10.0 ** rng.uniform(-12, 0, values.size)
+    for dt in (np.dtype(np.float32), np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16), np.dtype(np.float64)):
+        with np.errstate(over="ignore"):
+            assert _bits(in_ulps(err, values, dt)) == _bits(err / ulp(values, dt)), dt
+
+
+def test_channel_sum_of_data_as_sent_is_the_float64_sum():
+    """The reference reads float32 data in float64: the batch statistics are those of a copy."""
+    from bncheck.numerics import reference
+
+    lay = Layout.of((16, 5, 300), 1)
+    x = (np.random.default_rng(2).standard_normal(lay.view_shape) * 3 + 100).astype(np.float32)
+    a = reference.batch_stats(x, lay, EPS, np)
+    b = reference.batch_stats(x.astype(np.float64), lay, EPS, np)
+    assert _bits(a.mean) == _bits(b.mean)
+    assert _bits(a.var) == _bits(b.var)
