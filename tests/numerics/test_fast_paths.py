@@ -76,11 +76,16 @@ def test_channel_groups_give_the_bits_of_one_run(monkeypatch, dtype, shape, axis
                      finite_difference=NO_FD, candidate=cand, **kw)
 
     monkeypatch.setattr(blocks, "GROUP_ELEMENTS", 1 << 40)  # one group: the whole tensor at once
+    monkeypatch.setenv("BNCHECK_THREADS", "1")
+    assert blocks.channel_groups(Layout.of(shape, axis)) == [slice(0, C)]
     whole = run()
+    monkeypatch.delenv("BNCHECK_THREADS")
     R = Layout.of(shape, axis).R
-    for per_group in (1, 5):  # groups of 1 and 5 channels (the last one shorter)
+    for per_group in (1, 5):  # groups of 1 channel, and of at most 5, on every core
         monkeypatch.setattr(blocks, "GROUP_ELEMENTS", per_group * R)
-        assert len(blocks.channel_groups(Layout.of(shape, axis))) == -(-C // per_group)
+        groups = blocks.channel_groups(Layout.of(shape, axis))
+        assert len(groups) >= -(-C // per_group)
+        assert max(g.stop - g.start for g in groups) <= per_group
         grouped = run()
         assert whole.checks.variants.spread == grouped.checks.variants.spread
         assert _report_numbers(whole) == _report_numbers(grouped)
@@ -225,3 +230,30 @@ def test_channel_sum_of_data_as_sent_is_the_float64_sum():
     b = reference.batch_stats(x.astype(np.float64), lay, EPS, np)
     assert _bits(a.mean) == _bits(b.mean)
     assert _bits(a.var) == _bits(b.var)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16, ml_dtypes.bfloat16, np.float64])
+def test_max_ulp_is_the_largest_err_over_ulp(dtype):
+    """compare() counts ulps exactly on a short list of elements only: the count must be the
+    largest over every element, here from math.frexp element by element."""
+    import math
+
+    from bncheck.numerics.compare import channel_layout, compare
+    from bncheck.numerics.tolerance import user_tolerance
+
+    bits, least = {"float32": (24, -125), "float16": (11, -13), "bfloat16": (8, -125),
+                   "float64": (53, -1021)}[np.dtype(dtype).name]
+    rng = np.random.default_rng(4)
+    for scale_exp in (0, -20, -130):
+        ref = rng.standard_normal(3000) * 2.0 ** (scale_exp + rng.integers(-3, 4, 3000))
+        ref[::97] = 0.0
+        cand = ref * (1 + rng.standard_normal(3000) * 2.0 ** -bits * rng.uniform(0, 8, 3000))
+        cand[::97] = 1e-3
+        want = 0.0
+        for c, r in zip(cand.tolist(), ref.tolist(), strict=True):
+            if r != 0:
+                e = max(math.frexp(r)[1], least)
+                want = max(want, abs(c - r) / math.ldexp(1.0, e - bits))
+        lay = channel_layout(3000)
+        got = compare(cand, ref, tol=user_tolerance(0.0, 1.0), lay=lay, out_dtype=np.dtype(dtype))
+        assert got.max_ulp == want, (scale_exp, got.max_ulp, want)

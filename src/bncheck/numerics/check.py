@@ -59,7 +59,9 @@ class Limits:
 class _Ctx:
     inp: Inputs
     xp: ModuleType
-    x3: Any  # (P, C, S): as sent on the CPU (see x64), float64 on the GPU
+    # (P, C, S): as sent on the CPU, where everything reads it in float64 block by block (half the
+    # bytes for float32 data); float64 on the GPU
+    x3: Any
     dy3: Any
     gamma: Any
     beta: Any
@@ -73,20 +75,6 @@ class _Ctx:
     @property
     def lay(self) -> Layout:
         return self.inp.layout
-
-    @functools.cached_property
-    def x64(self) -> Any:
-        """x as float64 (P, C, S), made when first needed (the finite differences): on the CPU
-        ``x3`` is x as sent, which the reference, the scales and the kernels read as it is
-        (half the bytes for float32)."""
-        return self._float64(self.x3, self.inp.x)
-
-    @functools.cached_property
-    def dy64(self) -> Any:
-        return self._float64(self.dy3, self.inp.dy)
-
-    def _float64(self, a3: Any, sent: Any) -> Any:
-        return a3 if a3.dtype == self.xp.float64 else self.lay.view(backend.as_float64(sent, self.xp))
 
     @functools.cached_property
     def exact_scales(self) -> Scales:
@@ -153,6 +141,9 @@ def check(
     with _timed(timings, "reference"):
         ctx = _context(inp, xp)
         ctx.plots = opts.plots
+        fd_reads = opts.finite_difference.method in ("auto", "stats") and ctx.used is ctx.exact
+        if fd_reads or "dx" in inp.candidate:  # dx's scale read by two or three passes: made once, whole
+            ctx.scales.dx_field.full()
     limits.tick("the variants")
     with _timed(timings, "variant"):
         runs = _runs(ctx, inp.variants, arith, limits.tick)
@@ -202,7 +193,7 @@ def check(
 
 def _context(inp: Inputs, xp: ModuleType) -> _Ctx:
     lay = inp.layout
-    if backend.is_numpy(xp):  # as sent (float16, float32 or float64): see _Ctx.x64
+    if backend.is_numpy(xp):  # as sent (float16, float32 or float64): see _Ctx.x3
         x3, dy3 = lay.view(inp.x), lay.view(inp.dy)
     else:
         x3, dy3 = lay.view(backend.as_float64(inp.x, xp)), lay.view(backend.as_float64(inp.dy, xp))
@@ -290,7 +281,7 @@ def _variants_block(blocks: dict[str, Block], grads: list[Grads]) -> VariantsBlo
 
 def _fd_block(ctx: _Ctx, opts: FDOptions, limits: Limits) -> FDBlock:
     inp, lay, xp = ctx.inp, ctx.lay, ctx.xp
-    pr = fd.Problem(ctx.x64, ctx.dy64, ctx.gamma, ctx.beta, inp.eps, inp.training,
+    pr = fd.Problem(ctx.x3, ctx.dy3, ctx.gamma, ctx.beta, inp.eps, inp.training,
                     None if inp.training else ctx.exact, lay, xp)
     # The finite differences verify the reference for x's own statistics.
     ref = ctx.ref if ctx.used is ctx.exact else reference.backward(
@@ -306,9 +297,10 @@ def _fd_block(ctx: _Ctx, opts: FDOptions, limits: Limits) -> FDBlock:
         raw = ref.dgamma / ctx.exact.invstd
         num = fd.stats_dx(pr, ctx.exact, ref.dbeta, raw, opts.step)
         block.dx = compare(lay.restore(ref.dx), lay.restore(num.values), tol=tol, lay=lay,
-                           out_dtype=np.float64, scale=scales.dx, extra=4 * num.error)
+                           out_dtype=np.float64, scale=scales.dx_field, extra=4 * num.error)
         block.elements = lay.M
-        errors.append(float(xp.max(num.error / _channel_max(scales.dx, lay, xp))))
+        top = scales.dx_field.channel_max()
+        errors.append(float(xp.max(num.error / xp.where(top > 0, top, 1.0))))
         if opts.method == "auto":
             block.cross_check = _cross_check(ctx, pr, ref, scales, opts, limits, block.notes)
     elif method == "brute":
@@ -332,11 +324,6 @@ def _fd_block(ctx: _Ctx, opts: FDOptions, limits: Limits) -> FDBlock:
         block.notes.append(f"{lost} finite differences are not finite: a step of {opts.step:g} times sqrt(var + eps) "
                            "is too small (or too large) to difference here; steps of 1e-6 to 1e-2 work")
     return block
-
-
-def _channel_max(a3: Any, lay: Layout, xp: ModuleType) -> Any:
-    m = backend.channel_max(lay.view(a3), xp)
-    return xp.where(m > 0, m, 1.0)
 
 
 def _affordable(count: int, per: int, limits: Limits, what: str, notes: list[str]) -> int:
@@ -364,7 +351,7 @@ def _brute(ctx: _Ctx, pr: fd.Problem, ref: Grads, scales: Scales, opts: FDOption
     take = (ctx.xp.asarray(p_idx)[:, None], ctx.xp.arange(lay.C)[None, :], ctx.xp.asarray(s_idx)[:, None])
     plane = fd_layout(len(pos), lay.C)
     metrics = compare(ref.dx[take], num.values, tol=fd_tolerance(), lay=plane, out_dtype=np.float64,
-                      scale=scales.dx[take], extra=4 * num.error,
+                      scale=scales.dx_field.at(take), extra=4 * num.error,
                       compared="dx at sampled positions; index = [sample, channel]")
     return metrics, len(pos)
 

@@ -14,7 +14,7 @@ from typing import Any, cast
 import numpy as np
 
 from . import backend, pictures
-from .dtypes import dtype_name, in_ulps, ulp
+from .dtypes import dtype_name, in_ulps, precision_bits, ulp
 from .layout import Block, Layout
 from .report import ChannelError, Resolution, TensorMetrics, ToleranceUsed
 from .tolerance import Tolerance
@@ -145,20 +145,27 @@ class _Inputs:
         """Largest relative error and largest error in ulps, both over non-zero references (an ulp
         of 0 is the smallest subnormal: any error there is astronomically many of them).
 
-        ulp(r) lies in (|r| 2^-p, |r| 2^(1-p)], so only elements whose relative error is
-        at least half the largest can hold the largest ulp count (zeros apart): the exact
-        ulp computation runs on those alone.
+        ulp(r) is above |r| 2^-p (p the dtype's precision), so an element's error in ulps is
+        below its relative error times 2^p: once the element of the largest relative error
+        has its ulps counted (``first``), only elements whose relative error exceeds
+        first / 2^p can hold more (zeros apart), and the exact count runs on those alone.
         """
         xp = self.xp
         zero = aref == 0
         aref[zero] = xp.inf
         xp.divide(err, aref, out=work)
         max_rel = float(work.max())
-        pick = (work >= 0.5 * max_rel) if max_rel > 0 else xp.zeros(work.shape, dtype=bool)
-        idx = xp.flatnonzero(pick)
-        e, r = err.reshape(-1)[idx], ref.reshape(-1)[idx]
-        max_ulp = float(in_ulps(e, r, self.out_dtype, xp=xp).max()) if idx.size else 0.0
-        return max_rel, max_ulp
+        if not max_rel > 0:
+            return max_rel, 0.0
+        flat_err, flat_ref = err.reshape(-1), ref.reshape(-1)
+        top = int(xp.argmax(work))
+        first = float(in_ulps(flat_err[top:top + 1], flat_ref[top:top + 1], self.out_dtype, xp=xp)[0])
+        # 1 - 2^-40: room for the rounding of err / |ref|
+        bar = first * 2.0 ** -precision_bits(self.out_dtype) * (1 - 2.0**-40)
+        idx = xp.flatnonzero(work > bar)
+        if not idx.size:
+            return max_rel, first
+        return max_rel, max(first, float(in_ulps(flat_err[idx], flat_ref[idx], self.out_dtype, xp=xp).max()))
 
     def flat(self, b: Block, local: tuple[int, ...]) -> int:
         p, c, s = local

@@ -52,7 +52,8 @@ U64 = 2.0**-53
 
 @dataclass(frozen=True)
 class Problem:
-    """The float64 inputs of the loss, in the (P, C, S) view."""
+    """The inputs of the loss, in the (P, C, S) view: x and dy in any float dtype (the check
+    keeps float32 data as sent), the arithmetic in float64 throughout."""
 
     x3: Any
     dy3: Any
@@ -80,7 +81,9 @@ class Problem:
 
         def part(b: Block) -> tuple[Any, Any, Any]:
             x, dy = x3[b[0], :, b[1]], self.dy3[b[0], :, b[1]]
-            y = reference.forward_y_into(backend.scratch(1, x.shape, xp)[0], x, coef, xp)
+            y, dy64 = backend.scratch(2, x.shape, xp)
+            dy = _float64(dy, dy64, xp)
+            reference.forward_y_into(y, x, coef, xp)
             total = backend.channel_dot(dy, y, xp)
             y *= dy
             xp.abs(y, out=y)
@@ -190,6 +193,14 @@ def _inference_dx(pr: Problem, st: Stats, h: Any, out: Any) -> Numeric:
     return Numeric(out, 4 * U64 * big / h, h)
 
 
+def _float64(a: Any, into: Any, xp: ModuleType) -> Any:
+    """``a`` as float64: itself, or copied into ``into`` (the sums of float64 arrays, bit for bit)."""
+    if a.dtype == xp.float64:
+        return a
+    xp.copyto(into, a)
+    return into
+
+
 def _max_parts(parts: list[Any], xp: ModuleType) -> Any:
     return xp.max(xp.stack(parts), axis=0)
 
@@ -208,11 +219,20 @@ def param_fd(pr: Problem, st: Stats) -> tuple[Numeric, Numeric]:
     hg, hb = (g_plus - g_minus) / 2, (b_plus - b_minus) / 2
 
     def part(blk: Block) -> list[Any]:
-        xhat = (pr.x3[blk[0], :, blk[1]] - mean) * invstd
-        dy = pr.dy3[blk[0], :, blk[1]]
-        ys = [g * xhat + beta for g in g_pm] + [gamma * xhat + b for b in b_pm]
-        sums = [backend.channel_dot(dy, y, xp) for y in ys]
-        return sums + [backend.channel_sum(xp.abs(dy * y), xp) for y in ys]
+        x, dy = pr.x3[blk[0], :, blk[1]], pr.dy3[blk[0], :, blk[1]]
+        xhat, y, work, dy64 = backend.scratch(4, x.shape, xp)  # no temporaries: four forwards in cache
+        dy = _float64(dy, dy64, xp)
+        xp.subtract(x, mean, out=xhat)
+        xhat *= invstd
+        sums, sizes = [], []
+        for g, b in [(g, beta) for g in g_pm] + [(gamma, b) for b in b_pm]:
+            xp.multiply(g, xhat, out=y)
+            y += b  # y = g * xhat + b, the forward with gamma or beta moved
+            sums.append(backend.channel_dot(dy, y, xp))
+            xp.multiply(dy, y, out=work)
+            xp.abs(work, out=work)
+            sizes.append(backend.channel_sum(work, xp))
+        return sums + sizes
 
     parts = backend.map_blocks(part, lay, xp)
     s = [backend.sum_parts([p[i] for p in parts]) for i in range(8)]
@@ -240,7 +260,7 @@ def brute_dx(pr: Problem, st: Stats, pos: np.ndarray, rel_step: float,
     Returns values and errors shaped (len(pos), C)."""
     xp, lay = pr.xp, pr.layout
     h = steps(st, rel_step)
-    work = pr.x3.copy()
+    work = pr.x3.astype(xp.float64)  # a copy, which takes the perturbed values exactly
     values, errors = [], []
     for j in pos.tolist():
         tick("a brute-force position")

@@ -47,21 +47,48 @@ class ElementScale:
         self.shape = src.layout.view_shape
         self._full: Any = None
 
-    def _into(self, out: Any, tmp: Any, x: Any, dy: Any, channels: Any) -> Any:
+    def _into(self, out: Any, tmp: Any, x: Any, dy: Any, channels: Any = None, rows: bool = False) -> Any:
+        """The scale of x and dy ((p, c, s) blocks, or (n, C) rows when ``rows``) into ``out``."""
         xp, st = self.src.xp, self.src.st
-        pick = (lambda v: v) if channels is None else (lambda v: v[channels])
-        mean, invstd = (pick(v).reshape(1, -1, 1) for v in (st.mean, st.invstd))
-        xp.subtract(x, mean, out=out)
-        out *= invstd
+        shape = (1, -1) if rows else (1, -1, 1)
+
+        def per(v: Any) -> Any:
+            return (v if channels is None else v[channels]).reshape(shape)
+
+        xp.subtract(x, per(st.mean), out=out)
+        out *= per(st.invstd)
         xp.abs(out, out=out)  # |xhat|
         xp.abs(dy, out=tmp)  # |dy|
-        self.fill(out, tmp, *(pick(v).reshape(1, -1, 1) for v in self.params))
+        self.fill(out, tmp, *(per(v) for v in self.params))
         return out
 
     def block(self, b: Block, out: Any, tmp: Any) -> Any:
         """The scale of block ``b`` of the (P, C, S) view, written into ``out`` (``tmp``: work
-        space of the same shape)."""
-        return self._into(out, tmp, self.src.x3[b[0], :, b[1]], self.src.dy3[b[0], :, b[1]], None)
+        space of the same shape); a view of the whole, once that is made."""
+        if self._full is not None:
+            return self._full[b[0], :, b[1]]
+        return self._into(out, tmp, self.src.x3[b[0], :, b[1]], self.src.dy3[b[0], :, b[1]])
+
+    def at(self, take: tuple[Any, Any, Any]) -> Any:
+        """The scale at the positions an index tuple of the (P, C, S) view picks, (n, C)."""
+        xp = self.src.xp
+        x, dy = self.src.x3[take], self.src.dy3[take]
+        out = xp.empty(x.shape, dtype=xp.float64)
+        return self._into(out, xp.empty_like(out), x, dy, rows=True)
+
+    def channel_max(self) -> Any:
+        """The largest scale of each channel, (C,), block by block."""
+        xp, lay = self.src.xp, self.src.layout
+
+        if self._full is not None:
+            return backend.channel_max(self._full, xp)
+
+        def part(b: Block) -> Any:
+            n = self.src.x3[b[0], :, b[1]].shape
+            out, tmp = backend.scratch(2, n, xp)
+            return backend.channel_max(self.block(b, out, tmp), xp)
+
+        return functools.reduce(xp.maximum, backend.map_blocks(part, lay, xp))
 
     def channels(self, idx: Any) -> Any:
         """The scale of channels ``idx`` only, (P, len(idx), S)."""
@@ -72,6 +99,7 @@ class ElementScale:
         return self._into(out, dy, xp.take(self.src.x3, idx, axis=1), dy, idx)
 
     def full(self) -> Any:
+        """The whole scale, made once: what several passes read (the finite differences)."""
         if self._full is None:
             xp, lay = self.src.xp, self.src.layout
             out = xp.empty(lay.view_shape, dtype=xp.float64)

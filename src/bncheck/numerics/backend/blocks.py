@@ -57,10 +57,17 @@ def map_blocks(fn: Callable[[Block], T], layout: Layout, xp: ModuleType) -> list
 
 
 def channel_groups(layout: Layout, target: int | None = None) -> list[slice]:
-    """Consecutive channels in groups of about ``target`` (default GROUP_ELEMENTS) elements, one
-    channel at least."""
-    k = max(1, (target or GROUP_ELEMENTS) // max(layout.R, 1))
-    return [slice(c, min(c + k, layout.C)) for c in range(0, layout.C, k)]
+    """Consecutive channels in groups of at most about ``target`` (default GROUP_ELEMENTS)
+    elements, one channel at least, as even as they go, and a multiple of the threads in number
+    when the tensor is not tiny (6 channels for 2 threads: 3 and 3, not 4 and 2)."""
+    C = layout.C
+    per = max(1, (target or GROUP_ELEMENTS) // max(layout.R, 1))
+    n = -(-C // per)
+    if n > 1 or layout.M >= BLOCK_ELEMENTS:  # work enough to share: a multiple of the threads, channels allowing
+        threads = _threads()
+        n = min(C, -(-n // threads) * threads)
+    size = -(-C // n)
+    return [slice(c, min(c + size, C)) for c in range(0, C, size)]
 
 
 def map_channels(fn: Callable[[slice], T], layout: Layout, xp: ModuleType) -> list[T]:
