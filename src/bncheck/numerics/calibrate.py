@@ -50,14 +50,15 @@ from .precision import Arith
 from .tolerance import Tolerance
 from .variants import VARIANTS, Cache, Grads, forward_cache, inference_backward
 
-__all__ = ["FIRST_SHARE", "FLOOR", "MARGIN", "MEMBERS", "MIN_FIRST", "ROUNDING", "Given", "Member", "Wanted",
-           "calibrated_tolerance", "envelopes", "first_channels"]
+__all__ = ["FIRST_SHARE", "FLOOR", "GROUP_ELEMENTS", "MARGIN", "MEMBERS", "MIN_FIRST", "ROUNDING", "Given", "Member",
+           "Wanted", "calibrated_tolerance", "envelopes", "first_channels"]
 
 MARGIN = 3.0
 FLOOR = 0.125
 ROUNDING = 1.5
-MIN_FIRST = 4  # channels of the first tier: at least these ...
-FIRST_SHARE = 16  # ... or one in this many channels, whichever is more
+MIN_FIRST = 2  # channels of the first tier: at least these ...
+FIRST_SHARE = 32  # ... or one in this many channels, whichever is more
+GROUP_ELEMENTS = 1 << 20  # the members run on groups of channels of about this many elements
 _TINY = 1e-300
 
 
@@ -200,37 +201,44 @@ def envelopes(given: Given, ar: Arith, wanted: Mapping[str, Wanted],
         ar = replace(ar, shape=given.layout.view_shape)
     else:
         wanted = {name: w.whole() for name, w in wanted.items()}
-    whole = given.layout.C
-
-    def group(sl: slice) -> dict[str, float]:
-        """The members on one group of channels, every temporary in cache (a channel's values
-        do not depend on the others)."""
-        g = given if sl == slice(0, whole) else given.on(sl)
+    # Channel groups one after another, the members of each sharing the cores (the ordered sums
+    # vectorise across channels, so a member costs less per channel in a larger group).
+    parts = []
+    for sl in backend.channel_groups(given.layout, GROUP_ELEMENTS, share=False):
+        g = given if sl == slice(0, given.layout.C) else given.on(sl)
         w = wanted if g is given else {name: w.on(sl) for name, w in wanted.items()}
-        return _group_envelopes(g, replace(ar, shape=g.layout.view_shape), w, tick)
-
-    parts = backend.map_channels(group, given.layout, ar.xp)
+        parts.append(_envelopes_of(g, replace(ar, shape=g.layout.view_shape), w, tick))
     return {name: max(p[name] for p in parts) for name in wanted}
 
 
-def _group_envelopes(given: Given, ar: Arith, wanted: Mapping[str, Wanted],
-                     tick: Callable[[str], None]) -> dict[str, float]:
-    out = dict.fromkeys(wanted, 0.0)
+def _envelopes_of(given: Given, ar: Arith, wanted: Mapping[str, Wanted],
+                  tick: Callable[[str], None]) -> dict[str, float]:
+    """The envelopes over every member on these channels: the members that share a forward
+    cache go together as one task, and the tasks share the cores."""
     inverse = _inverse_scales(wanted, given.layout, ar.xp)
-    for outputs in _run_members(given, ar, set(wanted), tick):
-        for name, w in wanted.items():
-            out[name] = max(out[name], _spread(outputs[name], w, inverse[name], given.layout, ar.xp))
-    return out
-
-
-def _run_members(given: Given, ar: Arith, names: set[str], tick: Callable[[str], None]
-                 ) -> Iterator[dict[str, Any]]:
-    key: tuple[str | None, str] | None = None
-    c: Cache | None = None
     # x and dy as every member's kernel sees them: the same rounding for all, so done once
     # (the forms and forward_cache never write into their inputs).
     x, dy = ar.load(given.x3), ar.load(given.dy3)
-    for m in members_for(given):  # members that share a forward cache come one after another
+
+    def run(members: list[Member]) -> dict[str, float]:
+        out = dict.fromkeys(wanted, 0.0)
+        for outputs in _run_members(given, ar, members, x, dy, set(wanted), tick):
+            for name, w in wanted.items():
+                out[name] = max(out[name], _spread(outputs[name], w, inverse[name], given.layout, ar.xp))
+        return out
+
+    tasks: dict[tuple[str | None, str], list[Member]] = {}
+    for m in members_for(given):
+        tasks.setdefault((m.order, m.stats), []).append(m)
+    parts = backend.map_tasks(run, list(tasks.values()), ar.xp)
+    return {name: max(p[name] for p in parts) for name in wanted}
+
+
+def _run_members(given: Given, ar: Arith, members: list[Member], x: Any, dy: Any, names: set[str],
+                 tick: Callable[[str], None]) -> Iterator[dict[str, Any]]:
+    key: tuple[str | None, str] | None = None
+    c: Cache | None = None
+    for m in members:  # members that share a forward cache come one after another
         tick(f"the calibration ({m.form}, {m.order or 'backend'} sums)")
         mar = replace(ar, order=m.order, held_in=given.keep)
         if (m.order, m.stats) != key or c is None:

@@ -82,10 +82,12 @@ class _Inputs:
         extra = self.take(self.e3, b)
         xp.subtract(cand, ref, out=err)
         xp.abs(err, out=err)
+        ch_abs = backend.channel_max(err, xp)
         finite = None
-        if not math.isfinite(float(err.max())):  # NaN or Inf in the candidate: the slow path
+        if not math.isfinite(float(ch_abs.max())):  # NaN or Inf in the candidate: the slow path
             finite = xp.isfinite(err)
             err[~finite] = 0.0
+            ch_abs = backend.channel_max(err, xp)
         n_nonfinite = 0 if finite is None else int(finite.size - xp.count_nonzero(finite))
         xp.abs(ref, out=aref)
         xp.multiply(aref, tol.rtol, out=allowed)
@@ -115,9 +117,9 @@ class _Inputs:
         # The first non-finite element is the worst; otherwise the largest ratio.
         worst = int(xp.argmin(finite)) if finite is not None and n_nonfinite else int(xp.argmax(ratio))
         local = tuple(int(i) for i in np.unravel_index(worst, ratio.shape))
-        ch_abs = backend.channel_max(err, xp)
+        n_bad = int(xp.count_nonzero(bad))
         part = _Part(
-            n_bad=int(xp.count_nonzero(bad)),
+            n_bad=n_bad,
             n_nonfinite=n_nonfinite,
             max_abs=float(ch_abs.max()),
             max_rel=0.0,
@@ -134,7 +136,7 @@ class _Inputs:
             max_allowed=max_allowed,
             ch_ratio=backend.to_numpy(backend.channel_max(ratio, xp)),
             ch_abs=backend.to_numpy(ch_abs),
-            ch_bad=backend.to_numpy(backend.channel_count(bad, xp)),
+            ch_bad=backend.to_numpy(backend.channel_count(bad, xp)) if n_bad else np.zeros(ch_abs.shape, np.int64),
             natural=natural_hist,
         )
         if part.max_abs > 0:

@@ -31,7 +31,16 @@ best form depends on the array module:
 
 from __future__ import annotations
 
-from .blocks import BLOCK_ELEMENTS, GROUP_ELEMENTS, channel_groups, map_blocks, map_channels, scratch, sum_parts
+from .blocks import (
+    BLOCK_ELEMENTS,
+    GROUP_ELEMENTS,
+    channel_groups,
+    map_blocks,
+    map_channels,
+    map_tasks,
+    scratch,
+    sum_parts,
+)
 from .device import (
     DEVICES,
     as_float64,
@@ -89,6 +98,7 @@ __all__ = [
     "is_numpy",
     "map_blocks",
     "map_channels",
+    "map_tasks",
     "matvec_channel_sum",
     "namespace",
     "ones",

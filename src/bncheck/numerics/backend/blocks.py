@@ -23,8 +23,8 @@ import numpy as np
 from ..layout import Block, Layout
 from .device import is_numpy
 
-__all__ = ["BLOCK_ELEMENTS", "GROUP_ELEMENTS", "channel_groups", "map_blocks", "map_channels", "scratch",
-           "sum_parts"]
+__all__ = ["BLOCK_ELEMENTS", "GROUP_ELEMENTS", "channel_groups", "map_blocks", "map_channels", "map_tasks",
+           "scratch", "sum_parts"]
 
 T = TypeVar("T")
 BLOCK_ELEMENTS = 1 << 17
@@ -56,14 +56,14 @@ def map_blocks(fn: Callable[[Block], T], layout: Layout, xp: ModuleType) -> list
     return [r for run in done for r in run]
 
 
-def channel_groups(layout: Layout, target: int | None = None) -> list[slice]:
+def channel_groups(layout: Layout, target: int | None = None, *, share: bool = True) -> list[slice]:
     """Consecutive channels in groups of at most about ``target`` (default GROUP_ELEMENTS)
-    elements, one channel at least, as even as they go, and a multiple of the threads in number
-    when the tensor is not tiny (6 channels for 2 threads: 3 and 3, not 4 and 2)."""
+    elements, one channel at least, as even as they go; with ``share``, a multiple of the
+    threads in number when the tensor is not tiny (6 channels for 2 threads: 3 and 3)."""
     C = layout.C
     per = max(1, (target or GROUP_ELEMENTS) // max(layout.R, 1))
     n = -(-C // per)
-    if n > 1 or layout.M >= BLOCK_ELEMENTS:  # work enough to share: a multiple of the threads, channels allowing
+    if share and (n > 1 or layout.M >= BLOCK_ELEMENTS):  # work enough to share: a multiple of the threads
         threads = _threads()
         n = min(C, -(-n // threads) * threads)
     size = -(-C // n)
@@ -76,9 +76,15 @@ def map_channels(fn: Callable[[slice], T], layout: Layout, xp: ModuleType) -> li
     groups = channel_groups(layout)
     if not is_numpy(xp) or len(groups) == 1:
         return [fn(slice(0, layout.C))]
-    if _threads() == 1 or _inside():
-        return [fn(g) for g in groups]
-    return list(_pool(_threads()).map(_task(fn), groups))
+    return map_tasks(fn, groups, xp)
+
+
+def map_tasks(fn: Callable[[Any], T], items: Sequence[Any], xp: ModuleType) -> list[T]:
+    """``[fn(item) for item in items]``, on every core on the CPU (the pool takes the items in
+    order as threads come free); in turn on the GPU, or inside a pool task."""
+    if not is_numpy(xp) or len(items) < 2 or _threads() == 1 or _inside():
+        return [fn(item) for item in items]
+    return list(_pool(_threads()).map(_task(fn), items))
 
 
 _local = threading.local()
