@@ -139,11 +139,11 @@ def check(
         xp = backend.resolve_device(opts.device or "cpu")
         arith = make_arith(inp.dtype, inp.accum_dtype, shape=inp.layout.view_shape, xp=xp)
     with _timed(timings, "reference"):
-        ctx = _context(inp, xp)
+        # dx's scale read by two or three passes (a candidate's dx, the finite differences): made
+        # once, whole, in the reference's second pass
+        fd_reads = opts.finite_difference.method in ("auto", "stats") and inp.saved_mean is None
+        ctx = _context(inp, xp, keep_dx_scale=fd_reads or "dx" in inp.candidate)
         ctx.plots = opts.plots
-        fd_reads = opts.finite_difference.method in ("auto", "stats") and ctx.used is ctx.exact
-        if fd_reads or "dx" in inp.candidate:  # dx's scale read by two or three passes: made once, whole
-            ctx.scales.dx_field.full()
     limits.tick("the variants")
     with _timed(timings, "variant"):
         runs = _runs(ctx, inp.variants, arith, limits.tick)
@@ -191,7 +191,7 @@ def check(
     )
 
 
-def _context(inp: Inputs, xp: ModuleType) -> _Ctx:
+def _context(inp: Inputs, xp: ModuleType, *, keep_dx_scale: bool = False) -> _Ctx:
     lay = inp.layout
     if backend.is_numpy(xp):  # as sent (float16, float32 or float64): see _Ctx.x3
         x3, dy3 = lay.view(inp.x), lay.view(inp.dy)
@@ -205,8 +205,9 @@ def _context(inp: Inputs, xp: ModuleType) -> _Ctx:
     used = exact
     if inp.saved_mean is not None:
         used = reference.stats_from_invstd(xp.asarray(inp.saved_mean), xp.asarray(inp.saved_invstd), inp.eps)
-    ref = reference.backward(x3, dy3, gamma, used, lay, training=inp.training, xp=xp)
     scales = Scales(x3, dy3, gamma, beta, used, lay, xp)
+    scales.keep_dx = keep_dx_scale
+    ref = reference.backward(x3, dy3, gamma, used, lay, training=inp.training, xp=xp, riders=scales)
     return _Ctx(inp, xp, x3, dy3, gamma, beta, used, exact, ref, scales)
 
 

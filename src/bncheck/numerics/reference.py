@@ -18,16 +18,17 @@ deviation; after the correction the error is a few ulps of the spread.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any
+from typing import Any, Protocol
 
 from . import backend
 from .layout import Block, Layout
 from .variants import Grads
 
-__all__ = ["Stats", "backward", "batch_stats", "forward_y", "forward_y_into", "stats_from_invstd", "stats_from_var",
-           "y_coefficients"]
+__all__ = ["Riders", "Stats", "backward", "batch_stats", "forward_y", "forward_y_into", "stats_from_invstd",
+           "stats_from_var", "y_coefficients"]
 
 
 @dataclass(frozen=True)
@@ -73,22 +74,36 @@ def batch_stats(x3: Any, layout: Layout, eps: float, xp: ModuleType) -> Stats:
     return stats_from_var(m1 + corr, var, eps, xp)
 
 
+class Riders(Protocol):
+    """Work that reads the same blocks as the reference's two passes, done while they are in
+    cache (scales.Scales: its sums in the first pass, the scale of dx in the second)."""
+
+    def block_sums(self, b: Block) -> Any: ...
+
+    def take_sums(self, parts: list[Any]) -> None: ...
+
+    def second_pass(self) -> Callable[[Block], None] | None: ...
+
+
 def backward(x3: Any, dy3: Any, gamma: Any, st: Stats, layout: Layout, *, training: bool,
-             xp: ModuleType) -> Grads:
-    """float64 gradients for statistics ``st`` (batch, saved or running)."""
+             xp: ModuleType, riders: Riders | None = None) -> Grads:
+    """float64 gradients for statistics ``st`` (batch, saved or running); ``riders`` go along."""
     R = layout.R
     mean = layout.per_channel(st.mean)
 
-    def sums(b: Block) -> tuple[Any, Any]:
+    def sums(b: Block) -> tuple[Any, Any, Any]:
         x, dyb = x3[b[0], :, b[1]], dy3[b[0], :, b[1]]
         d, dy64 = backend.scratch(2, x.shape, xp)
         xp.subtract(x, mean, out=d)
         if dyb.dtype != xp.float64:
             xp.copyto(dy64, dyb)
             dyb = dy64
-        return backend.channel_sum(dyb, xp), backend.channel_dot(dyb, d, xp)
+        own = backend.channel_sum(dyb, xp), backend.channel_dot(dyb, d, xp)
+        return (*own, None if riders is None else riders.block_sums(b))  # the scratch is free again
 
     parts = backend.map_blocks(sums, layout, xp)
+    if riders is not None:
+        riders.take_sums([p[2] for p in parts])
     dbeta = backend.sum_parts([p[0] for p in parts])
     raw = backend.sum_parts([p[1] for p in parts])
     scale = layout.per_channel(gamma * st.invstd)
@@ -96,16 +111,20 @@ def backward(x3: Any, dy3: Any, gamma: Any, st: Stats, layout: Layout, *, traini
     c_xmu = layout.per_channel(st.invstd**2 * raw / R) if training else None
     dx = xp.empty(layout.view_shape, dtype=xp.float64)
 
+    rider = None if riders is None else riders.second_pass()
+
     def elementwise(b: Block) -> None:
         out = dx[b[0], :, b[1]]
         if not training:
             xp.multiply(dy3[b[0], :, b[1]], scale, out=out)
-            return
-        xp.subtract(x3[b[0], :, b[1]], mean, out=out)
-        out *= c_xmu
-        xp.subtract(dy3[b[0], :, b[1]], out, out=out)
-        out -= c_mean
-        out *= scale
+        else:
+            xp.subtract(x3[b[0], :, b[1]], mean, out=out)
+            out *= c_xmu
+            xp.subtract(dy3[b[0], :, b[1]], out, out=out)
+            out -= c_mean
+            out *= scale
+        if rider is not None:
+            rider(b)
 
     backend.map_blocks(elementwise, layout, xp)
     return Grads(dx, raw * st.invstd, dbeta)

@@ -101,16 +101,21 @@ class ElementScale:
     def full(self) -> Any:
         """The whole scale, made once: what several passes read (the finite differences)."""
         if self._full is None:
-            xp, lay = self.src.xp, self.src.layout
-            out = xp.empty(lay.view_shape, dtype=xp.float64)
-
-            def part(b: Block) -> None:
-                o = out[b[0], :, b[1]]
-                self.block(b, o, backend.scratch(1, o.shape, xp)[0])
-
-            backend.map_blocks(part, lay, xp)
-            self._full = out
+            backend.map_blocks(self.start_full(), self.src.layout, self.src.xp)
         return self._full
+
+    def start_full(self) -> Callable[[Block], None]:
+        """The array of the whole scale, and what fills one block of it; every block must be
+        filled before the scale is read."""
+        xp, lay = self.src.xp, self.src.layout
+        out = xp.empty(lay.view_shape, dtype=xp.float64)
+
+        def part(b: Block) -> None:
+            o = out[b[0], :, b[1]]
+            self._into(o, backend.scratch(1, o.shape, xp)[0], self.src.x3[b[0], :, b[1]], self.src.dy3[b[0], :, b[1]])
+
+        self._full = out
+        return part
 
 
 def _dx_fill(out: Any, ady: Any, per_xhat: Any, base: Any, coef: Any) -> None:
@@ -134,34 +139,46 @@ class Scales:
         self.x3, self.dy3, self.gamma, self.beta, self.st = x3, dy3, gamma, beta, st
         self.layout, self.xp = layout, xp
         self.kappa = xp.abs(st.mean) * st.invstd
+        self.keep_dx = False  # make dx's scale whole in the reference's second pass (reference.Riders)
+
+    def block_sums(self, b: Block) -> tuple[Any, ...]:
+        """One block's share of ``_sums``."""
+        xp, lay = self.xp, self.layout
+        mean, invstd = lay.per_channel(self.st.mean), lay.per_channel(self.st.invstd)
+        x, dy = self.x3[b[0], :, b[1]], self.dy3[b[0], :, b[1]]
+        xhat, ady, work, dy64 = backend.scratch(4, x.shape, xp)
+        if dy.dtype != xp.float64:  # data kept as sent: the same sums in float64
+            xp.copyto(dy64, dy)
+            dy = dy64
+        xp.subtract(x, mean, out=xhat)
+        xhat *= invstd
+        xp.abs(dy, out=ady)
+        xp.abs(xhat, out=work)
+        out = [backend.channel_sum(ady, xp), backend.channel_dot(ady, work, xp), backend.channel_dot(dy, dy, xp)]
+        xp.abs(x, out=work)
+        out += [backend.channel_sum(work, xp), backend.channel_sum(dy, xp), backend.channel_dot(dy, xhat, xp),
+                backend.channel_max(x, xp), backend.channel_min(x, xp), backend.channel_max(dy, xp),
+                backend.channel_min(dy, xp)]
+        return tuple(out)
+
+    def take_sums(self, parts: list[tuple[Any, ...]]) -> None:
+        """``_sums`` from every block's ``block_sums``, in block order (the reference's first pass)."""
+        xp = self.xp
+        sums = tuple(backend.sum_parts([p[i] for p in parts]) for i in range(6))
+        highs = tuple(functools.reduce(xp.maximum, [p[i] for p in parts]) for i in (6, 8))
+        lows = tuple(functools.reduce(xp.minimum, [p[i] for p in parts]) for i in (7, 9))
+        self.__dict__["_sums"] = (*sums, highs[0], lows[0], highs[1], lows[1])
+
+    def second_pass(self) -> Callable[[Block], None] | None:
+        """What the reference's second pass makes along: dx's scale, whole, when it is wanted so."""
+        return self.dx_field.start_full() if self.keep_dx else None
 
     @cached_property
     def _sums(self) -> tuple[Any, ...]:
         """Per channel, in one pass: sum|dy|, sum|dy|*|xhat|, sum dy^2, sum|x|, sum dy,
         sum dy*xhat; and max and min of x and of dy (for the blind spots)."""
-        xp, lay = self.xp, self.layout
-        mean, invstd = lay.per_channel(self.st.mean), lay.per_channel(self.st.invstd)
-
-        def part(b: Block) -> tuple[Any, ...]:
-            x, dy = self.x3[b[0], :, b[1]], self.dy3[b[0], :, b[1]]
-            if x.dtype != xp.float64 or dy.dtype != xp.float64:  # data kept as sent: the same sums in float64
-                x64, dy64 = backend.scratch(2, x.shape, xp)
-                xp.copyto(x64, x)
-                xp.copyto(dy64, dy)
-                x, dy = x64, dy64
-            xhat = (x - mean) * invstd
-            ady = xp.abs(dy)
-            return (backend.channel_sum(ady, xp), backend.channel_dot(ady, xp.abs(xhat), xp),
-                    backend.channel_dot(dy, dy, xp), backend.channel_sum(xp.abs(x), xp),
-                    backend.channel_sum(dy, xp), backend.channel_dot(dy, xhat, xp),
-                    backend.channel_max(x, xp), -backend.channel_max(-x, xp),
-                    backend.channel_max(dy, xp), -backend.channel_max(-dy, xp))
-
-        parts = backend.map_blocks(part, lay, xp)
-        sums = tuple(backend.sum_parts([p[i] for p in parts]) for i in range(6))
-        highs = tuple(functools.reduce(xp.maximum, [p[i] for p in parts]) for i in (6, 8))
-        lows = tuple(functools.reduce(xp.minimum, [p[i] for p in parts]) for i in (7, 9))
-        return (*sums, highs[0], lows[0], highs[1], lows[1])
+        self.take_sums(backend.map_blocks(self.block_sums, self.layout, self.xp))
+        return self.__dict__["_sums"]
 
     def constant(self, name: str) -> Any:
         """(C,) booleans: where ``x`` or ``dy`` holds one value throughout the channel."""

@@ -15,9 +15,9 @@ from .device import is_numpy
 from .rawkernels import raw
 from .state import STATE
 
-__all__ = ["channel_count", "channel_dot", "channel_max", "channel_sum", "channel_sums", "elementwise", "fuse",
-           "fused_channel_sum", "fused_sum", "halve", "matvec_channel_sum", "ones", "pairwise_channel_sum", "same",
-           "two_stage_channel_max"]
+__all__ = ["channel_count", "channel_dot", "channel_max", "channel_min", "channel_sum", "channel_sums", "elementwise",
+           "fuse", "fused_channel_sum", "fused_sum", "halve", "matvec_channel_sum", "ones", "pairwise_channel_sum",
+           "same", "two_stage_channel_max"]
 
 
 def channel_sum(a3: Any, xp: ModuleType) -> Any:
@@ -67,6 +67,13 @@ def channel_max(a3: Any, xp: ModuleType) -> Any:
     if is_numpy(xp):
         return a3.max(axis=(0, 2))
     return two_stage_channel_max(a3, xp)
+
+
+def channel_min(a3: Any, xp: ModuleType) -> Any:
+    """Smallest value per channel of a (p, C, s) block; returns (C,)."""
+    if is_numpy(xp):
+        return a3.min(axis=(0, 2))
+    return -two_stage_channel_max(-a3, xp)
 
 
 def two_stage_channel_max(a3: Any, xp: ModuleType, *, chunks: int = 1024) -> Any:
