@@ -14,7 +14,7 @@ from typing import Any, cast
 import numpy as np
 
 from . import backend, pictures
-from .dtypes import dtype_name, in_ulps, precision_bits, ulp
+from .dtypes import dtype_name, in_ulps, least_exponent, precision_bits, ulp
 from .layout import Block, Layout
 from .report import ChannelError, Resolution, TensorMetrics, ToleranceUsed
 from .tolerance import Tolerance
@@ -124,7 +124,7 @@ class _Inputs:
             max_abs=float(ch_abs.max()),
             max_rel=0.0,
             max_ulp=0.0,
-            sumsq=float(backend.channel_dot(err, err, xp).sum()),
+            sumsq=float(xp.multiply(err, err, out=tmp).sum()),  # tmp is free once the scale is made
             max_ref=float(aref.max()),
             max_scale=0.0 if scale is None else float(xp.max(scale)),
             worst_ratio=float(ratio[local]),
@@ -154,11 +154,27 @@ class _Inputs:
         """
         xp = self.xp
         zero = aref == 0
-        aref[zero] = xp.inf
+        has_zero = bool(zero.any())
+        if has_zero:
+            aref[zero] = xp.inf
         xp.divide(err, aref, out=work)
         max_rel = float(work.max())
         if not max_rel > 0:
             return max_rel, 0.0
+        name = dtype_name(self.out_dtype)
+        if ref.dtype == np.float64 and name != "float64" and backend.is_numpy(xp):
+            # Every element's count, err * 2^(bits - e), with e read from ref's exponent bits
+            # and the power of two built from bits in work's memory (dtypes.in_ulps, in place).
+            k = work.view(np.int64)
+            np.right_shift(ref.view(np.int64), 52, out=k)
+            np.bitwise_and(k, 0x7FF, out=k)  # frexp's exponent + 1022
+            np.maximum(k, least_exponent(self.out_dtype) + 1022, out=k)
+            np.subtract(precision_bits(self.out_dtype) + 1023 + 1022, k, out=k)  # 2^(bits - e), biased
+            np.left_shift(k, 52, out=k)
+            work *= err
+            if has_zero:
+                work[zero] = 0.0
+            return max_rel, float(work.max())
         flat_err, flat_ref = err.reshape(-1), ref.reshape(-1)
         top = int(xp.argmax(work))
         first = float(in_ulps(flat_err[top:top + 1], flat_ref[top:top + 1], self.out_dtype, xp=xp)[0])

@@ -17,6 +17,7 @@ __all__ = [
     "dtype_name",
     "finfo_max",
     "in_ulps",
+    "least_exponent",
     "precision_bits",
     "resolve",
     "ulp",
@@ -101,6 +102,11 @@ def ulp(values: Any, dt: np.dtype[Any], *, xp: Any = np) -> Any:
     # frexp(0) reports exponent 0; zero's spacing is the smallest subnormal's.
     exp = xp.where(mag == 0, _MIN_EXP[name], xp.maximum(exp, _MIN_EXP[name]))
     return xp.ldexp(1.0, (exp - _BITS[name]).astype(xp.int32))
+
+
+def least_exponent(dt: np.dtype[Any]) -> int:
+    """The exponent (frexp's) of the least normal number of ``dt``: ulps below it are constant."""
+    return _MIN_EXP[dtype_name(dt)]
 
 
 def in_ulps(err: Any, values: Any, dt: np.dtype[Any], *, xp: Any = np) -> Any:

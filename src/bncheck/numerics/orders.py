@@ -39,6 +39,7 @@ THREADS = 256
 TILE = 1024
 MAX_STEPS = 2048  # Welford steps per thread: more threads for longer channels
 CARRY_ROWS = 4096  # a sequential sum over (p, s) carries one accumulator through at most this many planes
+FEW_CHANNELS = 4  # up to this many channels, a sequential sum runs along each channel's own row (faster)
 
 
 def _sequential_rows(r: np.ndarray) -> np.ndarray:
@@ -56,6 +57,10 @@ def _sequential(a: np.ndarray) -> np.ndarray:
         return _sequential_rows(a[:, :, 0])
     if P > CARRY_ROWS:  # each plane's running sum, then the planes in order
         return _sequential_rows(np.add.accumulate(a, axis=2)[:, :, -1])
+    if C <= FEW_CHANNELS:  # each channel's elements in a row of their own, summed along it
+        rows = a.transpose(1, 0, 2).copy(order="C").reshape(C, P * S)  # a copy: summed in place
+        np.add.accumulate(rows, axis=1, out=rows)
+        return rows[:, -1].copy()
     # Each plane (C, S) turned into (S, C) rows, the carried sums added to its first row, then
     # reduced row after row: the same additions in the same order as a running sum along s,
     # without writing every partial sum.
@@ -144,12 +149,27 @@ def welford(a3: Any, xp: ModuleType) -> tuple[Any, Any]:
     mean = np.zeros((T, C), dtype=a.dtype)
     m2 = np.zeros((T, C), dtype=a.dtype)
     count = np.zeros(T, dtype=np.int64)
+    delta, work = np.empty((T, C), dtype=a.dtype), np.empty((T, C), dtype=a.dtype)
+    full = 0
     for v in steps:
         n = v.shape[0]
+        if n == T:  # every thread takes a step: the update in place, a few calls (the loop is long)
+            full += 1
+            np.subtract(v, mean, out=delta)
+            np.divide(delta, dt(full), out=work)
+            mean += work
+            np.subtract(v, mean, out=work)
+            work *= delta
+            m2 += work
+            continue
+        count[:] = full
         count[:n] += 1
-        delta = v - mean[:n]
-        mean[:n] += delta / dt(count[0]) if n == T else delta / count[:n, None].astype(a.dtype)
-        m2[:n] += delta * (v - mean[:n])
+        d = v - mean[:n]
+        mean[:n] += d / count[:n, None].astype(a.dtype)
+        m2[:n] += d * (v - mean[:n])
+        full = -1  # a short step comes last
+    if full >= 0:
+        count[:] = full
     mean_c, m2_c = _chan_tree(mean, m2, count)
     return xp.asarray(mean_c.reshape(1, C, 1)), xp.asarray((m2_c / dt(R)).reshape(1, C, 1))
 

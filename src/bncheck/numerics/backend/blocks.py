@@ -28,7 +28,7 @@ __all__ = ["BLOCK_ELEMENTS", "GROUP_ELEMENTS", "channel_groups", "map_blocks", "
 
 T = TypeVar("T")
 BLOCK_ELEMENTS = 1 << 17
-GROUP_ELEMENTS = 1 << 18  # a group of channels: its temporaries (a dozen arrays) stay in L2/L3
+GROUP_ELEMENTS = 1 << 19  # a group of channels: its temporaries (a dozen arrays) stay in cache (measured)
 _FULL: Block = (slice(None), slice(None))
 
 
@@ -61,7 +61,9 @@ def channel_groups(layout: Layout, target: int | None = None, *, share: bool = T
     elements, one channel at least, as even as they go; with ``share``, a multiple of the
     threads in number when the tensor is not tiny (6 channels for 2 threads: 3 and 3)."""
     C = layout.C
-    per = max(1, (target or GROUP_ELEMENTS) // max(layout.R, 1))
+    # (N, C) and channels-last hold a channel's elements C apart: a group of a few channels is a
+    # strided slice, slower than the whole, so there the groups are only the threads' shares.
+    per = C if layout.S == 1 else max(1, (target or GROUP_ELEMENTS) // max(layout.R, 1))
     n = -(-C // per)
     if share and (n > 1 or layout.M >= BLOCK_ELEMENTS):  # work enough to share: a multiple of the threads
         threads = _threads()
