@@ -93,10 +93,12 @@ def _shape_rows(shape: tuple[int, ...], label: str, torch) -> list[list[str]]:  
 
 def _candidate_rows(shape: tuple[int, ...], label: str, torch) -> list[list[str]]:  # type: ignore[no-untyped-def]
     """A whole check of a float32 kernel's dx, dgamma and dbeta, FD off: the calibrated verdict
-    beside the same check with the caller's tolerances (no calibration)."""
+    beside the same check with the caller's tolerances (no calibration). The test kernel computes
+    in (R, C) rows and hands back a transposed view; a kernel writes its dx in its own memory
+    order, so the candidate goes in C order."""
     x, dy, gamma, beta = (a.astype(np.float32) if a.ndim > 1 else a for a in _data(shape))
     out = kernel_backward(x, dy, gamma, beta, eps=EPS)
-    cand = {k: out[k] for k in ("dx", "dgamma", "dbeta")}
+    cand = {k: np.ascontiguousarray(out[k]) for k in ("dx", "dgamma", "dbeta")}  # as a kernel writes them
     kw = {"candidate": cand, "finite_difference": FDOptions("none"), "eps": EPS}
     user = {k: (0.0, 1.0) for k in cand}
     calibrated_ms = best_ms(lambda: check(x, dy, gamma, beta, **kw), repeat=3)
@@ -148,7 +150,7 @@ def whole_check_rows(torch) -> list[list[str]]:  # type: ignore[no-untyped-def]
     stats = _phases(x, dy, gamma, beta, finite_difference=FDOptions("stats"))
     out = kernel_backward(x, dy, gamma, beta, eps=EPS)
     cand = _phases(x, dy, gamma, beta, finite_difference=FDOptions("none"),
-                   candidate={k: out[k] for k in ("dx", "dgamma", "dbeta")})
+                   candidate={k: np.ascontiguousarray(out[k]) for k in ("dx", "dgamma", "dbeta")})
 
     def phases(t: dict[str, float]) -> str:
         return ", ".join(f"{k} {v:.0f}" for k, v in t.items() if k != "total")

@@ -215,7 +215,10 @@ def _runs(ctx: _Ctx, names: tuple[str, ...], ar: Arith, tick: Callable[[str], No
     """The variants in ``ar``'s precision, channel group by channel group on every core
     (backend.map_channels: each channel's values are those of the whole tensor), the forward
     cache of a group shared by the variants."""
-    inp, lay = ctx.inp, ctx.lay
+    inp, lay, xp = ctx.inp, ctx.lay, ctx.xp
+    groups = backend.is_numpy(xp) and len(backend.channel_groups(lay)) > 1
+    # each group writes its dx into place while it is in cache (no concatenation pass after)
+    dxs = [xp.empty(lay.view_shape, dtype=backend.container(ar.storage, xp)) for _ in names] if groups else []
 
     def part(sl: slice) -> list[Grads]:
         sub = replace(ar, shape=(lay.P, sl.stop - sl.start, lay.S))
@@ -227,21 +230,23 @@ def _runs(ctx: _Ctx, names: tuple[str, ...], ar: Arith, tick: Callable[[str], No
         cache = forward_cache(sub.load(ctx.x3[:, sl]), sub.param(ctx.gamma[sl]), sub, eps=inp.eps, **kw)
         dy = sub.load(ctx.dy3[:, sl])
         out = []
-        for name in names:
+        for i, name in enumerate(names):
             tick(f"the variant {name}")
             fn = VARIANTS[name].fn if inp.training else inference_backward
             g = fn(dy, cache, sub)
-            out.append(Grads(sub.store(g.dx), sub.keep(g.dgamma).reshape(-1), sub.keep(g.dbeta).reshape(-1)))
+            dx = sub.store(g.dx)
+            if dxs:
+                dxs[i][:, sl] = dx
+            out.append(Grads(dx, sub.keep(g.dgamma).reshape(-1), sub.keep(g.dbeta).reshape(-1)))
         return out
 
-    parts = backend.map_channels(part, lay, ctx.xp)
-    xp = ctx.xp
+    parts = backend.map_channels(part, lay, xp)
 
-    def joined(i: int, field: str, axis: int) -> Any:
+    def joined(i: int, field: str) -> Any:
         pieces = [getattr(p[i], field) for p in parts]
-        return pieces[0] if len(pieces) == 1 else xp.concatenate(pieces, axis=axis)
+        return pieces[0] if len(pieces) == 1 else xp.concatenate(pieces)
 
-    return [(name, Grads(joined(i, "dx", 1), joined(i, "dgamma", 0), joined(i, "dbeta", 0)))
+    return [(name, Grads(dxs[i] if dxs else parts[0][i].dx, joined(i, "dgamma"), joined(i, "dbeta")))
             for i, name in enumerate(names)]
 
 
@@ -384,8 +389,11 @@ def _directional(ctx: _Ctx, pr: fd.Problem, ref: Grads, scales: Scales, opts: FD
 
 
 def _device(ctx: _Ctx, value: np.ndarray) -> Any:
-    """A host array on the check's device; CuPy cannot hold ml_dtypes' bfloat16."""
-    return value if backend.is_numpy(ctx.xp) else ctx.xp.asarray(value.astype(np.float64))
+    """A host array on the check's device, in C order (every comparison reads its (P, C, S) view,
+    which a transposed array would copy each time); CuPy cannot hold ml_dtypes' bfloat16."""
+    if backend.is_numpy(ctx.xp):
+        return np.ascontiguousarray(value)
+    return ctx.xp.asarray(value.astype(np.float64))
 
 
 def _candidate_block(ctx: _Ctx, ar: Arith, tolerance: Tolerances, tick: Callable[[str], None]) -> Block:

@@ -105,7 +105,8 @@ class _Inputs:
         bad = err > allowed
         if finite is not None:
             bad |= ~finite
-        xp.maximum(allowed, _TINY, out=allowed)
+        if not tol.abs_floor >= _TINY:  # with the floor, allowed is above _TINY already
+            xp.maximum(allowed, _TINY, out=allowed)
         xp.divide(err, allowed, out=ratio)
         if finite is not None:
             ratio[~finite] = xp.inf
