@@ -12,6 +12,9 @@
 3. KServe v2 with binary tensors against the same check in-process and against /v1's
    b64 (x, dy and a candidate dx; target: v2 at most 1.15x in-process).
 4. /livez latency while four large checks run (target: p99 under 50 ms).
+5. Issue 17's HTTP target: a whole check with FD off on 4M float32 NCHW elements over
+   /v1 (b64) and v2 (binary), as a ratio to PyTorch's CPU float64 backward timed in the same
+   run (target: at most 8; the same check in-process at most 6).
 """
 
 from __future__ import annotations
@@ -186,8 +189,52 @@ def livez_rows(server: Server, seconds: float = 15.0) -> list[list[str]]:
              f"{np.percentile(lat, 50):.1f}", f"{np.percentile(lat, 99):.1f}", f"{lat.max():.1f}"]]
 
 
+def whole_check_http_rows(rounds: int = 7) -> list[list[str]]:
+    """A whole check with FD off on 4M float32 NCHW elements (16, 64, 64, 64), gradients
+    returned: in-process, /v1 with b64 and v2 with binary tensors (one warm worker process),
+    timed in turn, each as a ratio to PyTorch's CPU float64 backward on the same data."""
+    from .core import _torch_backward_ms
+    from ._timing import torch_or_none
+
+    torch = torch_or_none()
+    if torch is None:
+        return []
+    shape = (16, 64, 64, 64)
+    x, dy = _data(shape)
+    gamma = np.ones(shape[1])
+    torch_ms = _torch_backward_ms(torch, x, dy, gamma)
+    v1_body = orjson.dumps(build_request(x, dy, finite_difference="none"))
+    v2_body, header = _v2_body({"x": x, "dy": dy}, {"finite_difference": "none"})
+    with (Server(max_concurrent="1", max_body_bytes=str(256 << 20)) as server,
+          httpx.Client(base_url=server.url, timeout=300) as http):
+        def post_v1() -> None:
+            r = http.post("/v1/check", content=_pieces([v1_body]), headers=_json_headers([v1_body]))
+            r.raise_for_status()
+
+        def post_v2() -> None:
+            r = http.post("/v2/models/qianfeng/infer", content=_pieces([v2_body]),
+                          headers={"Inference-Header-Content-Length": str(header),
+                                   "Content-Length": str(len(v2_body))})
+            r.raise_for_status()
+
+        ms = interleaved_ms({"check": lambda: check(x, dy, finite_difference=FDOptions("none")),
+                             "v1": post_v1, "v2": post_v2}, rounds=rounds)
+
+    def row(what: str, key: str, target: str) -> list[str]:
+        return [what, f"{min(ms[key]):.0f}", f"{median(ms[key]):.0f}", f"{min(ms[key]) / torch_ms:.1f}", target]
+
+    return [["PyTorch CPU float64 `native_batch_norm_backward`", f"{torch_ms:.1f}", "", "1.0", ""],
+            row("`check()` in-process, FD off", "check", "<= 6"),
+            row(f"POST /v1/check, b64 ({len(v1_body) / 2**20:.0f} MiB), FD off, dx returned", "v1", "<= 8"),
+            row(f"POST /v2/models/qianfeng/infer, binary ({len(v2_body) / 2**20:.0f} MiB), FD off", "v2", "<= 8")]
+
+
 def main() -> None:
     print(f"# bncheck service ({machine()})\n")
+    rows = whole_check_http_rows()
+    if rows:
+        print(table(["4M float32 NCHW (16, 64, 64, 64)", "best ms", "median ms", "÷ PyTorch (best)", "target"], rows))
+        print()
     print(table(["what", "best ms", "median ms", "÷ in-process (best)", "÷ in-process (median of rounds)"],
                 transport_rows()))
     print()

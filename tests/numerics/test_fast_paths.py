@@ -248,7 +248,7 @@ def test_max_ulp_is_the_largest_err_over_ulp(dtype):
     bits, least = {"float32": (24, -125), "float16": (11, -13), "bfloat16": (8, -125),
                    "float64": (53, -1021)}[np.dtype(dtype).name]
     rng = np.random.default_rng(4)
-    for scale_exp in (0, -20, -130):
+    for scale_exp in (0, -20, -130, -1000):  # -1000: float64 counts the exact way
         ref = rng.standard_normal(3000) * 2.0 ** (scale_exp + rng.integers(-3, 4, 3000))
         ref[::97] = 0.0
         cand = ref * (1 + rng.standard_normal(3000) * 2.0 ** -bits * rng.uniform(0, 8, 3000))

@@ -162,20 +162,25 @@ class _Inputs:
         max_rel = float(work.max())
         if not max_rel > 0:
             return max_rel, 0.0
-        name = dtype_name(self.out_dtype)
-        if ref.dtype == np.float64 and name != "float64" and backend.is_numpy(xp):
+        if ref.dtype == np.float64 and backend.is_numpy(xp):
             # Every element's count, err * 2^(bits - e), with e read from ref's exponent bits
             # and the power of two built from bits in work's memory (dtypes.in_ulps, in place).
             k = work.view(np.int64)
             np.right_shift(ref.view(np.int64), 52, out=k)
             np.bitwise_and(k, 0x7FF, out=k)  # frexp's exponent + 1022
-            np.maximum(k, least_exponent(self.out_dtype) + 1022, out=k)
-            np.subtract(precision_bits(self.out_dtype) + 1023 + 1022, k, out=k)  # 2^(bits - e), biased
-            np.left_shift(k, 52, out=k)
-            work *= err
             if has_zero:
-                work[zero] = 0.0
-            return max_rel, float(work.max())
+                k[zero] = 1023  # any normal exponent: zeros count 0 below
+            np.maximum(k, least_exponent(self.out_dtype) + 1022, out=k)
+            # 2^(bits - e) must be a normal float64: always for 24 bits or fewer; for float64's 53,
+            # while every |ref| is above 2^-971 (else the exact count below)
+            if precision_bits(self.out_dtype) < 53 or int(k.min()) >= 52:
+                np.subtract(precision_bits(self.out_dtype) + 1023 + 1022, k, out=k)  # 2^(bits - e), biased
+                np.left_shift(k, 52, out=k)
+                work *= err
+                if has_zero:
+                    work[zero] = 0.0
+                return max_rel, float(work.max())
+            xp.divide(err, aref, out=work)
         flat_err, flat_ref = err.reshape(-1), ref.reshape(-1)
         top = int(xp.argmax(work))
         first = float(in_ulps(flat_err[top:top + 1], flat_ref[top:top + 1], self.out_dtype, xp=xp)[0])

@@ -128,8 +128,9 @@ def stats_dx(pr: Problem, st: Stats, dbeta: Any, raw: Any, rel_step: float) -> N
         dbeta / R, 2.0 * raw / R, pr.gamma)]
     q1, e1, q2, e2, a_mean, b2, gamma = coef
 
-    def difference(d: Any, b: Any, q: Any, e: Any, out: Any, work: list[Any]) -> Any:
-        """out = the central difference for step (q, e); returns the size of its terms."""
+    def difference(d: Any, b: Any, q: Any, e: Any, out: Any, work: list[Any], size: bool) -> Any:
+        """out = the central difference for step (q, e); with ``size``, returns the size of its
+        terms (what rounds)."""
         t, sp, sig, second = work
         xp.multiply(d, e, out=t)
         xp.add(q, t, out=sp)
@@ -145,6 +146,8 @@ def stats_dx(pr: Problem, st: Stats, dbeta: Any, raw: Any, rel_step: float) -> N
         second /= sig  # 2 d B / (R (s+ + s-))
         xp.subtract(t, second, out=out)
         out *= sp
+        if not size:
+            return None
         # What rounds: |gamma / (s+ s-)| * (|first| + |second|).
         xp.abs(t, out=t)
         xp.abs(second, out=second)
@@ -155,14 +158,14 @@ def stats_dx(pr: Problem, st: Stats, dbeta: Any, raw: Any, rel_step: float) -> N
 
     def part(blk: Block) -> Any:
         x, dy = pr.x3[blk[0], :, blk[1]], pr.dy3[blk[0], :, blk[1]]
-        d, b, fd2, *work = backend.scratch(7, x.shape, xp)
+        d, b, fd2, *work = backend.scratch(7, x.shape, xp)  # 7 x 2 MB a thread: more would leave the cache
         xp.subtract(x, mean, out=d)
         xp.subtract(dy, a_mean, out=b)
         fd = out[blk[0], :, blk[1]]
-        terms = difference(d, b, q1, e1, fd, work)
+        terms = difference(d, b, q1, e1, fd, work, True)
         rounding = backend.channel_max(terms, xp)
         # Richardson: the O(h^2) error of fd is (fd(2h) - fd(h)) / 3.
-        difference(d, b, q2, e2, fd2, work)
+        difference(d, b, q2, e2, fd2, work, False)
         fd2 -= fd
         xp.abs(fd2, out=fd2)
         return backend.channel_max(fd2, xp) / 3.0 + (16 * U64) * rounding
@@ -228,8 +231,8 @@ def param_fd(pr: Problem, st: Stats) -> tuple[Numeric, Numeric]:
         for g, b in [(g, beta) for g in g_pm] + [(gamma, b) for b in b_pm]:
             xp.multiply(g, xhat, out=y)
             y += b  # y = g * xhat + b, the forward with gamma or beta moved
-            sums.append(backend.channel_dot(dy, y, xp))
             xp.multiply(dy, y, out=work)
+            sums.append(backend.channel_sum(work, xp))  # L = sum(dy * y)
             xp.abs(work, out=work)
             sizes.append(backend.channel_sum(work, xp))
         return sums + sizes
