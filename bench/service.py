@@ -193,8 +193,8 @@ def whole_check_http_rows(rounds: int = 7) -> list[list[str]]:
     """A whole check with FD off on 4M float32 NCHW elements (16, 64, 64, 64), gradients
     returned: in-process, /v1 with b64 and v2 with binary tensors (one warm worker process),
     timed in turn, each as a ratio to PyTorch's CPU float64 backward on the same data."""
-    from .core import _torch_backward_ms
     from ._timing import torch_or_none
+    from .core import _torch_backward_ms
 
     torch = torch_or_none()
     if torch is None:
