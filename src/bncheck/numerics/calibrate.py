@@ -56,8 +56,8 @@ __all__ = ["FIRST_SHARE", "FLOOR", "GROUP_ELEMENTS", "MARGIN", "MEMBERS", "MIN_F
 MARGIN = 3.0
 FLOOR = 0.125
 ROUNDING = 1.5
-MIN_FIRST = 2  # channels of the first tier: at least these ...
-FIRST_SHARE = 32  # ... or one in this many channels, whichever is more
+MIN_FIRST = 1  # channels of the first tier: at least these ...
+FIRST_SHARE = 64  # ... or one in this many channels, whichever is more
 GROUP_ELEMENTS = 1 << 20  # the members run on groups of channels of about this many elements
 _TINY = 1e-300
 
