@@ -203,8 +203,11 @@ def envelopes(given: Given, ar: Arith, wanted: Mapping[str, Wanted],
         wanted = {name: w.whole() for name, w in wanted.items()}
     # Channel groups one after another, the members of each sharing the cores (the ordered sums
     # vectorise across channels, so a member costs less per channel in a larger group).
+    groups = [slice(0, given.layout.C)]  # the GPU takes every channel at once
+    if backend.is_numpy(ar.xp):
+        groups = backend.channel_groups(given.layout, GROUP_ELEMENTS, share=False)
     parts = []
-    for sl in backend.channel_groups(given.layout, GROUP_ELEMENTS, share=False):
+    for sl in groups:
         g = given if sl == slice(0, given.layout.C) else given.on(sl)
         w = wanted if g is given else {name: w.on(sl) for name, w in wanted.items()}
         parts.append(_envelopes_of(g, replace(ar, shape=g.layout.view_shape), w, tick))
