@@ -261,3 +261,18 @@ def test_max_ulp_is_the_largest_err_over_ulp(dtype):
         lay = channel_layout(3000)
         got = compare(cand, ref, tol=user_tolerance(0.0, 1.0), lay=lay, out_dtype=np.dtype(dtype))
         assert got.max_ulp == want, (scale_exp, got.max_ulp, want)
+
+
+@pytest.mark.parametrize("rows", [1, 63, 64, 128, 1000, 4099])
+def test_channel_max_and_min_of_rows_are_numpys(rows):
+    """(N, C) blocks reduce WIDE rows at a time: the same maxima and minima, NaN included."""
+    from bncheck.numerics import backend
+
+    rng = np.random.default_rng(rows)
+    a = rng.standard_normal((rows, 7, 1))
+    a[rows // 2, 3, 0] = np.nan
+    a[rows - 1, 5, 0] = np.inf
+    assert _bits(backend.channel_max(a, np)) == _bits(np.max(a, axis=(0, 2)))
+    assert _bits(backend.channel_min(a, np)) == _bits(np.min(a, axis=(0, 2)))
+    view = a[::2]  # not contiguous: the plain reduction
+    assert _bits(backend.channel_max(view, np)) == _bits(np.max(view, axis=(0, 2)))

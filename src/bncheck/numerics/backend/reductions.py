@@ -65,15 +65,31 @@ def channel_count(mask3: Any, xp: ModuleType) -> Any:
 def channel_max(a3: Any, xp: ModuleType) -> Any:
     """Largest value per channel of a (p, C, s) block; returns (C,)."""
     if is_numpy(xp):
-        return a3.max(axis=(0, 2))
+        return _wide_rows(a3, np.maximum) if a3.shape[2] == 1 else a3.max(axis=(0, 2))
     return two_stage_channel_max(a3, xp)
 
 
 def channel_min(a3: Any, xp: ModuleType) -> Any:
     """Smallest value per channel of a (p, C, s) block; returns (C,)."""
     if is_numpy(xp):
-        return a3.min(axis=(0, 2))
+        return _wide_rows(a3, np.minimum) if a3.shape[2] == 1 else a3.min(axis=(0, 2))
     return -two_stage_channel_max(-a3, xp)
+
+
+WIDE = 64  # rows of a (p, C) block taken as one wide row
+
+
+def _wide_rows(a3: np.ndarray, op: np.ufunc) -> np.ndarray:
+    """``op.reduce`` over the p rows of a (p, C, 1) block, WIDE rows at a time as one row of
+    WIDE * C: NumPy reduces a few long rows several times faster than many short ones, and
+    max and min give the same values in any grouping."""
+    r = a3[:, :, 0]
+    P, C = r.shape
+    n = P // WIDE
+    if n < 2 or not r.flags.c_contiguous:
+        return op.reduce(r, axis=0)
+    out = op.reduce(op.reduce(r[:n * WIDE].reshape(n, WIDE * C), axis=0).reshape(WIDE, C), axis=0)
+    return op(out, op.reduce(r[n * WIDE:], axis=0)) if P % WIDE else out
 
 
 def two_stage_channel_max(a3: Any, xp: ModuleType, *, chunks: int = 1024) -> Any:
