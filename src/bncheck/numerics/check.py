@@ -301,7 +301,7 @@ def _fd_block(ctx: _Ctx, opts: FDOptions, limits: Limits) -> FDBlock:
     errors: list[float] = []
     if method == "stats":
         raw = ref.dgamma / ctx.exact.invstd
-        num = fd.stats_dx(pr, ctx.exact, ref.dbeta, raw, opts.step)
+        num, dg, db = fd.stats_fd(pr, ctx.exact, ref.dbeta, raw, opts.step)
         block.dx = compare(lay.restore(ref.dx), lay.restore(num.values), tol=tol, lay=lay,
                            out_dtype=np.float64, scale=scales.dx_field, extra=4 * num.error)
         block.elements = lay.M
@@ -315,7 +315,8 @@ def _fd_block(ctx: _Ctx, opts: FDOptions, limits: Limits) -> FDBlock:
     else:
         metrics, count = _directional(ctx, pr, ref, scales, opts, limits, block.notes)
         block.dx, block.directions, block.elements = metrics, count, count * lay.C
-    dg, db = fd.param_fd(pr, ctx.exact)
+    if method != "stats":
+        dg, db = fd.param_fd(pr, ctx.exact)
     clay = channel_layout(lay.C)
     block.dgamma = compare(ref.dgamma, dg.values, tol=tol, lay=clay, out_dtype=np.float64,
                            scale=scales.dgamma, extra=4 * dg.error)

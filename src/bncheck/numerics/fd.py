@@ -45,7 +45,7 @@ from . import backend, reference
 from .layout import Block, Layout
 from .reference import Stats
 
-__all__ = ["Directional", "Numeric", "Problem", "brute_dx", "directional", "param_fd", "stats_dx"]
+__all__ = ["Directional", "Numeric", "Problem", "brute_dx", "directional", "param_fd", "stats_dx", "stats_fd"]
 
 U64 = 2.0**-53
 
@@ -114,12 +114,27 @@ def steps(st: Stats, rel_step: float) -> Any:
 def stats_dx(pr: Problem, st: Stats, dbeta: Any, raw: Any, rel_step: float) -> Numeric:
     """dx for every element. ``st`` are the batch statistics (training) or the running
     ones (inference); ``dbeta = sum(dy)`` and ``raw = sum(dy * (x - mean))``."""
+    return _stats(pr, st, dbeta, raw, rel_step, None)[0]
+
+
+def stats_fd(pr: Problem, st: Stats, dbeta: Any, raw: Any, rel_step: float) -> tuple[Numeric, Numeric, Numeric]:
+    """dx for every element (``stats_dx``), dgamma and dbeta (``param_fd``) in one pass over
+    x and dy: the forwards of the second ride along the first's blocks."""
+    if not pr.training:
+        return (stats_dx(pr, st, dbeta, raw, rel_step), *param_fd(pr, st))
+    forwards = _Forwards(pr, st)
+    num, parts = _stats(pr, st, dbeta, raw, rel_step, forwards)
+    return (num, *forwards.finish(parts))
+
+
+def _stats(pr: Problem, st: Stats, dbeta: Any, raw: Any, rel_step: float, forwards: _Forwards | None
+           ) -> tuple[Numeric, list[Any]]:
     xp, lay = pr.xp, pr.layout
     h = steps(st, rel_step)
     out = xp.empty(lay.view_shape, dtype=xp.float64)
     mean = lay.per_channel(st.mean)
     if not pr.training:
-        return _inference_dx(pr, st, h, out)
+        return _inference_dx(pr, st, h, out), []
     R = lay.R
     k = 1.0 - 1.0 / R
     var_eps = st.var + pr.eps
@@ -168,10 +183,12 @@ def stats_dx(pr: Problem, st: Stats, dbeta: Any, raw: Any, rel_step: float) -> N
         difference(d, b, q2, e2, fd2, work, False)
         fd2 -= fd
         xp.abs(fd2, out=fd2)
-        return backend.channel_max(fd2, xp) / 3.0 + (16 * U64) * rounding
+        err = backend.channel_max(fd2, xp) / 3.0 + (16 * U64) * rounding
+        # dgamma's and dbeta's forwards while x and dy are in cache (work is free again)
+        return err, None if forwards is None else forwards.block(d, dy, work)
 
-    err = _max_parts(backend.map_blocks(part, lay, xp), xp)
-    return Numeric(out, err, h)
+    parts = backend.map_blocks(part, lay, xp)
+    return Numeric(out, _max_parts([p[0] for p in parts], xp), h), [p[1] for p in parts]
 
 
 def _inference_dx(pr: Problem, st: Stats, h: Any, out: Any) -> Numeric:
@@ -212,37 +229,57 @@ def param_fd(pr: Problem, st: Stats) -> tuple[Numeric, Numeric]:
     """dgamma and dbeta: L is linear in both, so the step can be large and the
     difference is exact up to rounding."""
     xp, lay = pr.xp, pr.layout
-    hg, hb = 1.0 + xp.abs(pr.gamma), 1.0 + xp.abs(pr.beta)
-    mean, invstd = lay.per_channel(st.mean), lay.per_channel(st.invstd)
-    gamma, beta = lay.per_channel(pr.gamma), lay.per_channel(pr.beta)
-    g_plus, g_minus, b_plus, b_minus = pr.gamma + hg, pr.gamma - hg, pr.beta + hb, pr.beta - hb
-    g_pm = [lay.per_channel(g) for g in (g_plus, g_minus)]
-    b_pm = [lay.per_channel(b) for b in (b_plus, b_minus)]
-    # The steps actually taken, after rounding.
-    hg, hb = (g_plus - g_minus) / 2, (b_plus - b_minus) / 2
+    forwards = _Forwards(pr, st)
+    mean = lay.per_channel(st.mean)
 
     def part(blk: Block) -> list[Any]:
         x, dy = pr.x3[blk[0], :, blk[1]], pr.dy3[blk[0], :, blk[1]]
-        xhat, y, work, dy64 = backend.scratch(4, x.shape, xp)  # no temporaries: four forwards in cache
-        dy = _float64(dy, dy64, xp)
-        xp.subtract(x, mean, out=xhat)
-        xhat *= invstd
+        d, *work = backend.scratch(4, x.shape, xp)  # no temporaries: four forwards in cache
+        xp.subtract(x, mean, out=d)
+        return forwards.block(d, dy, work)
+
+    return forwards.finish(backend.map_blocks(part, lay, xp))
+
+
+class _Forwards:
+    """The four forwards of dgamma's and dbeta's differences (gamma and beta moved by
+    1 + |value| each way), block by block: L = sum(dy * y) and the size of its terms."""
+
+    def __init__(self, pr: Problem, st: Stats) -> None:
+        xp, lay = pr.xp, pr.layout
+        self.pr, self.xp = pr, xp
+        hg, hb = 1.0 + xp.abs(pr.gamma), 1.0 + xp.abs(pr.beta)
+        g_plus, g_minus, b_plus, b_minus = pr.gamma + hg, pr.gamma - hg, pr.beta + hb, pr.beta - hb
+        gamma, beta = lay.per_channel(pr.gamma), lay.per_channel(pr.beta)
+        self.moves = [(lay.per_channel(g), beta) for g in (g_plus, g_minus)] + [
+            (gamma, lay.per_channel(b)) for b in (b_plus, b_minus)]
+        self.invstd = lay.per_channel(st.invstd)
+        # The steps actually taken, after rounding.
+        self.hg, self.hb = (g_plus - g_minus) / 2, (b_plus - b_minus) / 2
+
+    def block(self, d: Any, dy: Any, work: list[Any]) -> list[Any]:
+        """One block's sums, from d = x - mean and dy (any float dtype); ``work``: three
+        scratch arrays of the block's shape."""
+        xp = self.xp
+        xhat, y, prod = work[:3]
+        xp.multiply(d, self.invstd, out=xhat)
         sums, sizes = [], []
-        for g, b in [(g, beta) for g in g_pm] + [(gamma, b) for b in b_pm]:
+        for g, b in self.moves:
             xp.multiply(g, xhat, out=y)
             y += b  # y = g * xhat + b, the forward with gamma or beta moved
-            xp.multiply(dy, y, out=work)
-            sums.append(backend.channel_sum(work, xp))  # L = sum(dy * y)
-            xp.abs(work, out=work)
-            sizes.append(backend.channel_sum(work, xp))
+            xp.multiply(dy, y, out=prod)
+            sums.append(backend.channel_sum(prod, xp))  # L = sum(dy * y)
+            xp.abs(prod, out=prod)
+            sizes.append(backend.channel_sum(prod, xp))
         return sums + sizes
 
-    parts = backend.map_blocks(part, lay, xp)
-    s = [backend.sum_parts([p[i] for p in parts]) for i in range(8)]
-    grow = 4 * U64 * pr.growth()
-    dgamma = Numeric((s[0] - s[1]) / (2 * hg), grow * (s[4] + s[5]) / (2 * hg), hg)
-    dbeta = Numeric((s[2] - s[3]) / (2 * hb), grow * (s[6] + s[7]) / (2 * hb), hb)
-    return dgamma, dbeta
+    def finish(self, parts: list[list[Any]]) -> tuple[Numeric, Numeric]:
+        s = [backend.sum_parts([p[i] for p in parts]) for i in range(8)]
+        grow = 4 * U64 * self.pr.growth()
+        hg, hb = self.hg, self.hb
+        dgamma = Numeric((s[0] - s[1]) / (2 * hg), grow * (s[4] + s[5]) / (2 * hg), hg)
+        dbeta = Numeric((s[2] - s[3]) / (2 * hb), grow * (s[6] + s[7]) / (2 * hb), hb)
+        return dgamma, dbeta
 
 
 def positions(R: int, samples: int | None, seed: int) -> np.ndarray:
