@@ -276,3 +276,45 @@ def test_channel_max_and_min_of_rows_are_numpys(rows):
     assert _bits(backend.channel_min(a, np)) == _bits(np.min(a, axis=(0, 2)))
     view = a[::2]  # not contiguous: the plain reduction
     assert _bits(backend.channel_max(view, np)) == _bits(np.max(view, axis=(0, 2)))
+
+
+def test_compare_all_gives_each_comparison_its_own_metrics():
+    """Two candidates against one reference and one scale made per block, in one pass: the
+    metrics of two separate comparisons (a NaN in one, plots in both)."""
+    from bncheck.numerics.compare import compare, compare_all
+    from bncheck.numerics.reference import batch_stats
+    from bncheck.numerics.scales import Scales
+    from bncheck.numerics.tolerance import Tolerance
+
+    shape, axis = (16, 6, 64, 64), 1  # several blocks
+    x, dy, gamma, beta = _data(shape, axis, seed=9)
+    lay = Layout.of(shape, axis)
+    st = batch_stats(lay.view(x), lay, EPS, np)
+    scales = Scales(lay.view(x), lay.view(dy), gamma, beta, st, lay, np)
+    rng = np.random.default_rng(3)
+    ref = rng.standard_normal(shape)
+    c1 = (ref * (1 + 1e-7 * rng.standard_normal(shape))).astype(np.float32)
+    c2 = ref + 1e-6 * rng.standard_normal(shape)
+    c2[1, 2, 3, 4] = np.nan
+    t1 = Tolerance(1e-7, 2e-6, "natural", basis="calibrated", abs_floor=1e-45)
+    t2 = Tolerance(2e-7, 1e-5, "natural")
+    both = compare_all([(c1, t1, np.dtype(np.float32)), (c2, t2, np.dtype(np.float64))], ref, lay=lay,
+                       scale=scales.dx_field, plots=True)
+    alone = [compare(c1, ref, tol=t1, lay=lay, out_dtype=np.float32, scale=scales.dx_field, plots=True),
+             compare(c2, ref, tol=t2, lay=lay, out_dtype=np.float64, scale=scales.dx_field, plots=True)]
+    assert both == alone
+    assert not alone[1].passed
+    assert alone[1].nonfinite == 1
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_the_variant_is_judged_the_same_beside_a_candidate(dtype):
+    """With a candidate dx the variant's dx is compared in the candidate's pass: the same report."""
+    x, dy, gamma, beta = _data((32, 16, 32, 32), 1, seed=11)  # several blocks
+    np_dtype = ml_dtypes.bfloat16 if dtype == "bfloat16" else np.dtype(dtype)
+    out = backward(x.astype(np_dtype), dy.astype(np_dtype), gamma, beta, eps=EPS, dtype=dtype)
+    kw = {"dtype": dtype, "eps": EPS, "finite_difference": NO_FD, "plots": True}
+    alone = check(x, dy, gamma, beta, **kw)
+    beside = check(x, dy, gamma, beta, candidate={"dx": out["dx"], "dgamma": out["dgamma"]}, **kw)
+    assert beside.checks.variant == alone.checks.variant
+    assert beside.checks.candidate is not None

@@ -20,7 +20,7 @@ from typing import Any, ParamSpec, TypeVar, cast
 import numpy as np
 
 from . import backend, calibrate, fd, reference
-from .compare import channel_layout, channel_ranges, compare
+from .compare import channel_layout, channel_ranges, compare, compare_all
 from .dtypes import dtype_name
 from .errors import InputError, TimeBudgetError, WorkLimitError
 from .inputs import CANDIDATE_NAMES, FULL_TENSORS, Inputs, float_dtype, validate
@@ -139,20 +139,20 @@ def check(
         xp = backend.resolve_device(opts.device or "cpu")
         arith = make_arith(inp.dtype, inp.accum_dtype, shape=inp.layout.view_shape, xp=xp)
     with _timed(timings, "reference"):
-        # dx's scale read by two or three passes (a candidate's dx, the finite differences): made
-        # once, whole, in the reference's second pass
+        # dx's scale read by the finite differences' passes too: made once, whole, in the
+        # reference's second pass (a candidate's dx and the variant's share each block's scale)
         fd_reads = opts.finite_difference.method in ("auto", "stats") and inp.saved_mean is None
-        ctx = _context(inp, xp, keep_dx_scale=fd_reads or "dx" in inp.candidate)
+        ctx = _context(inp, xp, keep_dx_scale=fd_reads)
         ctx.plots = opts.plots
     limits.tick("the variants")
     with _timed(timings, "variant"):
         runs = _runs(ctx, inp.variants, arith, limits.tick)
-        blocks = {name: _variant_block(ctx, grads, arith) for name, grads in runs}
+        # With a candidate dx, the variant's dx is compared beside it, in the candidate's
+        # phase: one pass makes the scale of each block once for both (compare_all).
+        later = "dx" in inp.candidate and len(runs) == 1
+        compared = {name: _variant_tensors(ctx, grads, arith, GRAD_NAMES[1:] if later else GRAD_NAMES)
+                    for name, grads in runs}
     checks = Checks()
-    if len(blocks) == 1:
-        checks.variant = next(iter(blocks.values()))
-    else:
-        checks.variants = _variants_block(blocks, [g for _, g in runs])
     if opts.finite_difference.method != "none":
         limits.tick("the finite differences")
         with _timed(timings, "finite_difference"):
@@ -160,7 +160,18 @@ def check(
     if inp.candidate:
         limits.tick("the candidate")
         with _timed(timings, "candidate"):
-            checks.candidate = _candidate_block(ctx, arith, opts.tolerance, limits.tick)
+            rider = None
+            if later:
+                g = runs[0][1]
+                rider = (ctx.lay.restore(g.dx), _variant_tolerance(ctx, arith, arith.storage), arith.storage)
+            checks.candidate, variant_dx = _candidate_block(ctx, arith, opts.tolerance, limits.tick, rider)
+            if variant_dx is not None:
+                compared[runs[0][0]]["dx"] = variant_dx
+    blocks = {name: Block.of({t: tensors[t] for t in GRAD_NAMES}) for name, tensors in compared.items()}
+    if len(blocks) == 1:
+        checks.variant = next(iter(blocks.values()))
+    else:
+        checks.variants = _variants_block(blocks, [g for _, g in runs])
     if inp.saved_mean is not None:
         checks.saved_statistics = _saved_block(ctx, arith)
     gradients = None
@@ -250,23 +261,22 @@ def _runs(ctx: _Ctx, names: tuple[str, ...], ar: Arith, tick: Callable[[str], No
             for i, name in enumerate(names)]
 
 
-def _grad_compare(ctx: _Ctx, grads: Grads, ar: Arith, tol_for: Any) -> dict[str, TensorMetrics]:
+def _variant_tensors(ctx: _Ctx, grads: Grads, ar: Arith, names: tuple[str, ...]) -> dict[str, TensorMetrics]:
+    """A variant's gradients against the reference, within the analytic tolerance."""
     lay, clay = ctx.lay, channel_layout(ctx.lay.C)
     out: dict[str, TensorMetrics] = {}
-    for name in GRAD_NAMES:
+    for name in names:
         is_dx = name == "dx"
         out_dtype = ar.storage if is_dx else ar.accum
         out[name] = compare(lay.restore(getattr(grads, name)) if is_dx else getattr(grads, name),
                             lay.restore(getattr(ctx.ref, name)) if is_dx else getattr(ctx.ref, name),
-                            tol=tol_for(name, out_dtype), lay=lay if is_dx else clay, out_dtype=out_dtype,
-                            scale=ctx.scales.of(name), plots=ctx.plots)
+                            tol=_variant_tolerance(ctx, ar, out_dtype), lay=lay if is_dx else clay,
+                            out_dtype=out_dtype, scale=ctx.scales.of(name), plots=ctx.plots)
     return out
 
 
-def _variant_block(ctx: _Ctx, grads: Grads, ar: Arith) -> Block:
-    tensors = _grad_compare(ctx, grads, ar,
-                            lambda _n, out: default_tolerance(ar.storage, ar.accum, out, ctx.lay.R))
-    return Block.of(tensors)
+def _variant_tolerance(ctx: _Ctx, ar: Arith, out: np.dtype[Any]) -> Tolerance:
+    return default_tolerance(ar.storage, ar.accum, out, ctx.lay.R)
 
 
 def _variants_block(blocks: dict[str, Block], grads: list[Grads]) -> VariantsBlock:
@@ -397,10 +407,12 @@ def _device(ctx: _Ctx, value: np.ndarray) -> Any:
     return ctx.xp.asarray(value.astype(np.float64))
 
 
-def _candidate_block(ctx: _Ctx, ar: Arith, tolerance: Tolerances, tick: Callable[[str], None]) -> Block:
+def _candidate_block(ctx: _Ctx, ar: Arith, tolerance: Tolerances, tick: Callable[[str], None],
+                     rider: tuple[Any, Tolerance, Any] | None = None) -> tuple[Block, TensorMetrics | None]:
     """The caller's outputs against the reference, each tensor in its own dtype, judged against
     the error of correct kernels in that precision on these inputs (calibrate.py) unless the
-    caller set a tolerance for it."""
+    caller set a tolerance for it. ``rider``: another dx ``(values, tolerance, dtype)`` compared
+    beside the candidate's first judgement of dx, in the same pass; its metrics come back."""
     lay, cand = ctx.lay, ctx.inp.candidate
     user = _user_tolerances(tolerance, cand)
     storage = _candidate_storage(ar, cand)
@@ -415,7 +427,14 @@ def _candidate_block(ctx: _Ctx, ar: Arith, tolerance: Tolerances, tick: Callable
     members = len(calibrate.members_for(given))
     values = {name: _device(ctx, value) for name, value in cand.items()}
 
+    rode: list[TensorMetrics] = []
+
     def judge(name: str, tol: Tolerance) -> TensorMetrics:
+        if name == "dx" and rider is not None and not rode:
+            mine, theirs = compare_all([(values[name], tol, dtypes[name]), rider], refs[name], lay=lay,
+                                       scale=scales[name], plots=ctx.plots)
+            rode.append(theirs)
+            return mine
         clay = lay if name in FULL_TENSORS else _clay(ctx)
         return compare(values[name], refs[name], tol=tol, lay=clay, out_dtype=dtypes[name], scale=scales[name],
                        plots=ctx.plots)
@@ -448,7 +467,7 @@ def _candidate_block(ctx: _Ctx, ar: Arith, tolerance: Tolerances, tick: Callable
             f"{dtype_name(car.accum)} arithmetic{held} on these inputs{on}; envelope (natural units): "
             + ", ".join(f"{k} {v:.3g}" for k, v in env.items()))
     ctx.notes.extend(_blind_spots(ctx, cand))
-    return Block.of(tensors)
+    return Block.of(tensors), (rode[0] if rode else None)
 
 
 def _worst_channel(value: Any, ref: Any, scale: Any) -> int:

@@ -19,7 +19,7 @@ from .layout import Block, Layout
 from .report import ChannelError, Resolution, TensorMetrics, ToleranceUsed
 from .tolerance import Tolerance
 
-__all__ = ["channel_layout", "channel_ranges", "compare"]
+__all__ = ["channel_layout", "channel_ranges", "compare", "compare_all"]
 
 WORST_CHANNELS = 5
 CANCELLATION = 1e-6
@@ -73,12 +73,18 @@ class _Inputs:
             return None
         return a3[b[0], :, b[1]] if a3.shape == self.lay.view_shape else a3
 
-    def part(self, b: Block) -> _Part:
-        """One block, written into per-thread scratch: a comparison is a dozen passes."""
+    def part(self, b: Block, shared: Any = None) -> _Part:
+        """One block, written into per-thread scratch: a comparison is a dozen passes.
+        ``shared``: the block's scale, made once for several comparisons (compare_all)."""
         xp, tol = self.xp, self.tol
         cand, ref = self.take(self.c3, b), self.take(self.r3, b)
         err, aref, allowed, ratio, own, tmp = backend.scratch(6, ref.shape, xp)
-        scale = self.field.block(b, own, tmp) if self.field is not None else self.take(self.s3, b)
+        if shared is not None:
+            scale = shared  # it lives in `own`, which nothing below writes
+        elif self.field is not None:
+            scale = self.field.block(b, own, tmp)
+        else:
+            scale = self.take(self.s3, b)
         extra = self.take(self.e3, b)
         xp.subtract(cand, ref, out=err)
         xp.abs(err, out=err)
@@ -204,7 +210,33 @@ def compare(cand: Any, ref: Any, *, tol: Tolerance, lay: Layout, out_dtype: Any,
     ``plots`` adds what the pictures draw (pictures.py)."""
     xp = backend.namespace(cand, ref)
     inputs = _Inputs(cand, ref, scale, extra, tol, out_dtype, lay, xp, plots)
-    parts = backend.map_blocks(inputs.part, lay, xp)
+    return _metrics(inputs, backend.map_blocks(inputs.part, lay, xp), tol, lay, scale, out_dtype, compared)
+
+
+def compare_all(cands: list[tuple[Any, Tolerance, Any]], ref: Any, *, lay: Layout, scale: Any,
+                plots: bool = False) -> list[TensorMetrics]:
+    """Several candidates ``(cand, tol, out_dtype)`` against one reference and one scale, in
+    one pass: each block's scale (a scales.ElementScale) is made once for all of them, and
+    the reference is read while it is in cache. The same metrics as ``compare`` each."""
+    xp = backend.namespace(cands[0][0], ref)
+    inputs = [_Inputs(c, ref, scale, None, tol, dt, lay, xp, plots) for c, tol, dt in cands]
+    field = inputs[0].field
+
+    def part(b: Block) -> list[_Part]:
+        shared = None
+        if field is not None:
+            n = inputs[0].take(inputs[0].r3, b).shape
+            _, _, _, _, own, tmp = backend.scratch(6, n, xp)
+            shared = field.block(b, own, tmp)
+        return [inp.part(b, shared) for inp in inputs]
+
+    parts = backend.map_blocks(part, lay, xp)
+    return [_metrics(inp, [p[i] for p in parts], tol, lay, scale, dt, None)
+            for i, (inp, (_, tol, dt)) in enumerate(zip(inputs, cands, strict=True))]
+
+
+def _metrics(inputs: _Inputs, parts: list[_Part], tol: Tolerance, lay: Layout, scale: Any, out_dtype: Any,
+             compared: str | None) -> TensorMetrics:
     n_nonfinite = sum(p.n_nonfinite for p in parts)
     if n_nonfinite:
         worst = min((p for p in parts if p.n_nonfinite), key=lambda p: p.worst_flat)
