@@ -168,3 +168,36 @@ def test_a_worker_memory_limit_turns_a_too_big_check_into_a_clean_413(tmp_path):
     finally:
         proc.kill()
         proc.wait(timeout=30)
+
+
+def _alive(pid):
+    """Whether the process runs (a zombie waiting for its new parent to reap it does not)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return not any(line.startswith("State:") and "Z" in line.split()[1] for line in f)
+    except FileNotFoundError:
+        return False
+
+
+def test_the_workers_leave_with_a_killed_server(tmp_path):
+    """SIGKILL gives the server no chance to stop its workers; they notice within a second or
+    two and exit, instead of keeping their memory for ever."""
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "BNCHECK_PORT": str(port), "BNCHECK_LOG_LEVEL": "warning", "BNCHECK_MAX_CONCURRENT": "2"}
+    proc = subprocess.Popen([sys.executable, "-m", "bncheck.cli", "serve"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_ready(url, 60)
+        small = build_request(np.arange(12.0).reshape(4, 3), np.ones((4, 3)))
+        assert httpx.post(f"{url}/v1/check", json=small, timeout=60).status_code == 200
+        pids = _worker_pids(url)
+        assert len(pids) == 2, pids
+        assert all(_alive(pid) for pid in pids)
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+    deadline = time.monotonic() + 15
+    while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(_alive(pid) for pid in pids), [pid for pid in pids if _alive(pid)]

@@ -166,12 +166,30 @@ def _init_worker(nice: int, heap_mb: int, memory_mb: int = 0) -> None:
     And they keep their heap from one check to the next (heap.py)."""
     with contextlib.suppress(OSError):
         os.nice(nice)
+    _leave_with_the_server(os.getppid())
     heap.keep(heap_mb)
     if memory_mb:  # a check that needs more raises MemoryError (a 413), not the OOM killer's SIGKILL
         import resource
 
         limit = memory_mb << 20
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
+ORPHAN_CHECK_S = 1.0
+
+
+def _leave_with_the_server(server: int) -> None:
+    """A worker whose server died without shutting it down (SIGKILL, the OOM killer) exits
+    within a second: its queue's pipe never reports the server gone (every worker holds both
+    ends), and an orphaned worker would otherwise keep its memory for ever."""
+
+    def watch() -> None:
+        while True:
+            time.sleep(ORPHAN_CHECK_S)
+            if os.getppid() != server:
+                os._exit(0)
+
+    threading.Thread(target=watch, name="bncheck-orphan-watch", daemon=True).start()
 
 
 def _warm() -> int:
