@@ -33,7 +33,7 @@ class Settings(BaseSettings):
     device: Literal["cpu", "gpu", "auto"] = Field("cpu", description="where checks run unless a request says")
     executor: Literal["process", "thread"] = Field(
         "process", description="checks run in worker processes (the event loop stays free) or threads")
-    worker_nice: int = Field(5, ge=0, le=19, description="niceness of worker processes: the server stays responsive")
+    worker_nice: int = Field(10, ge=0, le=19, description="niceness of worker processes: the server stays responsive")
     worker_heap_mb: int = Field(1024, ge=0, le=2047, description="free heap a worker keeps between checks "
                                 "(glibc), returned to the system after 10 s idle; 0: glibc's defaults")
     worker_memory_mb: int = Field(0, ge=0, description="address-space limit of a worker process (RLIMIT_AS): "
