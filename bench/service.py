@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Callable
 
 import httpx
 import numpy as np
@@ -89,6 +90,21 @@ def _v2_body(tensors: dict[str, np.ndarray], parameters: dict[str, object]) -> t
     return header + b"".join(a.tobytes() for a in tensors.values()), len(header)
 
 
+def _posts(http: httpx.Client, v1_body: bytes, v2_body: bytes, header: int
+           ) -> tuple[Callable[[], None], Callable[[], None]]:
+    """POST /v1/check and a v2 infer of prebuilt bodies, sent as a client sends them."""
+    def post_v1() -> None:
+        r = http.post("/v1/check", content=_pieces([v1_body]), headers=_json_headers([v1_body]))
+        r.raise_for_status()
+
+    def post_v2() -> None:
+        r = http.post("/v2/models/qianfeng/infer", content=_pieces([v2_body]),
+                      headers={"Inference-Header-Content-Length": str(header), "Content-Length": str(len(v2_body))})
+        r.raise_for_status()
+
+    return post_v1, post_v2
+
+
 def v2_rows(rounds: int = 7) -> list[list[str]]:
     """x, dy and a candidate dx (4M float32 each): the check in-process, /v1 with b64 and /v2
     with binary tensors, both bodies prebuilt and sent as a client sends them, and Triton's
@@ -99,15 +115,7 @@ def v2_rows(rounds: int = 7) -> list[list[str]]:
     v2_body, header = _v2_body({"x": x, "dy": dy, "candidate_dx": dx}, {"finite_difference": "auto"})
     with (Server(max_concurrent="1", max_body_bytes=str(256 << 20)) as server,
           httpx.Client(base_url=server.url, timeout=300) as http):
-        def post_v1() -> None:
-            r = http.post("/v1/check", content=_pieces([v1_body]), headers=_json_headers([v1_body]))
-            r.raise_for_status()
-
-        def post_v2() -> None:
-            r = http.post("/v2/models/qianfeng/infer", content=_pieces([v2_body]),
-                          headers={"Inference-Header-Content-Length": str(header),
-                                   "Content-Length": str(len(v2_body))})
-            r.raise_for_status()
+        post_v1, post_v2 = _posts(http, v1_body, v2_body, header)
 
         timings = {"check": lambda: check(x, dy, candidate={"dx": dx}, finite_difference=FDOptions("auto")),
                    "v1": post_v1, "v2": post_v2}
@@ -207,15 +215,7 @@ def whole_check_http_rows(rounds: int = 7) -> list[list[str]]:
     v2_body, header = _v2_body({"x": x, "dy": dy}, {"finite_difference": "none"})
     with (Server(max_concurrent="1", max_body_bytes=str(256 << 20)) as server,
           httpx.Client(base_url=server.url, timeout=300) as http):
-        def post_v1() -> None:
-            r = http.post("/v1/check", content=_pieces([v1_body]), headers=_json_headers([v1_body]))
-            r.raise_for_status()
-
-        def post_v2() -> None:
-            r = http.post("/v2/models/qianfeng/infer", content=_pieces([v2_body]),
-                          headers={"Inference-Header-Content-Length": str(header),
-                                   "Content-Length": str(len(v2_body))})
-            r.raise_for_status()
+        post_v1, post_v2 = _posts(http, v1_body, v2_body, header)
 
         ms = interleaved_ms({"check": lambda: check(x, dy, finite_difference=FDOptions("none")),
                              "v1": post_v1, "v2": post_v2}, rounds=rounds)

@@ -87,8 +87,8 @@ MEMBERS: tuple[Member, ...] = (
 @dataclass(frozen=True)
 class Given:
     """The inputs as the check holds them: (P, C, S) views (x and dy as sent, or float64) and
-    (C,) vectors. ``mean``
-    with ``invstd`` are saved statistics; ``mean`` with ``var`` running ones (inference)."""
+    (C,) vectors. ``mean`` with ``invstd`` are saved statistics; ``mean`` with ``var``
+    running ones (inference)."""
 
     x3: Any
     dy3: Any
