@@ -44,7 +44,6 @@ class ElementScale:
 
     def __init__(self, src: Scales, fill: Callable[..., None], params: tuple[Any, ...]) -> None:
         self.src, self.fill, self.params = src, fill, params
-        self.shape = src.layout.view_shape
         self._full: Any = None
 
     def _into(self, out: Any, tmp: Any, x: Any, dy: Any, channels: Any = None, rows: bool = False) -> Any:
@@ -95,8 +94,8 @@ class ElementScale:
         xp, lay = self.src.xp, self.src.layout
         idx = xp.asarray(idx)
         out = xp.empty((lay.P, int(idx.size), lay.S), dtype=xp.float64)
-        dy = xp.take(self.src.dy3, idx, axis=1)
-        return self._into(out, dy, xp.take(self.src.x3, idx, axis=1), dy, idx)
+        x, dy = xp.take(self.src.x3, idx, axis=1), xp.take(self.src.dy3, idx, axis=1)
+        return self._into(out, xp.empty_like(out), x, dy, idx)
 
     def full(self) -> Any:
         """The whole scale, made once: what several passes read (the finite differences)."""
