@@ -201,3 +201,48 @@ def test_the_workers_leave_with_a_killed_server(tmp_path):
     while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not any(_alive(pid) for pid in pids), [pid for pid in pids if _alive(pid)]
+
+
+def _children(pid):
+    """The processes whose parent is ``pid`` (from /proc)."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/status") as f:
+                    if any(line.split() == ["PPid:", str(pid)] for line in f):
+                        out.append(int(entry))
+            except OSError:
+                continue
+    return out
+
+
+def _cmdline(pid):
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read()
+    except OSError:
+        return b""
+
+
+def test_workers_still_starting_leave_with_a_killed_server():
+    """The server dies while its workers are still starting (importing NumPy): each must know
+    its server from the server, not take its new parent (init) for it."""
+    port = _free_port()
+    env = {**os.environ, "BNCHECK_PORT": str(port), "BNCHECK_LOG_LEVEL": "warning", "BNCHECK_MAX_CONCURRENT": "2"}
+    proc = subprocess.Popen([sys.executable, "-m", "bncheck.cli", "serve"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        workers = []
+        while len(workers) < 2 and time.monotonic() < deadline:  # the pool spawns its workers at startup
+            workers = [p for p in _children(proc.pid) if b"spawn_main" in _cmdline(p)]
+            time.sleep(0.01)
+        assert len(workers) == 2, workers
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+    deadline = time.monotonic() + 15
+    while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(_alive(pid) for pid in workers), [pid for pid in workers if _alive(pid)]

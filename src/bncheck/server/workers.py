@@ -158,16 +158,18 @@ class ThreadWorkers:
         return None
 
 
-def _init_worker(nice: int, heap_mb: int, memory_mb: int = 0) -> None:
+def _init_worker(nice: int, heap_mb: int, memory_mb: int = 0, server: int | None = None) -> None:
     """Workers yield the CPU to the server process, whose event loop must keep answering
     (/livez, new requests): with every core busy, /livez's p99 is markedly lower at nice 10
     (python -m bench.service measures it: four 4M-element checks at once, 31-33 ms at nice 10
     against 37-51 at nice 5, as many checks done), and a single check over HTTP is no slower:
     nothing else competes for the CPU.
-    And they keep their heap from one check to the next (heap.py)."""
+    And they keep their heap from one check to the next (heap.py), and leave with their server
+    (``server``: its pid, given by the server: a worker still starting when its server dies
+    must not take its new parent for it)."""
     with contextlib.suppress(OSError):
         os.nice(nice)
-    _leave_with_the_server(os.getppid())
+    _leave_with_the_server(os.getppid() if server is None else server)
     heap.keep(heap_mb)
     if memory_mb:  # a check that needs more raises MemoryError (a 413), not the OOM killer's SIGKILL
         import resource
@@ -185,10 +187,9 @@ def _leave_with_the_server(server: int) -> None:
     ends), and an orphaned worker would otherwise keep its memory for ever."""
 
     def watch() -> None:
-        while True:
+        while os.getppid() == server:
             time.sleep(ORPHAN_CHECK_S)
-            if os.getppid() != server:
-                os._exit(0)
+        os._exit(0)
 
     threading.Thread(target=watch, name="bncheck-orphan-watch", daemon=True).start()
 
@@ -235,7 +236,7 @@ class ProcessWorkers:
                 s = self.settings
                 self._pool = ProcessPoolExecutor(
                     s.max_concurrent, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
-                    initargs=(s.worker_nice, s.worker_heap_mb, s.worker_memory_mb))
+                    initargs=(s.worker_nice, s.worker_heap_mb, s.worker_memory_mb, os.getpid()))
             return self._pool
 
     @property
