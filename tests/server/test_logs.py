@@ -2,29 +2,23 @@
 a quiet stop with exit status 0 (a real `bncheck serve`)."""
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 
 import httpx
 import pytest
 
-from .test_supervision import _free_port, _wait_ready
+from .serving import serve, wait_ready
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT])
 def test_json_lines_with_time_level_and_request_id_and_a_quiet_stop(tmp_path, stop):
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "BNCHECK_PORT": str(port), "BNCHECK_LOG_FORMAT": "json", "BNCHECK_MAX_CONCURRENT": "1"}
     with open(tmp_path / "err", "wb") as err, open(tmp_path / "out", "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "bncheck.cli", "serve"], env=env, stdout=out, stderr=err)
+        proc, url = serve(stdout=out, stderr=err, log_format="json", max_concurrent="1")
         try:
-            _wait_ready(url, 60)
+            wait_ready(url, 60)
             r = httpx.post(f"{url}/v1/check", json={"x": [[1.0, 2.0], [3.0, 5.0]], "dy": [[1.0, 0.0], [0.0, 1.0]]},
                            headers={"x-request-id": "ci-job-42"}, timeout=60)
             assert r.headers["x-request-id"] == "ci-job-42"

@@ -1,10 +1,6 @@
 """SIGTERM lets in-flight checks finish (a real `bncheck serve`, worker processes)."""
 
-import os
 import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 
@@ -13,29 +9,13 @@ import numpy as np
 
 from bncheck.client import build_request
 
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from .serving import serve, wait_ready
 
 
 def test_sigterm_lets_an_in_flight_check_finish():
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "BNCHECK_PORT": str(port), "BNCHECK_LOG_LEVEL": "warning", "BNCHECK_MAX_CONCURRENT": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "bncheck.cli", "serve"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc, url = serve(log_level="warning", max_concurrent="1")
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "the server did not start"
-            time.sleep(0.1)
+        wait_ready(url, 60)
         rng = np.random.default_rng(0)
         x = rng.standard_normal((256, 64, 16))
         body = build_request(x, rng.standard_normal(x.shape), finite_difference={"method": "brute", "samples": 64})

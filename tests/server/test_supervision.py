@@ -3,9 +3,6 @@
 import os
 import re
 import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 
@@ -15,42 +12,22 @@ import pytest
 
 from bncheck.client import build_request
 
+from .serving import children, cmdline, serve, still_alive, wait_ready
+
 pytestmark = pytest.mark.slow
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
 def server(tmp_path):
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "BNCHECK_PORT": str(port), "BNCHECK_LOG_LEVEL": "warning", "BNCHECK_MAX_CONCURRENT": "1"}
     with open(tmp_path / "server.log", "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "bncheck.cli", "serve"], env=env,
-                                stdout=subprocess.DEVNULL, stderr=log)
+        proc, url = serve(stderr=log, log_level="warning", max_concurrent="1")
         try:
-            _wait_ready(url, 60)
+            wait_ready(url, 60)
             yield url
         finally:
             proc.kill()
             proc.wait(timeout=30)
     assert b"Traceback" not in (tmp_path / "server.log").read_bytes()  # every death was handled
-
-
-def _wait_ready(url, seconds):
-    deadline = time.monotonic() + seconds
-    while True:
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return time.monotonic()
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline, "the server is not ready"
-        time.sleep(0.05)
 
 
 def _metrics(url):
@@ -96,7 +73,7 @@ def test_a_worker_killed_mid_check_gets_503_and_the_service_heals(server):
     assert r.json()["type"] == "/problems/worker-died"
     assert int(r.headers["retry-after"]) > 0
     died = time.monotonic()
-    ready = _wait_ready(server, 15)  # a new worker within 15 s
+    ready = wait_ready(server, 15)  # a new worker within 15 s
     assert ready - died < 15
     assert httpx.post(f"{server}/v1/check", json=small, timeout=60).status_code == 200
     text = _metrics(server)
@@ -117,7 +94,7 @@ def test_readyz_says_so_while_the_workers_restart(server):
             break
         time.sleep(0.02)
     assert 503 in statuses  # while no check could run
-    _wait_ready(server, 15)
+    wait_ready(server, 15)
     small = build_request(np.arange(12.0).reshape(4, 3), np.ones((4, 3)))
     assert httpx.post(f"{server}/v1/check", json=small, timeout=60).status_code == 200
 
@@ -130,7 +107,7 @@ def test_a_worker_killed_while_idle_costs_the_next_check_nothing(server):
     assert r.status_code in (200, 503), r.text  # 503 only if the check raced the executor's notice
     if r.status_code == 503:
         assert r.json()["type"] == "/problems/worker-died"
-    _wait_ready(server, 15)
+    wait_ready(server, 15)
     assert httpx.post(f"{server}/v1/check", json=small, timeout=60).status_code == 200
 
 
@@ -138,23 +115,18 @@ def test_a_body_that_kills_its_worker_twice_is_refused_not_retried_forever(serve
     body = _slow_body()
     first, _ = _post_and_kill(server, body)
     assert first.status_code == 503
-    _wait_ready(server, 15)
+    wait_ready(server, 15)
     second, _ = _post_and_kill(server, body)
     assert second.status_code == 413, second.text
     assert second.json()["type"] == "/problems/too-big-for-memory"
-    _wait_ready(server, 15)
+    wait_ready(server, 15)
 
 
 def test_a_worker_memory_limit_turns_a_too_big_check_into_a_clean_413(tmp_path):
     """BNCHECK_WORKER_MEMORY_MB (RLIMIT_AS): a check that needs more is refused, the worker lives on."""
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "BNCHECK_PORT": str(port), "BNCHECK_LOG_LEVEL": "warning", "BNCHECK_MAX_CONCURRENT": "1",
-           "BNCHECK_WORKER_MEMORY_MB": "400"}
-    proc = subprocess.Popen([sys.executable, "-m", "bncheck.cli", "serve"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc, url = serve(log_level="warning", max_concurrent="1", worker_memory_mb="400")
     try:
-        _wait_ready(url, 60)
+        wait_ready(url, 60)
         pids = _worker_pids(url)
         x = np.random.default_rng(0).standard_normal((256, 64, 64)).astype(np.float32)
         r = httpx.post(f"{url}/v1/check", json=build_request(x, x, variant="all", candidate={"dx": x}), timeout=120)
@@ -170,79 +142,35 @@ def test_a_worker_memory_limit_turns_a_too_big_check_into_a_clean_413(tmp_path):
         proc.wait(timeout=30)
 
 
-def _alive(pid):
-    """Whether the process runs (a zombie waiting for its new parent to reap it does not)."""
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            return not any(line.startswith("State:") and "Z" in line.split()[1] for line in f)
-    except FileNotFoundError:
-        return False
-
-
-def test_the_workers_leave_with_a_killed_server(tmp_path):
+def test_the_workers_leave_with_a_killed_server():
     """SIGKILL gives the server no chance to stop its workers; they notice within a second or
     two and exit, instead of keeping their memory for ever."""
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "BNCHECK_PORT": str(port), "BNCHECK_LOG_LEVEL": "warning", "BNCHECK_MAX_CONCURRENT": "2"}
-    proc = subprocess.Popen([sys.executable, "-m", "bncheck.cli", "serve"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc, url = serve(log_level="warning", max_concurrent="2")
     try:
-        _wait_ready(url, 60)
+        wait_ready(url, 60)
         small = build_request(np.arange(12.0).reshape(4, 3), np.ones((4, 3)))
         assert httpx.post(f"{url}/v1/check", json=small, timeout=60).status_code == 200
         pids = _worker_pids(url)
         assert len(pids) == 2, pids
-        assert all(_alive(pid) for pid in pids)
+        assert still_alive(pids, 0) == pids
     finally:
         proc.kill()
         proc.wait(timeout=30)
-    deadline = time.monotonic() + 15
-    while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not any(_alive(pid) for pid in pids), [pid for pid in pids if _alive(pid)]
-
-
-def _children(pid):
-    """The processes whose parent is ``pid`` (from /proc)."""
-    out = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/status") as f:
-                    if any(line.split() == ["PPid:", str(pid)] for line in f):
-                        out.append(int(entry))
-            except OSError:
-                continue
-    return out
-
-
-def _cmdline(pid):
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read()
-    except OSError:
-        return b""
+    assert still_alive(pids, 15) == []
 
 
 def test_workers_still_starting_leave_with_a_killed_server():
     """The server dies while its workers are still starting (importing NumPy): each must know
     its server from the server, not take its new parent (init) for it."""
-    port = _free_port()
-    env = {**os.environ, "BNCHECK_PORT": str(port), "BNCHECK_LOG_LEVEL": "warning", "BNCHECK_MAX_CONCURRENT": "2"}
-    proc = subprocess.Popen([sys.executable, "-m", "bncheck.cli", "serve"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc, _ = serve(log_level="warning", max_concurrent="2")
     try:
         deadline = time.monotonic() + 60
         workers = []
         while len(workers) < 2 and time.monotonic() < deadline:  # the pool spawns its workers at startup
-            workers = [p for p in _children(proc.pid) if b"spawn_main" in _cmdline(p)]
+            workers = [p for p in children(proc.pid) if b"spawn_main" in cmdline(p)]
             time.sleep(0.01)
         assert len(workers) == 2, workers
     finally:
         proc.kill()
         proc.wait(timeout=30)
-    deadline = time.monotonic() + 15
-    while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not any(_alive(pid) for pid in workers), [pid for pid in workers if _alive(pid)]
+    assert still_alive(workers, 15) == []
