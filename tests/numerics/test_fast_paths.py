@@ -318,3 +318,22 @@ def test_the_variant_is_judged_the_same_beside_a_candidate(dtype):
     beside = check(x, dy, gamma, beta, candidate={"dx": out["dx"], "dgamma": out["dgamma"]}, **kw)
     assert beside.checks.variant == alone.checks.variant
     assert beside.checks.candidate is not None
+
+
+@pytest.mark.parametrize("sent", [np.float32, np.float64])
+def test_scales_riding_the_reference_are_the_scales_alone(sent):
+    """The scales' sums and dx's whole scale made inside the reference's two passes are those the
+    scales make on their own, bit for bit (several blocks)."""
+    from bncheck.numerics import reference
+    from bncheck.numerics.scales import Scales
+
+    shape = (32, 16, 32, 32)
+    x, dy, gamma, beta = _data(shape, 1, seed=13, kind="offset")
+    lay = Layout.of(shape, 1)
+    x3, dy3 = lay.view(x.astype(sent)), lay.view(dy.astype(sent))
+    st = reference.batch_stats(x3, lay, EPS, np)
+    riding, alone = Scales(x3, dy3, gamma, beta, st, lay, np), Scales(x3, dy3, gamma, beta, st, lay, np)
+    riding.keep_dx = True
+    reference.backward(x3, dy3, gamma, st, lay, training=True, xp=np, riders=riding)
+    assert [_bits(a) for a in riding._sums] == [_bits(a) for a in alone._sums]
+    assert _bits(riding.dx) == _bits(alone.dx)

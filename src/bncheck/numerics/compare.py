@@ -14,7 +14,7 @@ from typing import Any, cast
 import numpy as np
 
 from . import backend, pictures
-from .dtypes import dtype_name, in_ulps, least_exponent, precision_bits, ulp
+from .dtypes import dtype_name, in_ulps, ulp
 from .layout import Block, Layout
 from .report import ChannelError, Resolution, TensorMetrics, ToleranceUsed
 from .tolerance import Tolerance
@@ -152,13 +152,7 @@ class _Inputs:
 
     def _relative(self, err: Any, aref: Any, ref: Any, work: Any) -> tuple[float, float]:
         """Largest relative error and largest error in ulps, both over non-zero references (an ulp
-        of 0 is the smallest subnormal: any error there is astronomically many of them).
-
-        ulp(r) is above |r| 2^-p (p the dtype's precision), so an element's error in ulps is
-        below its relative error times 2^p: once the element of the largest relative error
-        has its ulps counted (``first``), only elements whose relative error exceeds
-        first / 2^p can hold more (zeros apart), and the exact count runs on those alone.
-        """
+        of 0 is the smallest subnormal: any error there is astronomically many of them)."""
         xp = self.xp
         zero = aref == 0
         has_zero = bool(zero.any())
@@ -168,34 +162,8 @@ class _Inputs:
         max_rel = float(work.max())
         if not max_rel > 0:
             return max_rel, 0.0
-        if ref.dtype == np.float64 and backend.is_numpy(xp):
-            # Every element's count, err * 2^(bits - e), with e read from ref's exponent bits
-            # and the power of two built from bits in work's memory (dtypes.in_ulps, in place).
-            k = work.view(np.int64)
-            np.right_shift(ref.view(np.int64), 52, out=k)
-            np.bitwise_and(k, 0x7FF, out=k)  # frexp's exponent + 1022
-            if has_zero:
-                k[zero] = 1023  # any normal exponent: zeros count 0 below
-            np.maximum(k, least_exponent(self.out_dtype) + 1022, out=k)
-            # 2^(bits - e) must be a normal float64: always for 24 bits or fewer; for float64's 53,
-            # while every |ref| is above 2^-971 (else the exact count below)
-            if precision_bits(self.out_dtype) < 53 or int(k.min()) >= 52:
-                np.subtract(precision_bits(self.out_dtype) + 1023 + 1022, k, out=k)  # 2^(bits - e), biased
-                np.left_shift(k, 52, out=k)
-                work *= err
-                if has_zero:
-                    work[zero] = 0.0
-                return max_rel, float(work.max())
-            xp.divide(err, aref, out=work)
-        flat_err, flat_ref = err.reshape(-1), ref.reshape(-1)
-        top = int(xp.argmax(work))
-        first = float(in_ulps(flat_err[top:top + 1], flat_ref[top:top + 1], self.out_dtype, xp=xp)[0])
-        # 1 - 2^-40: room for the rounding of err / |ref|
-        bar = first * 2.0 ** -precision_bits(self.out_dtype) * (1 - 2.0**-40)
-        idx = xp.flatnonzero(work > bar)
-        if not idx.size:
-            return max_rel, first
-        return max_rel, max(first, float(in_ulps(flat_err[idx], flat_ref[idx], self.out_dtype, xp=xp).max()))
+        ulps = in_ulps(err, ref, self.out_dtype, xp=xp, out=work, ignore=zero if has_zero else None)
+        return max_rel, float(ulps.max())
 
     def flat(self, b: Block, local: tuple[int, ...]) -> int:
         p, c, s = local

@@ -17,7 +17,6 @@ __all__ = [
     "dtype_name",
     "finfo_max",
     "in_ulps",
-    "least_exponent",
     "precision_bits",
     "resolve",
     "ulp",
@@ -104,26 +103,36 @@ def ulp(values: Any, dt: np.dtype[Any], *, xp: Any = np) -> Any:
     return xp.ldexp(1.0, (exp - _BITS[name]).astype(xp.int32))
 
 
-def least_exponent(dt: np.dtype[Any]) -> int:
-    """The exponent (frexp's) of the least normal number of ``dt``: ulps below it are constant."""
-    return _MIN_EXP[dtype_name(dt)]
+def in_ulps(err: Any, values: Any, dt: np.dtype[Any], *, xp: Any = np, out: Any = None, ignore: Any = None) -> Any:
+    """``err / ulp(values, dt)`` for non-zero ``values``: ``err`` scaled by a power of two; 0 where
+    ``ignore`` (a boolean mask) is true. ``out``: a float64 array of ``values``' shape to work in.
 
-
-def in_ulps(err: Any, values: Any, dt: np.dtype[Any], *, xp: Any = np) -> Any:
-    """``err / ulp(values, dt)`` for non-zero float64 ``values``: ``err`` scaled by a power of two.
-
-    For dtypes narrower than float64 the exponent is read from the bits and the power of two
-    built from bits (three times faster than frexp and ldexp, the same numbers: a float64
-    subnormal's exponent reads as -1022, below every such dtype's least, where both clamp)."""
+    For float64 ``values`` the exponent is read from the bits and the power of two built from
+    bits (three times faster than frexp and ldexp, the same numbers: a float64 subnormal's
+    exponent reads as -1022, and clamps to the dtype's least like frexp's). 2^(bits - e) must be
+    a normal float64: always for 24 bits or fewer; for float64's own 53 while every |value| is
+    above 2^-971, else frexp and ldexp do it."""
     name = dtype_name(dt)
-    if name == "float64" or values.dtype != np.float64:  # 2^(53 + 1021) is not a float64: ldexp
-        _, exp = xp.frexp(values)
-        xp.maximum(exp, _MIN_EXP[name], out=exp)
-        xp.subtract(_BITS[name], exp, out=exp)
-        return xp.ldexp(err, exp)
-    e = (values.view(xp.int64) >> 52) & 0x7FF  # frexp's exponent + 1022
-    e -= 1022
-    xp.maximum(e, _MIN_EXP[name], out=e)
-    xp.subtract(_BITS[name] + 1023, e, out=e)  # the biased exponent of 2^(bits - e): within 7 .. 1172, normal
-    e <<= 52
-    return err * e.view(xp.float64)
+    bits, least = _BITS[name], _MIN_EXP[name]
+    if values.dtype == np.float64:
+        k = xp.empty(values.shape, dtype=xp.int64) if out is None else out.view(xp.int64)
+        xp.right_shift(values.view(xp.int64), 52, out=k)
+        xp.bitwise_and(k, 0x7FF, out=k)  # frexp's exponent + 1022
+        if ignore is not None:
+            k[ignore] = 1023  # any normal exponent: these count 0 below
+        xp.maximum(k, least + 1022, out=k)
+        if bits < 53 or int(k.min()) >= 52:
+            xp.subtract(bits + 1023 + 1022, k, out=k)  # the biased exponent of 2^(bits - e)
+            xp.left_shift(k, 52, out=k)
+            result = k.view(xp.float64)
+            result *= err
+            if ignore is not None:
+                result[ignore] = 0.0
+            return result
+    _, exp = xp.frexp(values)
+    xp.maximum(exp, least, out=exp)
+    xp.subtract(bits, exp, out=exp)
+    result = xp.ldexp(err, exp)
+    if ignore is not None:
+        result[ignore] = 0.0
+    return result

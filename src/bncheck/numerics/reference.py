@@ -78,7 +78,7 @@ class Riders(Protocol):
     """Work that reads the same blocks as the reference's two passes, done while they are in
     cache (scales.Scales: its sums in the first pass, the scale of dx in the second)."""
 
-    def block_sums(self, b: Block) -> Any: ...
+    def block_sums(self, b: Block, d: Any, dy: Any) -> Any: ...
 
     def take_sums(self, parts: list[Any]) -> None: ...
 
@@ -99,7 +99,8 @@ def backward(x3: Any, dy3: Any, gamma: Any, st: Stats, layout: Layout, *, traini
             xp.copyto(dy64, dyb)
             dyb = dy64
         own = backend.channel_sum(dyb, xp), backend.channel_dot(dyb, d, xp)
-        return (*own, None if riders is None else riders.block_sums(b))  # the scratch is free again
+        # x - mean and the float64 dy go along (the rider may write over d: its sums are taken)
+        return (*own, None if riders is None else riders.block_sums(b, d, dyb))
 
     parts = backend.map_blocks(sums, layout, xp)
     if riders is not None:

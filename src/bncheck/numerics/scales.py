@@ -140,16 +140,21 @@ class Scales:
         self.kappa = xp.abs(st.mean) * st.invstd
         self.keep_dx = False  # make dx's scale whole in the reference's second pass (reference.Riders)
 
-    def block_sums(self, b: Block) -> tuple[Any, ...]:
-        """One block's share of ``_sums``."""
+    def block_sums(self, b: Block, d: Any = None, dy: Any = None) -> tuple[Any, ...]:
+        """One block's share of ``_sums``. The reference's first pass hands over its x - mean (in
+        scratch slot 0, free again, which becomes xhat here) and its float64 dy."""
         xp, lay = self.xp, self.layout
-        mean, invstd = lay.per_channel(self.st.mean), lay.per_channel(self.st.invstd)
-        x, dy = self.x3[b[0], :, b[1]], self.dy3[b[0], :, b[1]]
-        xhat, ady, work, dy64 = backend.scratch(4, x.shape, xp)
-        if dy.dtype != xp.float64:  # data kept as sent: the same sums in float64
-            xp.copyto(dy64, dy)
-            dy = dy64
-        xp.subtract(x, mean, out=xhat)
+        invstd = lay.per_channel(self.st.invstd)
+        x = self.x3[b[0], :, b[1]]
+        xhat, dy64, ady, work = backend.scratch(4, x.shape, xp)  # slots 0 and 1 as the reference's
+        if d is None:
+            dy = self.dy3[b[0], :, b[1]]
+            if dy.dtype != xp.float64:  # data kept as sent: the same sums in float64
+                xp.copyto(dy64, dy)
+                dy = dy64
+            xp.subtract(x, lay.per_channel(self.st.mean), out=xhat)
+        else:
+            xhat = d
         xhat *= invstd
         xp.abs(dy, out=ady)
         xp.abs(xhat, out=work)
