@@ -82,7 +82,7 @@ class Problem:
         def part(b: Block) -> tuple[Any, Any, Any]:
             x, dy = x3[b[0], :, b[1]], self.dy3[b[0], :, b[1]]
             y, dy64 = backend.scratch(2, x.shape, xp)
-            dy = _float64(dy, dy64, xp)
+            dy = backend.in_float64(dy, dy64, xp)
             reference.forward_y_into(y, x, coef, xp)
             total = backend.channel_dot(dy, y, xp)
             y *= dy
@@ -211,14 +211,6 @@ def _inference_dx(pr: Problem, st: Stats, h: Any, out: Any) -> Numeric:
 
     big = _max_parts(backend.map_blocks(part, lay, xp), xp)
     return Numeric(out, 4 * U64 * big / h, h)
-
-
-def _float64(a: Any, into: Any, xp: ModuleType) -> Any:
-    """``a`` as float64: itself, or copied into ``into`` (the sums of float64 arrays, bit for bit)."""
-    if a.dtype == xp.float64:
-        return a
-    xp.copyto(into, a)
-    return into
 
 
 def _max_parts(parts: list[Any], xp: ModuleType) -> Any:

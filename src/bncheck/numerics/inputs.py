@@ -24,8 +24,9 @@ FULL_TENSORS = ("y", "dx")  # one value per element of x; the others have one pe
 @dataclass(frozen=True)
 class Inputs:
     """Validated inputs: host arrays and the facts derived from them. ``x`` and ``dy`` keep
-    the dtype they came in (finite, within ``dtype``'s range): ``backend.as_float64`` makes
-    them float64 where the check runs, so a GPU receives half the bytes of float32 data."""
+    the dtype they came in (finite, within ``dtype``'s range): on the CPU every float64 pass
+    reads them block by block (``backend.in_float64``); a GPU receives them as they are, half
+    the bytes of float32 data, and makes them float64 there (``backend.as_float64``)."""
 
     x: np.ndarray
     dy: np.ndarray

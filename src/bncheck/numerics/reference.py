@@ -53,11 +53,7 @@ def batch_stats(x3: Any, layout: Layout, eps: float, xp: ModuleType) -> Stats:
 
     def first(b: Block) -> Any:
         x = x3[b[0], :, b[1]]
-        if x.dtype == xp.float64:
-            return backend.channel_sum(x, xp)
-        (x64,) = backend.scratch(1, x.shape, xp)
-        xp.copyto(x64, x)
-        return backend.channel_sum(x64, xp)
+        return backend.channel_sum(backend.in_float64(x, backend.scratch(1, x.shape, xp)[0], xp), xp)
 
     m1 = backend.sum_parts(backend.map_blocks(first, layout, xp)) / R
     m1c = layout.per_channel(m1)
@@ -95,9 +91,7 @@ def backward(x3: Any, dy3: Any, gamma: Any, st: Stats, layout: Layout, *, traini
         x, dyb = x3[b[0], :, b[1]], dy3[b[0], :, b[1]]
         d, dy64 = backend.scratch(2, x.shape, xp)
         xp.subtract(x, mean, out=d)
-        if dyb.dtype != xp.float64:
-            xp.copyto(dy64, dyb)
-            dyb = dy64
+        dyb = backend.in_float64(dyb, dy64, xp)
         own = backend.channel_sum(dyb, xp), backend.channel_dot(dyb, d, xp)
         # x - mean and the float64 dy go along (the rider may write over d: its sums are taken)
         return (*own, None if riders is None else riders.block_sums(b, d, dyb))

@@ -148,10 +148,7 @@ class Scales:
         x = self.x3[b[0], :, b[1]]
         xhat, dy64, ady, work = backend.scratch(4, x.shape, xp)  # slots 0 and 1 as the reference's
         if d is None:
-            dy = self.dy3[b[0], :, b[1]]
-            if dy.dtype != xp.float64:  # data kept as sent: the same sums in float64
-                xp.copyto(dy64, dy)
-                dy = dy64
+            dy = backend.in_float64(self.dy3[b[0], :, b[1]], dy64, xp)
             xp.subtract(x, lay.per_channel(self.st.mean), out=xhat)
         else:
             xhat = d

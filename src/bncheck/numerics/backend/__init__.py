@@ -5,12 +5,12 @@ split by job, as array-api-extra splits delegation from implementation:
 
 - device.py      which array module, host transfer, logical dtypes (``namespace``,
                  ``resolve_device``, ``to_numpy``, ``as_float64``, ``container``)
-- blocks.py      the CPU's block pool and per-thread scratch (``map_blocks``, ``map_channels``, ``scratch``)
+- blocks.py      the CPU's thread pool: blocks of rows, groups of channels, tasks, and per-thread
+                 scratch (``map_blocks``, ``map_channels``, ``map_tasks``, ``scratch``)
 - reductions.py  channel sums, maxima, counts and element-wise steps on either module
 - rounding.py    rounding to a storage dtype (bfloat16 held in float32 on CuPy)
 - rawkernels.py  generated GPU kernels, compiled once
 - state.py       the GPU path's caches and what it learnt, in one object (``STATE``)
-
 
 CuPy is imported only when a caller asks for the GPU (``device="gpu"`` or
 ``"auto"``) or already holds CuPy arrays; the CPU path never imports it
@@ -35,6 +35,7 @@ from .blocks import (
     BLOCK_ELEMENTS,
     GROUP_ELEMENTS,
     channel_groups,
+    in_float64,
     map_blocks,
     map_channels,
     map_tasks,
@@ -97,6 +98,7 @@ __all__ = [
     "fused_sum",
     "gpu_available",
     "halve",
+    "in_float64",
     "is_numpy",
     "map_blocks",
     "map_channels",

@@ -23,8 +23,8 @@ import numpy as np
 from ..layout import Block, Layout
 from .device import is_numpy
 
-__all__ = ["BLOCK_ELEMENTS", "GROUP_ELEMENTS", "channel_groups", "map_blocks", "map_channels", "map_tasks",
-           "scratch", "sum_parts"]
+__all__ = ["BLOCK_ELEMENTS", "GROUP_ELEMENTS", "channel_groups", "in_float64", "map_blocks", "map_channels",
+           "map_tasks", "scratch", "sum_parts"]
 
 T = TypeVar("T")
 BLOCK_ELEMENTS = 1 << 17
@@ -120,6 +120,16 @@ def scratch(count: int, shape: tuple[int, ...], xp: ModuleType) -> list[Any]:
         pool = [np.empty(max(n, BLOCK_ELEMENTS)) for _ in range(max(count, len(pool)))]
         _local.pool = pool
     return [a[:n].reshape(shape) for a in pool[:count]]
+
+
+def in_float64(a: Any, into: Any, xp: ModuleType) -> Any:
+    """``a`` in float64: itself, or copied into ``into`` (scratch of its shape). Data kept as
+    sent (float32, float16) is read this way, so that every float64 pass gives the numbers of
+    a float64 copy, bit for bit."""
+    if a.dtype == xp.float64:
+        return a
+    xp.copyto(into, a)
+    return into
 
 
 def sum_parts(parts: Sequence[Any]) -> Any:
