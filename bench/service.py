@@ -13,8 +13,9 @@
    b64 (x, dy and a candidate dx; target: v2 at most 1.15x in-process).
 4. /livez latency while four large checks run (target: p99 under 50 ms).
 5. Issue 17's HTTP target: a whole check with FD off on 4M float32 NCHW elements over
-   /v1 (b64) and v2 (binary), as a ratio to PyTorch's CPU float64 backward timed in the same
-   run (target: at most 8; the same check in-process at most 6).
+   /v1 (b64), v2 (binary) and v2 with the tensors in /dev/shm (system shared memory), as a
+   ratio to PyTorch's CPU float64 backward timed in the same run (target: at most 8; the
+   same check in-process at most 6).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import json
 import threading
 import time
 from collections.abc import Callable
+from multiprocessing import shared_memory
 
 import httpx
 import numpy as np
@@ -213,12 +215,16 @@ def whole_check_http_rows(rounds: int = 7) -> list[list[str]]:
     torch_ms = _torch_backward_ms(torch, x, dy, gamma)
     v1_body = orjson.dumps(build_request(x, dy, finite_difference="none"))
     v2_body, header = _v2_body({"x": x, "dy": dy}, {"finite_difference": "none"})
-    with (Server(max_concurrent="1", max_body_bytes=str(256 << 20)) as server,
-          httpx.Client(base_url=server.url, timeout=300) as http):
+    with (Server(max_concurrent="1", max_body_bytes=str(256 << 20), client_shm="true") as server,
+          httpx.Client(base_url=server.url, timeout=300) as http, _Regions(http, x) as regions):
         post_v1, post_v2 = _posts(http, v1_body, v2_body, header)
+        dx = check(x, dy, finite_difference=FDOptions("none")).gradients["dx"]  # type: ignore[index]
+        if not np.array_equal(regions.post(x, dy), dx):
+            msg = "dx through shared memory differs from the check's"
+            raise AssertionError(msg)
 
         ms = interleaved_ms({"check": lambda: check(x, dy, finite_difference=FDOptions("none")),
-                             "v1": post_v1, "v2": post_v2}, rounds=rounds)
+                             "v1": post_v1, "v2": post_v2, "shm": lambda: regions.post(x, dy)}, rounds=rounds)
 
     def row(what: str, key: str, target: str) -> list[str]:
         return [what, f"{min(ms[key]):.0f}", f"{median(ms[key]):.0f}", f"{min(ms[key]) / torch_ms:.1f}", target]
@@ -226,7 +232,46 @@ def whole_check_http_rows(rounds: int = 7) -> list[list[str]]:
     return [["PyTorch CPU float64 `native_batch_norm_backward`", f"{torch_ms:.1f}", "", "1.0", ""],
             row("`check()` in-process, FD off", "check", "<= 6"),
             row(f"POST /v1/check, b64 ({len(v1_body) / 2**20:.0f} MiB), FD off, dx returned", "v1", "<= 8"),
-            row(f"POST /v2/models/qianfeng/infer, binary ({len(v2_body) / 2**20:.0f} MiB), FD off", "v2", "<= 8")]
+            row(f"POST /v2/models/qianfeng/infer, binary ({len(v2_body) / 2**20:.0f} MiB), FD off", "v2", "<= 8"),
+            row("the same infer through system shared memory (the client's copies in and out included)", "shm",
+                "<= 8")]
+
+
+class _Regions:
+    """x and dy in one /dev/shm region, dx into another (the system shared memory extension,
+    as a client on the server's host uses it): ``post`` copies x and dy in, infers, and
+    copies dx out."""
+
+    def __init__(self, http: httpx.Client, x: np.ndarray) -> None:
+        self.http, self.shape, self.nbytes = http, x.shape, x.nbytes
+        self.body = orjson.dumps({
+            "inputs": [{"name": name, "shape": list(x.shape), "datatype": "FP32",
+                        "parameters": {"shared_memory_region": "in", "shared_memory_byte_size": x.nbytes,
+                                       "shared_memory_offset": i * x.nbytes}} for i, name in enumerate(("x", "dy"))],
+            "outputs": [{"name": "dx", "parameters": {"shared_memory_region": "out",
+                                                      "shared_memory_byte_size": x.nbytes}}, {"name": "passed"}],
+            "parameters": {"finite_difference": "none"}})
+
+    def __enter__(self) -> _Regions:
+        self.made = [shared_memory.SharedMemory(create=True, size=size) for size in (2 * self.nbytes, self.nbytes)]
+        for name, seg in zip(("in", "out"), self.made, strict=True):
+            r = self.http.post(f"/v2/systemsharedmemory/region/{name}/register", json={"key": seg.name,
+                                                                                      "byte_size": seg.size})
+            r.raise_for_status()
+        return self
+
+    def post(self, x: np.ndarray, dy: np.ndarray) -> np.ndarray:
+        inputs = np.ndarray((2, *self.shape), np.float32, self.made[0].buf)
+        inputs[0], inputs[1] = x, dy
+        r = self.http.post("/v2/models/qianfeng/infer", content=self.body,
+                           headers={"content-type": "application/json"})
+        r.raise_for_status()
+        return np.ndarray(self.shape, np.float32, self.made[1].buf).copy()
+
+    def __exit__(self, *exc: object) -> None:
+        for seg in self.made:
+            seg.close()
+            seg.unlink()
 
 
 def main() -> None:

@@ -1,7 +1,8 @@
 """Every Python and shell block of the README runs as written against a live server.
 
-The only change made to a block is the address: `make serve`'s http://127.0.0.1:8000 becomes
-the test server's. Blocks that start a server or need Docker (`make serve`, `docker ...`) are
+The only change made to a block is the address: `make serve`'s http://127.0.0.1:8000 (or
+127.0.0.1:8000 for tritonclient) becomes the test server's, which runs as the README's shared
+memory block asks (BNCHECK_CLIENT_SHM=true). Blocks that start a server or need Docker (`make serve`, `docker ...`) are
 the ones not run here; `make test` itself and docker-smoke cover those.
 """
 
@@ -12,6 +13,8 @@ import subprocess
 import sys
 
 import pytest
+
+from tests.conftest import LiveServer
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 BLOCK = re.compile(r"^```(\w+)\n(.*?)^```", re.M | re.S)
@@ -27,6 +30,12 @@ def _blocks():
 BLOCKS = _blocks()
 
 
+@pytest.fixture
+def shm_server():
+    with LiveServer(client_shm=True) as server:
+        yield server
+
+
 def test_the_readme_has_its_examples():
     langs = [lang for lang, _ in BLOCKS]
     assert langs.count("python") >= 1
@@ -35,9 +44,9 @@ def test_the_readme_has_its_examples():
 
 @pytest.mark.parametrize("index", range(len(BLOCKS)),
                          ids=[f"{lang}-{code.strip().splitlines()[0][:40]}" for lang, code in BLOCKS])
-def test_a_readme_block_runs_as_written(live_server, tmp_path, index):
+def test_a_readme_block_runs_as_written(shm_server, tmp_path, index):
     lang, code = BLOCKS[index]
-    code = code.replace("http://127.0.0.1:8000", live_server.url)
+    code = code.replace("http://127.0.0.1:8000", shm_server.url).replace("127.0.0.1:8000", shm_server.url[7:])
     (tmp_path / "examples").symlink_to(ROOT / "examples")
     env = {**os.environ, "PATH": f"{pathlib.Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     cmd = [sys.executable, "-c", code] if lang == "python" else ["bash", "-euo", "pipefail", "-c", code]

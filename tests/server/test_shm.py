@@ -19,7 +19,7 @@ pytestmark = pytest.mark.skipif(not shm.available(), reason="no writable /dev/sh
 
 
 def _mine() -> list[str]:
-    return sorted(p.name for p in shm._DIR.glob(f"{shm._PREFIX}{os.getpid()}-*"))
+    return sorted(p.name for p in shm.SHM_DIR.glob(f"{shm.PREFIX}{os.getpid()}-*"))
 
 
 def test_a_segment_round_trips_and_is_removed():
@@ -39,7 +39,7 @@ def test_a_segment_round_trips_and_is_removed():
 
 
 def test_no_room_means_no_segment_and_a_full_disk_is_an_error_not_a_crash():
-    free = os.statvfs(shm._DIR)
+    free = os.statvfs(shm.SHM_DIR)
     before = _mine()
     assert shm.Segment.create(free.f_bavail * free.f_frsize + (1 << 30)) is None
     assert _mine() == before

@@ -17,6 +17,7 @@ from . import errors, openapi, routes, v2
 from .admission import Admission
 from .metrics import Metrics
 from .middleware import AccessLog, BodyLimit
+from .regions import Registry
 from .settings import Settings
 from .workers import make_workers
 
@@ -49,6 +50,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = Metrics(worker_pids=workers.pids)
     workers.on_death = app.state.metrics.worker_deaths.inc
     app.state.admission = Admission(settings.max_concurrent, settings.queue)
+    app.state.regions = Registry(settings.max_shm_regions)
     app.state.ready = None
     app.state.shutting_down = False
     errors.install(app)

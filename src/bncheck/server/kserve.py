@@ -33,7 +33,7 @@ from bncheck.numerics.report import TENSOR_NAMES
 from bncheck.numerics.request import FD_METHODS, INPUT_NAMES, CheckOptions
 from bncheck.numerics.variants import VARIANTS
 
-from . import codec, runner
+from . import codec, regions, runner
 from .errors import ProblemError, bad_request, from_domain
 from .schemas import CheckRequest, Output
 from .settings import Settings
@@ -64,8 +64,9 @@ PARAMETERS.update({
 _TENSOR_KEYS = {"name", "shape", "datatype", "parameters", "data"}
 
 
-def server_metadata(version: str) -> dict[str, Any]:
-    return {"name": "bncheck", "version": version, "extensions": ["binary_tensor_data"]}
+def server_metadata(version: str, *, shared_memory: bool = False) -> dict[str, Any]:
+    extensions = ["binary_tensor_data", *(["system_shared_memory"] if shared_memory else [])]
+    return {"name": "bncheck", "version": version, "extensions": extensions}
 
 
 def model_metadata(model: str) -> dict[str, Any]:
@@ -134,14 +135,25 @@ def _input_list(doc: dict[str, Any]) -> list[dict[str, Any]]:
     return inputs
 
 
-def _binary_size(t: dict[str, Any]) -> int | None:
+def _source(t: dict[str, Any], call: runner.Call, client_shm: bool) -> int | regions.Window | None:
+    """Where an input's data is: raw bytes after the header (their size), a shared-memory
+    region (its window), or JSON ``data`` (None)."""
     params = t.get("parameters", {})
     if not isinstance(params, dict):
         raise _fail(t["name"], "parameters must be an object")
+    if any(p in params for p in regions.PARAMETERS):
+        if not client_shm:
+            raise regions.disabled()
+        window = regions.region_parameters(params, t["name"], call.regions)
+        if "data" in t or "binary_data_size" in params:
+            msg = "has a shared_memory_region and data or binary_data_size too; send one"
+            raise ProblemError("malformed-infer", f"{t['name']}: {msg}", [(t["name"], msg)])
+        return window
     size = params.get("binary_data_size")
     if size is None:
         if "data" not in t:
-            raise _fail(t["name"], "has neither data nor parameters.binary_data_size")
+            raise _fail(t["name"], "has neither data nor parameters.binary_data_size nor "
+                                   "parameters.shared_memory_region")
         return None
     if type(size) is not int or size < 0:
         raise _fail(f"{t['name']}.parameters.binary_data_size", "must be a non-negative integer")
@@ -151,10 +163,11 @@ def _binary_size(t: dict[str, Any]) -> int | None:
     return size
 
 
-def _tensors(body: Any, inputs: list[dict[str, Any]], start: int, max_elements: int) -> dict[str, codec.Decoded]:
-    sizes = [_binary_size(t) for t in inputs]
+def _tensors(body: Any, inputs: list[dict[str, Any]], start: int, call: runner.Call, settings: Settings,
+             access: regions.Access) -> dict[str, codec.Decoded]:
+    sources = [_source(t, call, settings.client_shm) for t in inputs]
     binary = len(body) - start
-    claimed = sum(s for s in sizes if s is not None)
+    claimed = sum(s for s in sources if isinstance(s, int))
     if claimed != binary:
         msg = (f"the body holds {binary:,} bytes after the JSON header but the inputs' binary_data_size add "
                f"up to {claimed:,}")
@@ -162,21 +175,24 @@ def _tensors(body: Any, inputs: list[dict[str, Any]], start: int, max_elements: 
     out: dict[str, codec.Decoded] = {}
     at = start
     view = memoryview(body)
-    for t, size in zip(inputs, sizes, strict=True):
+    for t, source in zip(inputs, sources, strict=True):
         name = t["name"]
         try:
-            if size is None:
+            if source is None:
                 out[name] = codec.decode({k: t[k] for k in ("shape", "datatype", "data") if k in t},
-                                         max_elements=max_elements)
+                                         max_elements=settings.max_elements)
+            elif isinstance(source, int):
+                out[name] = _from_bytes(t, view[at:at + source], settings.max_elements)
+                at += source
             else:
-                out[name] = _from_bytes(t, view[at:at + size], max_elements)
+                out[name] = _from_bytes(t, access.read(source, name), settings.max_elements, in_place=True)
         except codec.TensorError as exc:
             raise _fail(name, str(exc)) from None
-        at += size or 0
     return out
 
 
-def _from_bytes(t: dict[str, Any], raw: memoryview, max_elements: int) -> codec.Decoded:
+def _from_bytes(t: dict[str, Any], raw: memoryview, max_elements: int, *, in_place: bool = False
+                ) -> codec.Decoded:
     if "shape" not in t or "datatype" not in t:
         msg = "a tensor needs 'shape' and 'datatype'"
         raise codec.TensorError(msg)
@@ -184,12 +200,15 @@ def _from_bytes(t: dict[str, Any], raw: memoryview, max_elements: int) -> codec.
     dt = codec.check_datatype(t["datatype"])
     want = math.prod(shape) * dt.itemsize
     if raw.nbytes != want:
-        msg = (f"binary_data_size is {raw.nbytes:,} but shape {list(shape)} of {t['datatype']} needs {want:,} "
+        size = "shared_memory_byte_size" if in_place else "binary_data_size"
+        msg = (f"{size} is {raw.nbytes:,} but shape {list(shape)} of {t['datatype']} needs {want:,} "
                f"bytes ({math.prod(shape):,} x {dt.itemsize})")
         raise codec.TensorError(msg)
-    # One copy, out of the body (bytes or a shared-memory segment, which must be closed
-    # after the check) into an aligned array.
-    arr = codec.from_bytes(raw, dt, shape).copy()
+    arr = codec.from_bytes(raw, dt, shape)
+    # Out of the body (bytes or a segment of ours, closed after the check): one copy, into an
+    # aligned array. A region's data is read in place (read-only), copied only when unaligned.
+    if not (in_place and arr.flags.aligned):
+        arr = arr.copy()
     return codec.Decoded(arr, "binary", t["datatype"])
 
 
@@ -212,26 +231,37 @@ def _parameters(doc: dict[str, Any]) -> tuple[dict[str, Any], bool]:
     return data, binary
 
 
-def _asked(doc: dict[str, Any], binary_default: bool) -> list[tuple[str, bool]]:
-    """The outputs to send, each with whether it goes as raw bytes; all of them when none are named."""
+Asked = tuple[str, bool, "regions.Window | None"]  # an output: name, as raw bytes, into a region
+
+
+def _asked(doc: dict[str, Any], binary_default: bool, call: runner.Call, client_shm: bool) -> list[Asked]:
+    """The outputs to send, each with whether it goes as raw bytes and the region it goes
+    into, if any; all of them, as raw bytes or JSON as asked, when none are named."""
     outputs = doc.get("outputs")
     if outputs is None:
-        return [(name, binary_default) for name in OUTPUTS]
+        return [(name, binary_default, None) for name in OUTPUTS]
     if not isinstance(outputs, list):
         raise _fail("outputs", "must be a list of {name, parameters}")
-    asked: list[tuple[str, bool]] = []
+    asked: list[Asked] = []
     for i, o in enumerate(outputs):
         name = o.get("name") if isinstance(o, dict) else None
         if name not in OUTPUTS:
             shown = repr(name)[:40]
             raise _fail(f"outputs[{i}].name", f"unknown output {shown}; the outputs are {', '.join(OUTPUTS)}")
-        if any(name == n for n, _ in asked):
+        if any(name == n for n, _, _ in asked):
             raise _fail(f"outputs[{i}].name", f"{name} is asked for twice")
         params = o.get("parameters", {})
-        binary = params.get("binary_data", binary_default) if isinstance(params, dict) else None
+        if not isinstance(params, dict):
+            raise _fail(f"outputs[{i}].parameters", "must be an object")
+        binary = params.get("binary_data", binary_default)
         if type(binary) is not bool:
             raise _fail(f"outputs[{i}].parameters.binary_data", "must be true or false")
-        asked.append((name, binary))
+        window = None
+        if any(p in params for p in regions.PARAMETERS):
+            if not client_shm:
+                raise regions.disabled()
+            window = regions.region_parameters(params, f"outputs[{i}]", call.regions)
+        asked.append((name, binary, window))
     return asked
 
 
@@ -253,14 +283,16 @@ def v2_field(loc: Sequence[Any]) -> str:
     return f"parameters.{parts[0]}"
 
 
-def parse(body: Any, call: runner.Call, settings: Settings) -> tuple[Any, list[tuple[str, bool]], Any]:
-    """The request, the outputs asked for (name, binary) and the request's id."""
+def parse(body: Any, call: runner.Call, settings: Settings, access: regions.Access
+          ) -> tuple[Any, list[Asked], Any]:
+    """The request, the outputs asked for and the request's id. Inputs in shared-memory
+    regions are read through ``access`` (views, valid until it closes)."""
     if call.model not in VARIANTS:
         raise unknown_model(str(call.model))
     doc, header_length = _header(body, call.header_length)
-    tensors = _tensors(body, _input_list(doc), header_length, settings.max_elements)
+    tensors = _tensors(body, _input_list(doc), header_length, call, settings, access)
     data, binary_default = _parameters(doc)
-    asked = _asked(doc, binary_default)
+    asked = _asked(doc, binary_default, call, settings.client_shm)
     for name in REQUIRED:
         if name not in tensors:
             raise _fail(name, "is required (x and dy at least)")
@@ -271,7 +303,7 @@ def parse(body: Any, call: runner.Call, settings: Settings) -> tuple[Any, list[t
         else:
             data[name] = decoded
     data["variant"] = call.model
-    data["output"] = Output(gradients=any(n in GRADIENTS for n, _ in asked) and not call.html, encoding="b64",
+    data["output"] = Output(gradients=any(n in GRADIENTS for n, _, _ in asked) and not call.html, encoding="b64",
                             plots=call.html)
     try:
         req = CheckRequest.model_validate(data, context={"max_elements": settings.max_elements})
@@ -310,8 +342,14 @@ def run(body: Any, call: runner.Call, settings: Settings, *, deadline: float | N
         ) -> runner.Outcome:
     """The answer to one infer body; ``joined=False`` leaves it in pieces (runner.run);
     ``call.html``: the HTML report instead (the web page sends its files this way)."""
+    with regions.access() as access:
+        return _run(body, call, settings, access, deadline=deadline, joined=joined)
+
+
+def _run(body: Any, call: runner.Call, settings: Settings, access: regions.Access, *, deadline: float | None,
+         joined: bool) -> runner.Outcome:
     start = time.perf_counter()
-    req, asked, request_id = parse(body, call, settings)
+    req, asked, request_id = parse(body, call, settings, access)
     decoded = (time.perf_counter() - start) * 1e3
     try:
         report = runner.evaluate(req, settings, deadline)
@@ -323,22 +361,25 @@ def run(body: Any, call: runner.Call, settings: Settings, *, deadline: float | N
     held = codec.Held()
     notes: list[str] = []
     gradients = report.gradients or {}
-    made = {name: _tensor_output(name, gradients[name], binary, held, notes) for name, binary in asked
-            if name in GRADIENTS}
+    made = {name: _tensor_output(name, gradients[name], binary or window is not None, held, notes)
+            for name, binary, window in asked if name in GRADIENTS}
+    _into_regions(made, asked, access)
     wire = runner.to_wire(req.model_copy(update={"output": Output(gradients=False)}), report)
     wire["notes"] += notes
     timings = wire["timings_ms"]
     timings.update(decode=decoded, encode=(time.perf_counter() - encode_start) * 1e3,
                    total=(time.perf_counter() - start) * 1e3)
     text = orjson.dumps(wire)  # the report, with the time its outputs took
-    for name, binary in asked:
+    for name, binary, window in asked:
+        binary = binary or window is not None
         if name == "passed":
             made[name] = _output(name, "BOOL", [1], binary, bytes([report.passed]), [report.passed])
         elif name == "report":
             made[name] = _output(name, "BYTES", [1], binary, struct.pack("<I", len(text)) + text, [text.decode()])
+    _into_regions(made, asked, access)
     # In the order asked: the header's outputs and the binary parts after it must agree.
-    outputs = [made[name][0] for name, _ in asked]
-    raw = [made[name][1] for name, _ in asked if made[name][1] is not None]
+    outputs = [made[name][0] for name, _, _ in asked]
+    raw = [made[name][1] for name, _, _ in asked if made[name][1] is not None]
     header: dict[str, Any] = {"model_name": str(call.model), "model_version": MODEL_VERSION, "outputs": outputs}
     if request_id is not None:
         header["id"] = request_id
@@ -353,3 +394,17 @@ def run(body: Any, call: runner.Call, settings: Settings, *, deadline: float | N
                               media_type="application/octet-stream", headers=headers)
     return runner.Outcome(b"", report.passed, elements, timings, parts=parts,
                           media_type="application/octet-stream", headers=headers)
+
+
+def _into_regions(made: dict[str, Made], asked: list[Asked], access: regions.Access) -> None:
+    """Outputs asked for in a shared-memory region go there: their entry says where and
+    how many bytes, and carries neither data nor binary bytes."""
+    for i, (name, _, window) in enumerate(asked):
+        if window is None or name not in made or made[name][1] is None:
+            continue
+        entry, packed = made[name]
+        access.write(window, packed, f"outputs[{i}]")
+        params = {"shared_memory_region": window.region.name, "shared_memory_byte_size": memoryview(packed).nbytes}
+        if window.offset:
+            params["shared_memory_offset"] = window.offset
+        made[name] = ({**entry, "parameters": params}, None)

@@ -26,6 +26,8 @@ PROBLEMS: dict[str, Kind] = {
                             "do not add up (Inference-Header-Content-Length, binary_data_size)"),
     "client-disconnected": Kind(400, "Client disconnected", "the client left before its body arrived in full"),
     "unauthorized": Kind(401, "Unauthorized", "BNCHECK_TOKEN is set and the bearer token is missing or wrong"),
+    "shm-disabled": Kind(403, "Shared memory is off", "/v2 system shared memory: the server was started without "
+                         "BNCHECK_CLIENT_SHM=true"),
     "unknown-model": Kind(404, "Unknown model", "/v2: the model is not one of the variants"),
     "too-large": Kind(413, "Content too large", "the body is over BNCHECK_MAX_BODY_BYTES"),
     "too-big-for-memory": Kind(413, "Too big for this server's memory", "the check cannot fit a worker's memory "

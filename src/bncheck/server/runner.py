@@ -23,6 +23,7 @@ from bncheck.numerics.request import INPUT_NAMES, CheckOptions, FDOptions
 
 from . import codec, fastlists
 from .errors import ProblemError, validation_problem
+from .regions import Region
 from .schemas import TENSOR_FIELDS, TENSOR_GROUPS, WIRE_OUTPUT, CheckRequest
 from .settings import Settings
 
@@ -43,12 +44,14 @@ class Outcome:
 
 @dataclass(frozen=True)
 class Call:
-    """What a worker needs besides the body: the protocol (/v1, or KServe v2 with its model
-    and where its JSON header ends) and whether the answer is the HTML report."""
+    """What a worker needs besides the body: the protocol (/v1, or KServe v2 with its model,
+    where its JSON header ends and the shared-memory regions it may name) and whether the
+    answer is the HTML report."""
 
     model: str | None = None  # a v2 infer of this model; None: /v1/check
     header_length: int | None = None  # v2: Inference-Header-Content-Length
     html: bool = False
+    regions: tuple[Region, ...] = ()  # v2: the shared-memory regions registered now (regions.py)
 
     @property
     def path(self) -> str:

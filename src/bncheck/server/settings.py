@@ -36,6 +36,10 @@ class Settings(BaseSettings):
     worker_nice: int = Field(10, ge=0, le=19, description="niceness of worker processes: the server stays responsive")
     worker_heap_mb: int = Field(1024, ge=0, le=2047, description="free heap a worker keeps between checks "
                                 "(glibc), returned to the system after 10 s idle; 0: glibc's defaults")
+    client_shm: bool = Field(False, description="clients on this host may register /dev/shm regions and send "
+                             "tensors through them (KServe v2 system shared memory); the server then reads and "
+                             "writes any shared-memory object they name that its user may open")
+    max_shm_regions: int = Field(64, ge=1, description="regions registered at once (BNCHECK_CLIENT_SHM)")
     worker_memory_mb: int = Field(0, ge=0, description="address-space limit of a worker process (RLIMIT_AS): "
                                   "a check that needs more is refused with 413 instead of being OOM-killed; "
                                   "0: no limit")

@@ -30,15 +30,16 @@ import anyio
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-__all__ = ["MIN_BYTES", "Segment", "SegmentResponse", "available", "owner_tag", "remove_all", "sweep"]
+__all__ = ["MIN_BYTES", "PREFIX", "SHM_DIR", "Segment", "SegmentResponse", "available", "owner_tag", "remove_all",
+           "sweep"]
 
 MIN_BYTES = 1 << 20  # smaller bodies go through the pipe: a segment costs two system calls
-_DIR = Path("/dev/shm")
-_PREFIX = "bncheck-"
+SHM_DIR = Path("/dev/shm")
+PREFIX = "bncheck-"
 
 
 def available() -> bool:
-    return _DIR.is_dir() and os.access(_DIR, os.W_OK)
+    return SHM_DIR.is_dir() and os.access(SHM_DIR, os.W_OK)
 
 
 class Segment:
@@ -63,10 +64,10 @@ class Segment:
         if not available():
             return None
         try:
-            st = os.statvfs(_DIR)
+            st = os.statvfs(SHM_DIR)
             if st.f_bavail * st.f_frsize < size:
                 return None
-            path = str(_DIR / f"{_PREFIX}{owner or owner_tag()}-{secrets.token_hex(8)}")
+            path = str(SHM_DIR / f"{PREFIX}{owner or owner_tag()}-{secrets.token_hex(8)}")
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except OSError:
             return None
@@ -140,7 +141,7 @@ def remove_all(owner: str) -> int:
     """Remove every segment of ``owner``: for a server whose workers have stopped, so that
     an answer finished after the event loop stopped is not left behind."""
     removed = 0
-    for entry in _DIR.glob(f"{_PREFIX}{owner}-*") if available() else ():
+    for entry in SHM_DIR.glob(f"{PREFIX}{owner}-*") if available() else ():
         with contextlib.suppress(OSError):
             entry.unlink()
             removed += 1
@@ -152,8 +153,8 @@ def sweep() -> int:
     if not available():
         return 0
     removed = 0
-    for entry in _DIR.glob(f"{_PREFIX}*-*"):
-        pid = entry.name[len(_PREFIX):].split("-", 1)[0]
+    for entry in SHM_DIR.glob(f"{PREFIX}*-*"):
+        pid = entry.name[len(PREFIX):].split("-", 1)[0]
         if not pid.isdigit() or _alive(int(pid)):
             continue
         with contextlib.suppress(OSError):

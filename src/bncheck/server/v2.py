@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from bncheck import __version__
 from bncheck.numerics.variants import VARIANTS
 
-from . import kserve, runner
+from . import kserve, regions, runner
 from .errors import ProblemError
 from .routes import AUTH, readiness, run_check, wants_html
 
@@ -24,6 +25,7 @@ __all__ = ["router"]
 router = APIRouter(tags=["KServe v2"])
 _ERROR = {"application/json": {"schema": {"$ref": "#/components/schemas/V2Error"}}}
 _STATUS = {400: "a malformed or invalid request", 401: "BNCHECK_TOKEN is set and the bearer token is wrong",
+           403: "system shared memory is off (BNCHECK_CLIENT_SHM)",
            404: "no such model (the models are the variants) or version", 413: "the body is too large",
            415: "a compressed body (Content-Encoding) is not supported",
            503: "busy, over the time budget, a worker died, or not ready; Retry-After"}
@@ -44,8 +46,8 @@ def _model(model: str, version: str | None = None) -> str:
 
 @router.get("/v2", summary="v2 server metadata", dependencies=AUTH, responses=_errors(401),
             response_description="name, version and the protocol extensions (binary_tensor_data)")
-async def server_metadata() -> dict[str, Any]:
-    return kserve.server_metadata(__version__)
+async def server_metadata(request: Request) -> dict[str, Any]:
+    return kserve.server_metadata(__version__, shared_memory=request.app.state.settings.client_shm)
 
 
 @router.get("/v2/health/live", summary="v2 liveness")
@@ -121,9 +123,60 @@ def _call(request: Request, model: str) -> runner.Call:
         detail = f"Content-Encoding {encoding[:20]!r} is not supported; send the body uncompressed"
         raise ProblemError("unsupported-media", detail, [("content-encoding", detail)])
     length = request.headers.get("inference-header-content-length")
-    if length is None:
-        return runner.Call(model, None, wants_html(request))
-    if not length.strip().isdigit():
+    if length is not None and not length.strip().isdigit():
         detail = f"Inference-Header-Content-Length must be a number of bytes, not {length[:20]!r}"
         raise ProblemError("malformed-infer", detail, [("Inference-Header-Content-Length", detail)])
-    return runner.Call(model, int(length), wants_html(request))
+    shared = request.app.state.regions.snapshot() if request.app.state.settings.client_shm else ()
+    return runner.Call(model, None if length is None else int(length), wants_html(request), shared)
+
+
+# ------------------------------------------------------------------ system shared memory (regions.py)
+
+_SHM: dict[str, Any] = {"tags": ["KServe v2 system shared memory"], "dependencies": AUTH,
+                        "responses": _errors(400, 401, 403)}
+
+
+def _registry(request: Request) -> regions.Registry:
+    if not request.app.state.settings.client_shm:
+        raise regions.disabled()
+    registry: regions.Registry = request.app.state.regions
+    return registry
+
+
+@router.get("/v2/systemsharedmemory/status", summary="the registered shared-memory regions", **_SHM)
+async def shm_status(request: Request) -> list[dict[str, Any]]:
+    return _registry(request).status(None)
+
+
+@router.get("/v2/systemsharedmemory/region/{name}/status", summary="one registered shared-memory region", **_SHM)
+async def shm_region_status(request: Request, name: str) -> list[dict[str, Any]]:
+    return _registry(request).status(name)
+
+
+@router.post("/v2/systemsharedmemory/region/{name}/register", **_SHM,
+             summary="register a window of a /dev/shm object as a region (BNCHECK_CLIENT_SHM)",
+             openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": {
+                 "type": "object", "required": ["key", "byte_size"],
+                 "properties": {"key": {"type": "string", "description": "the object's shm_open name"},
+                                "offset": {"type": "integer", "minimum": 0, "default": 0},
+                                "byte_size": {"type": "integer", "minimum": 1}}}}}}})
+async def shm_register(request: Request, name: str) -> Response:
+    registry = _registry(request)
+    try:
+        body = orjson.loads(await request.body())
+    except orjson.JSONDecodeError as exc:
+        raise ProblemError("malformed-json", f"the body is not valid JSON: {exc}") from None
+    registry.register(name, body)
+    return Response(status_code=200)
+
+
+@router.post("/v2/systemsharedmemory/region/{name}/unregister", summary="unregister one region", **_SHM)
+async def shm_unregister(request: Request, name: str) -> Response:
+    _registry(request).unregister(name)
+    return Response(status_code=200)
+
+
+@router.post("/v2/systemsharedmemory/unregister", summary="unregister every region", **_SHM)
+async def shm_unregister_all(request: Request) -> Response:
+    _registry(request).unregister(None)
+    return Response(status_code=200)
