@@ -21,10 +21,12 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from collections.abc import Callable
 from multiprocessing import shared_memory
+from typing import Any
 
 import httpx
 import numpy as np
@@ -115,7 +117,7 @@ def v2_rows(rounds: int = 7) -> list[list[str]]:
     dx = check(x, dy, finite_difference=FDOptions("none")).gradients["dx"]  # type: ignore[index]
     v1_body = orjson.dumps(build_request(x, dy, candidate={"dx": dx}))
     v2_body, header = _v2_body({"x": x, "dy": dy, "candidate_dx": dx}, {"finite_difference": "auto"})
-    with (Server(max_concurrent="1", max_body_bytes=str(256 << 20)) as server,
+    with (Server(max_concurrent="1", max_body_bytes=str(256 << 20), client_shm="true") as server,
           httpx.Client(base_url=server.url, timeout=300) as http):
         post_v1, post_v2 = _posts(http, v1_body, v2_body, header)
 
@@ -136,9 +138,13 @@ def v2_rows(rounds: int = 7) -> list[list[str]]:
                 client.infer("qianfeng", inputs).as_numpy("dx")
 
             timings["triton"] = triton_infer
+            timings["triton_shm"] = _triton_through_regions(triton, client, (x, dy, dx))
         except ImportError:
             pass
-        ms = interleaved_ms(timings, rounds=rounds)
+        try:
+            ms = interleaved_ms(timings, rounds=rounds)
+        finally:
+            _destroy_regions()
 
     def row(what: str, key: str) -> list[str]:
         return _row(ms, what, key)
@@ -148,7 +154,42 @@ def v2_rows(rounds: int = 7) -> list[list[str]]:
             row(f"POST /v2/models/qianfeng/infer, binary ({len(v2_body) / 2**20:.0f} MiB; target <= 1.15)", "v2")]
     if "triton" in ms:
         rows.append(row("tritonclient.http `infer` (builds the request, reads dx)", "triton"))
+        rows.append(row("tritonclient.http `infer` through system shared memory (copies in, infers, copies dx "
+                        "out)", "triton_shm"))
     return rows
+
+
+_made: list[Any] = []
+
+
+def _triton_through_regions(triton: Any, client: Any, arrays: tuple[np.ndarray, ...]) -> Callable[[], None]:
+    """tritonclient's own shared-memory utilities: the inputs in one region, dx into another."""
+    import tritonclient.utils.shared_memory as tshm
+
+    n = arrays[0].nbytes
+    ins = tshm.create_shared_memory_region("bench_in", f"/bncheck_bench_in_{os.getpid()}", 3 * n)
+    outs = tshm.create_shared_memory_region("bench_out", f"/bncheck_bench_out_{os.getpid()}", n)
+    _made.extend((ins, outs))
+    client.register_system_shared_memory("bench_in", ins._shm_key, 3 * n)
+    client.register_system_shared_memory("bench_out", outs._shm_key, n)
+    inputs = [triton.InferInput(name, list(a.shape), "FP32").set_shared_memory("bench_in", n, i * n)
+              for i, (name, a) in enumerate(zip(("x", "dy", "candidate_dx"), arrays, strict=True))]
+    dx_out = triton.InferRequestedOutput("dx")
+    dx_out.set_shared_memory("bench_out", n)
+
+    def infer() -> None:
+        tshm.set_shared_memory_region(ins, list(arrays))
+        client.infer("qianfeng", inputs, outputs=[dx_out, triton.InferRequestedOutput("passed")])
+        tshm.get_contents_as_numpy(outs, np.float32, list(arrays[0].shape)).copy()
+
+    return infer
+
+
+def _destroy_regions() -> None:
+    import tritonclient.utils.shared_memory as tshm
+
+    while _made:
+        tshm.destroy_shared_memory_region(_made.pop())
 
 
 def parse_rows() -> list[list[str]]:
