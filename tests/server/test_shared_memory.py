@@ -147,12 +147,13 @@ def test_a_candidate_in_a_region_gets_the_verdict(triton, regions):
 
 
 def test_an_unaligned_tensor_reads_the_same(triton, regions):
-    """A float32 tensor at an odd offset into its region is copied out, not misread."""
+    """A region that starts 4 bytes into its object, and float32 tensors 1 byte into the
+    region: read at the right place (copied out, being unaligned), not misread."""
     x, dy = _data()
-    buf = regions("odd", 1 + 2 * x.nbytes)
-    raw = np.frombuffer(b"\x7f" + x.tobytes() + dy.tobytes(), np.uint8)
+    buf = regions("odd", 5 + 2 * x.nbytes)
+    raw = np.frombuffer(b"\x7f" * 5 + x.tobytes() + dy.tobytes(), np.uint8)
     tshm.set_shared_memory_region(buf, [raw])
-    triton.register_system_shared_memory("odd", _key(buf), raw.nbytes)
+    triton.register_system_shared_memory("odd", _key(buf), raw.nbytes - 4, offset=4)
     result = triton.infer("qianfeng", [_shm_input("x", x, "odd", 1), _shm_input("dy", dy, "odd", 1 + x.nbytes)],
                           parameters={"finite_difference": "none"})
     sent = triton.infer("qianfeng", [_binary_input("x", x), _binary_input("dy", dy)],
