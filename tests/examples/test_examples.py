@@ -7,7 +7,10 @@ import shutil
 import subprocess
 import sys
 
+import httpx
 import pytest
+
+from tests.conftest import LiveServer
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
@@ -63,6 +66,20 @@ def test_cpp_kserve_v2_binary(live_server):
     r = _run(["sh", str(EXAMPLES / "cpp" / "v2_infer.sh"), live_server.url])
     assert r.returncode == 0, r.stdout + r.stderr
     assert r.stdout.splitlines() == ["bncheck v2: PASSED", "bncheck v2: FAILED (dx channels 3)"]
+
+
+@pytest.mark.skipif(shutil.which("g++") is None, reason="g++ is not installed")
+def test_cpp_kserve_v2_shared_memory():
+    """The same C++ kernel writing its outputs into POSIX shared memory, checked through a
+    registered region (no tensor on the socket): the same two verdicts, and nothing left in
+    /dev/shm or registered."""
+    before = set(os.listdir("/dev/shm"))
+    with LiveServer(client_shm=True) as server:
+        r = _run(["sh", str(EXAMPLES / "cpp" / "v2_infer.sh"), server.url, "--shm"])
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert r.stdout.splitlines() == ["bncheck v2: PASSED", "bncheck v2: FAILED (dx channels 3)"]
+        assert httpx.get(f"{server.url}/v2/systemsharedmemory/status").json() == []
+    assert not [f for f in set(os.listdir("/dev/shm")) - before if f.startswith("bncheck_cpp_example")]
 
 
 def test_python_tritonclient(live_server):
