@@ -14,8 +14,10 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance
 from bncheck.server import Settings, create_app
 
 EXAMPLES = int(os.environ.get("BNCHECK_FUZZ_EXAMPLES", "60"))
-# Small limits keep generated tensors cheap; checks run in threads in this process.
-app = create_app(Settings(executor="thread", max_elements=4096, max_body_bytes=1 << 20, fd_work=1 << 22))
+# Small limits keep generated tensors cheap; checks run in threads in this process. System
+# shared memory is on, so that its routes and parameters are fuzzed past the 403 they get when off.
+app = create_app(Settings(executor="thread", max_elements=4096, max_body_bytes=1 << 20, fd_work=1 << 22,
+                          client_shm=True))
 schema = schemathesis.openapi.from_asgi("/openapi.json", app)
 # Both schema-valid bodies and deliberately invalid ones (which must get a 4xx).
 schema.config.generation.update(modes=["positive", "negative"])

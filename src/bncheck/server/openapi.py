@@ -72,6 +72,10 @@ _V2_SHAPE = {"type": "array", "items": {"type": "integer"}}
 _TENSOR_OUT = {"type": "object", "required": ["name", "datatype", "shape"], "properties": {
     "name": {"type": "string"}, "datatype": {"type": "string"}, "shape": _V2_SHAPE,
     "data": {"type": "array"}, "parameters": {"type": "object"}}}
+# System shared memory (regions.py; with BNCHECK_CLIENT_SHM): where a tensor is instead of its data.
+_IN_REGION = {"shared_memory_region": {"type": "string", "description": "a registered region's name"},
+              "shared_memory_byte_size": {"type": "integer", "minimum": 0},
+              "shared_memory_offset": {"type": "integer", "minimum": 0, "default": 0}}
 V2_SCHEMAS: dict[str, Any] = {
     "V2Error": {"type": "object", "required": ["error"], "description": "an error, in the KServe v2 form",
                 "properties": {"error": {"type": "string", "description": "what is wrong, naming the input "
@@ -83,8 +87,9 @@ V2_SCHEMAS: dict[str, Any] = {
             "shape": {"type": "array", "items": {"type": "integer", "minimum": 1}, "minItems": 1, "maxItems": 32},
             "datatype": {"type": "string", "enum": list(WIRE_NAMES)},
             "parameters": {"type": "object", "description": "binary_data_size: the tensor's raw bytes follow "
-                                                            "the JSON header (in input order)",
-                           "properties": {"binary_data_size": {"type": "integer", "minimum": 0}}},
+                                                            "the JSON header (in input order); or shared_memory_"
+                                                            "region, _byte_size and _offset: they are there",
+                           "properties": {"binary_data_size": {"type": "integer", "minimum": 0}, **_IN_REGION}},
             "data": {"type": "array", "description": "flat (row-major) or nested to the shape"},
         },
     },
@@ -102,7 +107,7 @@ V2_SCHEMAS: dict[str, Any] = {
                 "type": "object", "required": ["name"],
                 "properties": {"name": {"type": "string", "enum": list(kserve.OUTPUTS)},
                                "parameters": {"type": "object",
-                                              "properties": {"binary_data": {"type": "boolean"}}}}}},
+                                              "properties": {"binary_data": {"type": "boolean"}, **_IN_REGION}}}}},
         },
     },
     "InferResponse": {

@@ -98,7 +98,7 @@ _INFER = {
                         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/InferResponse"}},
                                     "application/octet-stream": {"schema": {"type": "string",
                                                                             "format": "binary"}}}},
-                  **_errors(400, 401, 404, 413, 415, 503)},
+                  **_errors(400, 401, 403, 404, 413, 415, 503)},
 }
 _BODY = {"required": True, "content": {
     "application/json": {"schema": {"$ref": "#/components/schemas/InferRequest"}},
@@ -131,6 +131,7 @@ def _call(request: Request, model: str) -> runner.Call:
 
 
 # ------------------------------------------------------------------ system shared memory (regions.py)
+# Register and unregister answer {} (Triton sends an empty body; its clients read nothing on success).
 
 _SHM: dict[str, Any] = {"tags": ["KServe v2 system shared memory"], "dependencies": AUTH,
                         "responses": _errors(400, 401, 403)}
@@ -160,23 +161,23 @@ async def shm_region_status(request: Request, name: str) -> list[dict[str, Any]]
                  "properties": {"key": {"type": "string", "description": "the object's shm_open name"},
                                 "offset": {"type": "integer", "minimum": 0, "default": 0},
                                 "byte_size": {"type": "integer", "minimum": 1}}}}}}})
-async def shm_register(request: Request, name: str) -> Response:
+async def shm_register(request: Request, name: str) -> dict[str, Any]:
     registry = _registry(request)
     try:
         body = orjson.loads(await request.body())
     except orjson.JSONDecodeError as exc:
         raise ProblemError("malformed-json", f"the body is not valid JSON: {exc}") from None
     registry.register(name, body)
-    return Response(status_code=200)
+    return {}
 
 
 @router.post("/v2/systemsharedmemory/region/{name}/unregister", summary="unregister one region", **_SHM)
-async def shm_unregister(request: Request, name: str) -> Response:
+async def shm_unregister(request: Request, name: str) -> dict[str, Any]:
     _registry(request).unregister(name)
-    return Response(status_code=200)
+    return {}
 
 
 @router.post("/v2/systemsharedmemory/unregister", summary="unregister every region", **_SHM)
-async def shm_unregister_all(request: Request) -> Response:
+async def shm_unregister_all(request: Request) -> dict[str, Any]:
     _registry(request).unregister(None)
-    return Response(status_code=200)
+    return {}
