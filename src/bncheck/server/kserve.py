@@ -7,7 +7,9 @@ header ends. Here it becomes the same ``CheckRequest`` /v1 validates, runs throu
 same ``runner.evaluate``, and the answer goes back as the protocol's outputs: the
 variant's ``dx``, ``dgamma``, ``dbeta``, ``passed`` (BOOL) and ``report`` (BYTES: the /v1
 JSON report, without the gradients, which are outputs of their own), each as JSON
-``data`` or raw bytes as asked. Runs in a worker process, like ``runner.run``.
+``data`` or raw bytes as asked. With the system shared memory extension (regions.py) an
+input or output names a registered region instead, and its bytes are read or written
+there. Runs in a worker process, like ``runner.run``.
 
 Errors read as the protocol's ``{"error": "..."}`` (errors.render), naming the v2
 input or parameter: ``candidate_dx``, ``parameters.eps``.

@@ -22,6 +22,7 @@ check runs, as Triton does: a client must not change them until its answer arriv
 from __future__ import annotations
 
 import contextlib
+import errno
 import mmap
 import os
 import re
@@ -40,6 +41,8 @@ __all__ = ["Access", "Region", "Registry", "disabled", "region_parameters"]
 _NAME = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 _KEY = re.compile(r"/?[A-Za-z0-9_.:-]{1,200}")
 PARAMETERS = ("shared_memory_region", "shared_memory_byte_size", "shared_memory_offset")
+# Errors opening an object that come from the name the client gave (a symlink: ELOOP).
+_CALLERS = {errno.EACCES, errno.EPERM, errno.ELOOP, errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG, errno.ENXIO}
 
 
 def disabled() -> ProblemError:
@@ -79,6 +82,8 @@ def _open(region: Region, field: str, flags: int) -> tuple[int, int]:
     except FileNotFoundError:
         raise bad_request(field, f"no shared-memory object {region.key!r} (looked for {region.path})") from None
     except OSError as exc:
+        if exc.errno not in _CALLERS:
+            raise  # out of descriptors or memory: ours, a 500, not the caller's 400
         raise bad_request(field, f"cannot open shared-memory object {region.key!r}: {exc.strerror}") from None
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode) or st.st_size < region.offset + region.byte_size:
