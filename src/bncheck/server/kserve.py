@@ -17,11 +17,12 @@ input or parameter: ``candidate_dx``, ``parameters.eps``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import struct
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -233,7 +234,7 @@ def _parameters(doc: dict[str, Any]) -> tuple[dict[str, Any], bool]:
     return data, binary
 
 
-Asked = tuple[str, bool, "regions.Window | None"]  # an output: name, as raw bytes, into a region
+Asked = tuple[str, bool, "regions.Window | None"]  # an output: name, as raw bytes, into a region (then raw)
 
 
 def _asked(doc: dict[str, Any], binary_default: bool, call: runner.Call, client_shm: bool) -> list[Asked]:
@@ -263,6 +264,7 @@ def _asked(doc: dict[str, Any], binary_default: bool, call: runner.Call, client_
             if not client_shm:
                 raise regions.disabled()
             window = regions.region_parameters(params, f"outputs[{i}]", call.regions)
+            binary = True  # its bytes go into the region
         asked.append((name, binary, window))
     return asked
 
@@ -344,7 +346,7 @@ def run(body: Any, call: runner.Call, settings: Settings, *, deadline: float | N
         ) -> runner.Outcome:
     """The answer to one infer body; ``joined=False`` leaves it in pieces (runner.run);
     ``call.html``: the HTML report instead (the web page sends its files this way)."""
-    with regions.access() as access:
+    with contextlib.closing(regions.Access()) as access:
         return _run(body, call, settings, access, deadline=deadline, joined=joined)
 
 
@@ -363,22 +365,21 @@ def _run(body: Any, call: runner.Call, settings: Settings, access: regions.Acces
     held = codec.Held()
     notes: list[str] = []
     gradients = report.gradients or {}
-    made = {name: _tensor_output(name, gradients[name], binary or window is not None, held, notes)
-            for name, binary, window in asked if name in GRADIENTS}
-    _into_regions(made, asked, access)
+    place = _placer(asked, access)
+    made = {name: place(name, _tensor_output(name, gradients[name], binary, held, notes))
+            for name, binary, _ in asked if name in GRADIENTS}
     wire = runner.to_wire(req.model_copy(update={"output": Output(gradients=False)}), report)
     wire["notes"] += notes
     timings = wire["timings_ms"]
     timings.update(decode=decoded, encode=(time.perf_counter() - encode_start) * 1e3,
                    total=(time.perf_counter() - start) * 1e3)
     text = orjson.dumps(wire)  # the report, with the time its outputs took
-    for name, binary, window in asked:
-        binary = binary or window is not None
+    for name, binary, _ in asked:
         if name == "passed":
-            made[name] = _output(name, "BOOL", [1], binary, bytes([report.passed]), [report.passed])
+            made[name] = place(name, _output(name, "BOOL", [1], binary, bytes([report.passed]), [report.passed]))
         elif name == "report":
-            made[name] = _output(name, "BYTES", [1], binary, struct.pack("<I", len(text)) + text, [text.decode()])
-    _into_regions(made, asked, access)
+            made[name] = place(name, _output(name, "BYTES", [1], binary, struct.pack("<I", len(text)) + text,
+                                             [text.decode()]))
     # In the order asked: the header's outputs and the binary parts after it must agree.
     outputs = [made[name][0] for name, _, _ in asked]
     raw = [made[name][1] for name, _, _ in asked if made[name][1] is not None]
@@ -398,15 +399,20 @@ def _run(body: Any, call: runner.Call, settings: Settings, access: regions.Acces
                           media_type="application/octet-stream", headers=headers)
 
 
-def _into_regions(made: dict[str, Made], asked: list[Asked], access: regions.Access) -> None:
-    """Outputs asked for in a shared-memory region go there: their entry says where and
-    how many bytes, and carries neither data nor binary bytes."""
-    for i, (name, _, window) in enumerate(asked):
-        if window is None or name not in made or made[name][1] is None:
-            continue
-        entry, packed = made[name]
+def _placer(asked: list[Asked], access: regions.Access) -> Callable[[str, Made], Made]:
+    """``place(name, made)``: an output asked for in a shared-memory region is written there,
+    and its entry says where and how many bytes, with neither data nor binary bytes; any
+    other output is left as it is."""
+    windows = {name: (i, window) for i, (name, _, window) in enumerate(asked) if window is not None}
+
+    def place(name: str, made: Made) -> Made:
+        if name not in windows:
+            return made
+        (i, window), (entry, packed) = windows[name], made
         access.write(window, packed, f"outputs[{i}]")
         params = {"shared_memory_region": window.region.name, "shared_memory_byte_size": memoryview(packed).nbytes}
         if window.offset:
             params["shared_memory_offset"] = window.offset
-        made[name] = ({**entry, "parameters": params}, None)
+        return {**entry, "parameters": params}, None
+
+    return place

@@ -22,19 +22,19 @@ check runs, as Triton does: a client must not change them until its answer arriv
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import mmap
 import os
 import re
 import stat
 import threading
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .errors import ProblemError, bad_request
-from .shm import PREFIX, SHM_DIR
+from .shm import PREFIX, SHM_DIR, pwrite_all
 
 __all__ = ["Access", "Region", "Registry", "disabled", "region_parameters"]
 
@@ -64,9 +64,6 @@ class Region:
     def path(self) -> Path:
         return SHM_DIR / self.key.removeprefix("/")
 
-    def status(self) -> dict[str, Any]:
-        return {"name": self.name, "key": self.key, "offset": self.offset, "byte_size": self.byte_size}
-
 
 def _int(value: Any, field: str, *, least: int) -> int:
     if type(value) is not int or value < least:
@@ -74,9 +71,9 @@ def _int(value: Any, field: str, *, least: int) -> int:
     return value
 
 
-def _open(region: Region, field: str, flags: int) -> tuple[int, int]:
-    """A descriptor of the object behind ``region`` and the object's size now; 400 naming
-    ``field`` when it is gone, not a plain file, or smaller than the window."""
+def _open(region: Region, field: str, flags: int) -> int:
+    """A descriptor of the object behind ``region``; 400 naming ``field`` when it is gone,
+    not a plain file, or (now) smaller than the region."""
     try:
         fd = os.open(region.path, flags | os.O_NOFOLLOW | os.O_CLOEXEC)
     except FileNotFoundError:
@@ -91,7 +88,11 @@ def _open(region: Region, field: str, flags: int) -> tuple[int, int]:
         what = "is not a shared-memory object" if not stat.S_ISREG(st.st_mode) else (
             f"has {st.st_size:,} bytes, fewer than offset + byte_size = {region.offset + region.byte_size:,}")
         raise bad_request(field, f"{region.key!r} {what}")
-    return fd, st.st_size
+    return fd
+
+
+def _not_registered(name: str) -> ProblemError:
+    return bad_request("region", f"no region {name[:128]!r} is registered")
 
 
 class Registry:
@@ -115,8 +116,7 @@ class Registry:
             raise bad_request("key", f"objects named {PREFIX}* are bncheck's own")
         region = Region(name, key, _int(body.get("offset", 0), "offset", least=0),
                         _int(body.get("byte_size"), "byte_size", least=1))
-        fd, _ = _open(region, "key", os.O_RDONLY)
-        os.close(fd)
+        os.close(_open(region, "key", os.O_RDONLY))
         with self._lock:
             if name in self._regions:
                 raise bad_request("region", f"{name!r} is already registered; unregister it first")
@@ -132,15 +132,15 @@ class Registry:
             if name is None:
                 self._regions.clear()
             elif self._regions.pop(name, None) is None:
-                raise bad_request("region", f"no region {name[:128]!r} is registered")
+                raise _not_registered(name)
 
     def status(self, name: str | None) -> list[dict[str, Any]]:
         with self._lock:
             if name is None:
-                return [r.status() for r in self._regions.values()]
+                return [dataclasses.asdict(r) for r in self._regions.values()]
             if name not in self._regions:
-                raise bad_request("region", f"no region {name[:128]!r} is registered")
-            return [self._regions[name].status()]
+                raise _not_registered(name)
+            return [dataclasses.asdict(self._regions[name])]
 
     def snapshot(self) -> tuple[Region, ...]:
         with self._lock:
@@ -180,51 +180,40 @@ def region_parameters(params: dict[str, Any], field: str, regions: tuple[Region,
 
 
 class Access:
-    """A worker's reads and writes of regions for one request: ``read`` maps a window
-    (read-only, a view valid until ``close``), ``write`` stores bytes with pwrite (never
-    past the window, so never growing the object)."""
+    """A worker's reads and writes of regions for one request: ``read`` is a read-only view
+    of a window (each region is opened and mapped once a request; views stay valid until
+    ``close``), ``write`` stores bytes with pwrite (never past the window, so never growing
+    the object)."""
 
     def __init__(self) -> None:
-        self._maps: list[mmap.mmap] = []
+        self._maps: dict[str, tuple[mmap.mmap, int]] = {}  # region name -> its mapping, the region's start in it
 
     def read(self, window: Window, field: str) -> memoryview:
-        if window.size == 0:
-            return memoryview(b"")
-        fd, _ = _open(window.region, field, os.O_RDONLY)
-        try:
-            start = window.region.offset + window.offset
-            page = start - start % mmap.ALLOCATIONGRANULARITY
-            mm = mmap.mmap(fd, start + window.size - page, prot=mmap.PROT_READ, offset=page)
-        finally:
-            os.close(fd)
-        self._maps.append(mm)
-        return memoryview(mm)[start - page:]
+        region = window.region
+        if region.name not in self._maps:
+            fd = _open(region, field, os.O_RDONLY)
+            try:
+                page = region.offset - region.offset % mmap.ALLOCATIONGRANULARITY
+                mm = mmap.mmap(fd, region.offset + region.byte_size - page, prot=mmap.PROT_READ, offset=page)
+            finally:
+                os.close(fd)
+            self._maps[region.name] = (mm, region.offset - page)
+        mm, start = self._maps[region.name]
+        return memoryview(mm)[start + window.offset:start + window.offset + window.size]
 
     def write(self, window: Window, data: Any, field: str) -> None:
         view = memoryview(data).cast("B")
         if view.nbytes > window.size:
             raise bad_request(f"{field}.parameters.shared_memory_byte_size",
                               f"is {window.size:,} bytes, too few for this output's {view.nbytes:,}")
-        fd, _ = _open(window.region, field, os.O_WRONLY)
+        fd = _open(window.region, field, os.O_WRONLY)
         try:
-            at = window.region.offset + window.offset
-            while view:
-                done = os.pwrite(fd, view, at)
-                view, at = view[done:], at + done
+            pwrite_all(fd, view, window.region.offset + window.offset)
         finally:
             os.close(fd)
 
     def close(self) -> None:
-        for mm in self._maps:
+        for mm, _ in self._maps.values():
             with contextlib.suppress(BufferError):  # a view still alive: the mapping goes with it
                 mm.close()
         self._maps.clear()
-
-
-@contextlib.contextmanager
-def access() -> Iterator[Access]:
-    a = Access()
-    try:
-        yield a
-    finally:
-        a.close()

@@ -30,8 +30,8 @@ import anyio
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-__all__ = ["MIN_BYTES", "PREFIX", "SHM_DIR", "Segment", "SegmentResponse", "available", "owner_tag", "remove_all",
-           "sweep"]
+__all__ = ["MIN_BYTES", "PREFIX", "SHM_DIR", "Segment", "SegmentResponse", "available", "owner_tag", "pwrite_all",
+           "remove_all", "sweep"]
 
 MIN_BYTES = 1 << 20  # smaller bodies go through the pipe: a segment costs two system calls
 SHM_DIR = Path("/dev/shm")
@@ -76,10 +76,7 @@ class Segment:
     def write(self, offset: int, data: bytes | memoryview) -> None:
         """Write ``data`` at ``offset``; OSError (ENOSPC) when /dev/shm fills up meanwhile."""
         assert self.fd is not None
-        view = memoryview(data)
-        while view:
-            done = os.pwrite(self.fd, view, offset)
-            view, offset = view[done:], offset + done
+        pwrite_all(self.fd, data, offset)
 
     def read_back(self, size: int) -> bytes:
         """The first ``size`` bytes written: for a writer that has to give up on the segment."""
@@ -130,6 +127,14 @@ class SegmentResponse(Response):
         finally:
             # Freeing tens of megabytes of pages takes milliseconds: not on the event loop.
             await anyio.to_thread.run_sync(self.seg.unlink)
+
+
+def pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
+    """All of ``data`` at ``offset`` of ``fd`` (pwrite may write less than it was given)."""
+    view = memoryview(data)
+    while view:
+        done = os.pwrite(fd, view, offset)
+        view, offset = view[done:], offset + done
 
 
 def owner_tag() -> str:
