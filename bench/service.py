@@ -20,6 +20,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
@@ -118,7 +119,7 @@ def v2_rows(rounds: int = 7) -> list[list[str]]:
     v1_body = orjson.dumps(build_request(x, dy, candidate={"dx": dx}))
     v2_body, header = _v2_body({"x": x, "dy": dy, "candidate_dx": dx}, {"finite_difference": "auto"})
     with (Server(max_concurrent="1", max_body_bytes=str(256 << 20), client_shm="true") as server,
-          httpx.Client(base_url=server.url, timeout=300) as http):
+          httpx.Client(base_url=server.url, timeout=300) as http, contextlib.ExitStack() as regions):
         post_v1, post_v2 = _posts(http, v1_body, v2_body, header)
 
         timings = {"check": lambda: check(x, dy, candidate={"dx": dx}, finite_difference=FDOptions("auto")),
@@ -138,13 +139,10 @@ def v2_rows(rounds: int = 7) -> list[list[str]]:
                 client.infer("qianfeng", inputs).as_numpy("dx")
 
             timings["triton"] = triton_infer
-            timings["triton_shm"] = _triton_through_regions(triton, client, (x, dy, dx))
+            timings["triton_shm"] = _triton_through_regions(triton, client, (x, dy, dx), regions)
         except ImportError:
             pass
-        try:
-            ms = interleaved_ms(timings, rounds=rounds)
-        finally:
-            _destroy_regions()
+        ms = interleaved_ms(timings, rounds=rounds)
 
     def row(what: str, key: str) -> list[str]:
         return _row(ms, what, key)
@@ -159,17 +157,17 @@ def v2_rows(rounds: int = 7) -> list[list[str]]:
     return rows
 
 
-_made: list[Any] = []
-
-
-def _triton_through_regions(triton: Any, client: Any, arrays: tuple[np.ndarray, ...]) -> Callable[[], None]:
-    """tritonclient's own shared-memory utilities: the inputs in one region, dx into another."""
+def _triton_through_regions(triton: Any, client: Any, arrays: tuple[np.ndarray, ...],
+                            stack: contextlib.ExitStack) -> Callable[[], None]:
+    """tritonclient's own shared-memory utilities: the inputs in one region, dx into another
+    (destroyed when ``stack`` closes)."""
     import tritonclient.utils.shared_memory as tshm
 
     n = arrays[0].nbytes
     ins = tshm.create_shared_memory_region("bench_in", f"/bncheck_bench_in_{os.getpid()}", 3 * n)
+    stack.callback(tshm.destroy_shared_memory_region, ins)
     outs = tshm.create_shared_memory_region("bench_out", f"/bncheck_bench_out_{os.getpid()}", n)
-    _made.extend((ins, outs))
+    stack.callback(tshm.destroy_shared_memory_region, outs)
     client.register_system_shared_memory("bench_in", ins._shm_key, 3 * n)
     client.register_system_shared_memory("bench_out", outs._shm_key, n)
     inputs = [triton.InferInput(name, list(a.shape), "FP32").set_shared_memory("bench_in", n, i * n)
@@ -183,13 +181,6 @@ def _triton_through_regions(triton: Any, client: Any, arrays: tuple[np.ndarray, 
         tshm.get_contents_as_numpy(outs, np.float32, list(arrays[0].shape)).copy()
 
     return infer
-
-
-def _destroy_regions() -> None:
-    import tritonclient.utils.shared_memory as tshm
-
-    while _made:
-        tshm.destroy_shared_memory_region(_made.pop())
 
 
 def parse_rows() -> list[list[str]]:

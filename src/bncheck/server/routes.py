@@ -205,7 +205,7 @@ STATIC = pathlib.Path(__file__).with_name("static")
 async def index(request: Request) -> Response:
     """The web page for a browser (its assets under /ui, served from the package: it works
     offline); a short JSON index for anything else."""
-    if "text/html" in request.headers.get("accept", ""):
+    if wants_html(request):
         return FileResponse(STATIC / "index.html", media_type="text/html")
     return JSONResponse({"name": "bncheck", "page": "/ (a browser)", "docs": "/docs", "openapi": "/openapi.json",
                          "check": "POST /v1/check", "v2": "POST /v2/models/{variant}/infer"})

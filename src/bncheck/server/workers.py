@@ -158,7 +158,7 @@ class ThreadWorkers:
         return None
 
 
-def _init_worker(nice: int, heap_mb: int, memory_mb: int = 0, server: int | None = None) -> None:
+def _init_worker(nice: int, heap_mb: int, memory_mb: int, server: int) -> None:
     """Workers yield the CPU to the server process, whose event loop must keep answering
     (/livez, new requests): with every core busy, /livez's p99 is markedly lower at nice 10
     (python -m bench.service measures it: four 4M-element checks at once, 31-33 ms at nice 10
@@ -169,7 +169,7 @@ def _init_worker(nice: int, heap_mb: int, memory_mb: int = 0, server: int | None
     must not take its new parent for it)."""
     with contextlib.suppress(OSError):
         os.nice(nice)
-    _leave_with_the_server(os.getppid() if server is None else server)
+    _leave_with_the_server(server)
     heap.keep(heap_mb)
     if memory_mb:  # a check that needs more raises MemoryError (a 413), not the OOM killer's SIGKILL
         import resource
