@@ -34,8 +34,10 @@ test: lint typecheck browser
 	$(BIN)/python -m pytest -q
 
 # Ctrl-C stops it quietly (exit 0): bncheck serve lets checks in flight finish, then returns.
+# A server for this machine: clients on it may send tensors through /dev/shm (BNCHECK_CLIENT_SHM,
+# README "Same host"); `bncheck serve` and the Docker image leave that off. BNCHECK_CLIENT_SHM=false turns it off.
 serve: $(SERVE_STAMP)
-	@$(BIN)/bncheck serve --host $(HOST) --port $(PORT)
+	@BNCHECK_CLIENT_SHM=$${BNCHECK_CLIENT_SHM:-true} $(BIN)/bncheck serve --host $(HOST) --port $(PORT)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.core

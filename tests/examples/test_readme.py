@@ -1,8 +1,8 @@
 """Every Python and shell block of the README runs as written against a live server.
 
 The only change made to a block is the address: `make serve`'s http://127.0.0.1:8000 (or
-127.0.0.1:8000 for tritonclient) becomes the test server's, which runs as the README's shared
-memory block asks (BNCHECK_CLIENT_SHM=true). Blocks that start a server or need Docker (`make serve`, `docker ...`) are
+127.0.0.1:8000 for tritonclient) becomes the test server's, which runs as `make serve` runs one
+(BNCHECK_CLIENT_SHM=true, for the shared-memory blocks). Blocks that start a server or need Docker (`make serve`, `docker ...`) are
 the ones not run here; `make test` itself and docker-smoke cover those.
 """
 
