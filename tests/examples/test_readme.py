@@ -2,8 +2,9 @@
 
 The only change made to a block is the address: `make serve`'s http://127.0.0.1:8000 (or
 127.0.0.1:8000 for tritonclient) becomes the test server's, which runs as `make serve` runs one
-(BNCHECK_CLIENT_SHM=true, for the shared-memory blocks). Blocks that start a server or need Docker (`make serve`, `docker ...`) are
-the ones not run here; `make test` itself and docker-smoke cover those.
+(BNCHECK_CLIENT_SHM=true, for the shared-memory blocks). Blocks that start a server or need
+Docker (`make serve`, `docker ...`) are the ones not run here; `make test` itself and
+docker-smoke cover those.
 """
 
 import os
