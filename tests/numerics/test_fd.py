@@ -167,3 +167,88 @@ def test_property_any_layout_and_eps(shape, axis_pick, eps, seed):
               dtype="float64", finite_difference=FDOptions("brute"))
     assert r.passed, [(k, b.passed) for k, b in vars(r.checks).items() if b is not None]
     assert r.reduce_size * C == x.size
+
+
+@pytest.mark.parametrize("name", [n for n in SMALL if n != "single_element"])
+def test_the_error_bound_holds_and_is_tight_where_truncation_rules(name):
+    """The stats error is a bound (Taylor's remainder and the size of the rounded terms), not an
+    estimate: every channel's actual error against the analytic dx stays below it, at steps
+    where rounding rules (1e-4) and where truncation does (1e-1). Where truncation rules the
+    bound is within 10x of the worst actual error (it takes the channel's largest |d| and |b|
+    term by term)."""
+    case = make(name)
+    lay, pr = _problem(case)
+    s = ref.batch_stats(pr.x3, lay, case.eps, np)
+    g = ref.backward(pr.x3, pr.dy3, case.gamma, s, lay, training=True, xp=np)
+    for step in (1e-4, 1e-1):
+        num = fd.stats_dx(pr, s, g.dbeta, g.dgamma / s.invstd, step)
+        actual = np.abs(num.values - g.dx).max(axis=(0, 2))
+        # the reference's own rounding, a few ulps of its terms, comes on top of the bound
+        slack = 64 * 2.0**-53 * np.abs(case.gamma) * s.invstd * np.abs(pr.dy3).max(axis=(0, 2)) * 4
+        assert np.all(actual <= num.error + slack), (step, actual / num.error)
+    assert actual.max() >= num.error.max() / 10, (actual.max(), num.error.max())
+
+
+def test_judged_block_by_block_is_the_comparison_of_the_kept_values():
+    """A check judges each block of differences while it is in cache and never keeps them: the
+    metrics must be those of comparing the whole, kept array, on a tensor of many blocks
+    (several threads, per-thread scratch shared by the difference and the comparison)."""
+    from bncheck.numerics.compare import SCRATCH, Comparison, compare
+    from bncheck.numerics.tolerance import fd_tolerance
+
+    rng = np.random.default_rng(3)
+    shape = (8, 6, 96, 96)  # 442,368 elements: blocks on both threads
+    x, dy = rng.standard_normal(shape) * 2 + 3, rng.standard_normal(shape)
+    gamma, beta = rng.standard_normal(6), rng.standard_normal(6)
+    lay = Layout.of(shape, 1)
+    pr = fd.Problem(lay.view(x.astype(np.float32)), lay.view(dy.astype(np.float32)), gamma, beta, 1e-5, True, None,
+                    lay, np)
+    s = ref.batch_stats(pr.x3, lay, 1e-5, np)
+    g = ref.backward(pr.x3, pr.dy3, gamma, s, lay, training=True, xp=np)
+    raw = g.dgamma / s.invstd
+    wrong = g.dx.copy()
+    wrong[3, 4, 17] += 1e-4  # one element off: the judge must find it where it is
+    diff = fd.StatsDifference(pr, s, g.dbeta, raw, 1e-4)
+    scale = np.abs(wrong) + 1.0
+    judge = Comparison(wrong, tol=fd_tolerance(), lay=lay, out_dtype=np.float64, scale=scale, extra=4 * diff.error)
+    parts, dgamma, dbeta = diff.judged(judge.part, clear=SCRATCH)
+    got = judge.metrics(parts)
+    kept = fd.stats_dx(pr, s, g.dbeta, raw, 1e-4)
+    want = compare(wrong, kept.values, tol=fd_tolerance(), lay=lay, out_dtype=np.float64, scale=scale,
+                   extra=4 * kept.error)
+    assert got == want
+    assert not got.passed
+    assert got.mismatched == 1
+    assert got.worst_index == list(np.unravel_index(lay.view_shape[2] * (3 * 6 + 4) + 17, shape))
+    # dgamma and dbeta from their forwards, within their error of the reference's
+    assert np.all(np.abs(dgamma.values - g.dgamma) <= 4 * dgamma.error + 1e-9 * np.abs(g.dgamma))
+    assert np.all(np.abs(dbeta.values - g.dbeta) <= 4 * dbeta.error + 1e-9 * np.abs(g.dbeta))
+
+
+def test_a_check_catches_a_wrong_reference_in_the_channel_where_it_is(monkeypatch):
+    """The finite-difference block of a whole check (many blocks, the fused pass) fails when the
+    reference is off in one channel of dx (by 1e-6) and another of dgamma (by 1e-3: its natural
+    scale, sum |dy| (1 + |xhat|), is some sqrt(R) times dgamma), and names them; the tolerance
+    is 1e-7 of the natural scale."""
+    import importlib
+
+    check_module = importlib.import_module("bncheck.numerics.check")
+    real = ref.backward
+
+    def off(*args, **kwargs):
+        g = real(*args, **kwargs)
+        g.dx[:, 2, :] *= 1 + 1e-6
+        g.dgamma[1] *= 1 + 1e-3
+        return g
+
+    monkeypatch.setattr(check_module.reference, "backward", off)
+    rng = np.random.default_rng(8)
+    shape = (8, 4, 128, 128)
+    x, dy = rng.standard_normal(shape).astype(np.float32), rng.standard_normal(shape).astype(np.float32)
+    r = check(x, dy, rng.standard_normal(4), rng.standard_normal(4), finite_difference=FDOptions("stats"))
+    block = r.checks.finite_difference
+    assert not block.passed
+    # channel 1's dx too: the differences take B = sum(dy * (x - mean)) from the reference's dgamma
+    assert block.tensors["dx"].failed_channels == "1-2"
+    assert block.tensors["dgamma"].failed_channels == "1"
+    assert block.tensors["dbeta"].passed

@@ -20,7 +20,7 @@ from typing import Any, ParamSpec, TypeVar, cast
 import numpy as np
 
 from . import backend, calibrate, fd, reference
-from .compare import channel_layout, channel_ranges, compare, compare_all
+from .compare import SCRATCH, Comparison, channel_layout, channel_ranges, compare, compare_all
 from .dtypes import dtype_name
 from .errors import InputError, TimeBudgetError, WorkLimitError
 from .inputs import CANDIDATE_NAMES, FULL_TENSORS, Inputs, float_dtype, validate
@@ -311,12 +311,15 @@ def _fd_block(ctx: _Ctx, opts: FDOptions, limits: Limits) -> FDBlock:
     errors: list[float] = []
     if method == "stats":
         raw = ref.dgamma / ctx.exact.invstd
-        num, dg, db = fd.stats_fd(pr, ctx.exact, ref.dbeta, raw, opts.step)
-        block.dx = compare(lay.restore(ref.dx), lay.restore(num.values), tol=tol, lay=lay,
-                           out_dtype=np.float64, scale=scales.dx_field, extra=4 * num.error)
+        diff = fd.StatsDifference(pr, ctx.exact, ref.dbeta, raw, opts.step, fd.Extents(*scales.extents))
+        # Each block of differences is judged while in cache: the values are never kept whole.
+        judge = Comparison(ref.dx, tol=tol, lay=lay, out_dtype=np.float64, scale=scales.dx_field,
+                           extra=4 * diff.error)
+        parts, dg, db = diff.judged(judge.part, clear=SCRATCH)
+        block.dx = judge.metrics(parts)
         block.elements = lay.M
-        top = scales.dx_field.channel_max()
-        errors.append(float(xp.max(num.error / xp.where(top > 0, top, 1.0))))
+        top = judge.channel_scale(parts)
+        errors.append(float(xp.max(diff.error / xp.where(top > 0, top, 1.0))))
         if opts.method == "auto":
             block.cross_check = _cross_check(ctx, pr, ref, scales, opts, limits, block.notes)
     elif method == "brute":
@@ -326,7 +329,7 @@ def _fd_block(ctx: _Ctx, opts: FDOptions, limits: Limits) -> FDBlock:
         metrics, count = _directional(ctx, pr, ref, scales, opts, limits, block.notes)
         block.dx, block.directions, block.elements = metrics, count, count * lay.C
     if method != "stats":
-        dg, db = fd.param_fd(pr, ctx.exact)
+        dg, db = fd.param_fd(pr, ctx.exact, fd.Extents(*scales.extents))
     clay = channel_layout(lay.C)
     block.dgamma = compare(ref.dgamma, dg.values, tol=tol, lay=clay, out_dtype=np.float64,
                            scale=scales.dgamma, extra=4 * dg.error)

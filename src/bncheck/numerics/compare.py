@@ -19,11 +19,12 @@ from .layout import Block, Layout
 from .report import ChannelError, Resolution, TensorMetrics, ToleranceUsed
 from .tolerance import Tolerance
 
-__all__ = ["channel_layout", "channel_ranges", "compare", "compare_all"]
+__all__ = ["SCRATCH", "Comparison", "channel_layout", "channel_ranges", "compare", "compare_all"]
 
 WORST_CHANNELS = 5
 CANCELLATION = 1e-6
 _TINY = 1e-300  # allowed is floored here, so err / allowed is finite and 0 / 0 is 0
+SCRATCH = 6  # per-thread scratch arrays (backend.scratch) a comparison of one block writes
 
 
 def channel_layout(C: int) -> Layout:
@@ -42,7 +43,7 @@ class _Part:
     max_ulp: float
     sumsq: float
     max_ref: float
-    max_scale: float
+    ch_scale: np.ndarray | None  # the largest scale of each channel
     worst_ratio: float  # inf for a non-finite candidate
     worst_flat: int
     worst_cand: float
@@ -59,7 +60,7 @@ class _Part:
 class _Inputs:
     def __init__(self, cand: Any, ref: Any, scale: Any, extra: Any, tol: Tolerance, out_dtype: Any,
                  lay: Layout, xp: ModuleType, plots: bool = False) -> None:
-        self.c3, self.r3 = lay.view(cand), lay.view(ref)
+        self.c3, self.r3 = lay.view(cand), None if ref is None else lay.view(ref)
         # plots: every element's ratio, kept for the pictures (blocks write disjoint parts)
         self.ratios = np.empty(lay.view_shape, np.float32) if plots else None
         # a scale made block by block (scales.ElementScale), or an array
@@ -73,12 +74,15 @@ class _Inputs:
             return None
         return a3[b[0], :, b[1]] if a3.shape == self.lay.view_shape else a3
 
-    def part(self, b: Block, shared: Any = None) -> _Part:
-        """One block, written into per-thread scratch: a comparison is a dozen passes.
-        ``shared``: the block's scale, made once for several comparisons (compare_all)."""
+    def part(self, b: Block, shared: Any = None, ref: Any = None) -> _Part:
+        """One block, written into per-thread scratch (the first SCRATCH arrays): a comparison
+        is a dozen passes. ``shared``: the block's scale, made once for several comparisons
+        (compare_all); ``ref``: the reference's values of the block, when it is made block by
+        block (Comparison)."""
         xp, tol = self.xp, self.tol
-        cand, ref = self.take(self.c3, b), self.take(self.r3, b)
-        err, aref, allowed, ratio, own, tmp = backend.scratch(6, ref.shape, xp)
+        cand = self.take(self.c3, b)
+        ref = self.take(self.r3, b) if ref is None else ref
+        err, aref, allowed, ratio, own, tmp = backend.scratch(SCRATCH, ref.shape, xp)
         if shared is not None:
             scale = shared  # it lives in `own`, which nothing below writes
         elif self.field is not None:
@@ -133,7 +137,7 @@ class _Inputs:
             max_ulp=0.0,
             sumsq=float(xp.multiply(err, err, out=tmp).sum()),  # tmp is free once the scale is made
             max_ref=float(aref.max()),
-            max_scale=0.0 if scale is None else float(xp.max(scale)),
+            ch_scale=None if scale is None else backend.to_numpy(backend.channel_max(scale, xp)),
             worst_ratio=float(ratio[local]),
             worst_flat=self.flat(b, local),
             worst_cand=float(cand[local]),
@@ -181,6 +185,33 @@ def compare(cand: Any, ref: Any, *, tol: Tolerance, lay: Layout, out_dtype: Any,
     return _metrics(inputs, backend.map_blocks(inputs.part, lay, xp), tol, lay, scale, out_dtype, compared)
 
 
+class Comparison:
+    """``compare`` for a reference made block by block (the finite differences): ``part``
+    judges one block while the reference's values there are in cache, so that they need
+    never be kept whole; ``metrics`` gathers the parts, in block order."""
+
+    def __init__(self, cand: Any, *, tol: Tolerance, lay: Layout, out_dtype: Any, scale: Any = None,
+                 extra: Any = None) -> None:
+        self.inputs = _Inputs(cand, None, scale, extra, tol, out_dtype, lay, backend.namespace(cand))
+        self.scale = scale
+
+    def part(self, b: Block, ref: Any) -> _Part:
+        return self.inputs.part(b, ref=ref)
+
+    def metrics(self, parts: list[_Part]) -> TensorMetrics:
+        i = self.inputs
+        return _metrics(i, parts, i.tol, i.lay, self.scale, i.out_dtype, None)
+
+    @staticmethod
+    def channel_scale(parts: list[_Part]) -> np.ndarray:
+        """The largest natural scale of each channel, (C,)."""
+        return _channel_scale(parts)
+
+
+def _channel_scale(parts: list[_Part]) -> np.ndarray:
+    return np.max([cast(np.ndarray, p.ch_scale) for p in parts], axis=0)
+
+
 def compare_all(cands: list[tuple[Any, Tolerance, Any]], ref: Any, *, lay: Layout, scale: Any,
                 plots: bool = False) -> list[TensorMetrics]:
     """Several candidates ``(cand, tol, out_dtype)`` against one reference and one scale, in
@@ -215,7 +246,8 @@ def _metrics(inputs: _Inputs, parts: list[_Part], tol: Tolerance, lay: Layout, s
     ch_bad = np.sum([p.ch_bad for p in parts], axis=0)
     n_bad = sum(p.n_bad for p in parts)
     n_finite = lay.M - n_nonfinite
-    cancellation = scale is not None and max(p.max_ref for p in parts) <= CANCELLATION * max(p.max_scale for p in parts)
+    max_ref = max(p.max_ref for p in parts)
+    cancellation = scale is not None and max_ref <= CANCELLATION * float(_channel_scale(parts).max())
     return TensorMetrics(
         passed=n_bad == 0,
         max_abs_err=max(p.max_abs for p in parts),
@@ -240,7 +272,7 @@ def _metrics(inputs: _Inputs, parts: list[_Part], tol: Tolerance, lay: Layout, s
                                 tol.margin, tol.members, tol.abs_floor, tol.channels),
         compared=compared,
         failed_channels=channel_ranges(np.flatnonzero(ch_bad)),
-        resolution=_resolution(tol, max(p.max_allowed for p in parts), max(p.max_ref for p in parts), out_dtype,
+        resolution=_resolution(tol, max(p.max_allowed for p in parts), max_ref, out_dtype,
                                natural=scale is not None),
         plots=None if inputs.ratios is None else pictures.summarize(
             inputs.ratios, lay, ch_ratio, batch=lay.P * lay.S > 1, natural=_natural(parts, tol, n_nonfinite)),

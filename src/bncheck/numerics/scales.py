@@ -181,6 +181,12 @@ class Scales:
         self.take_sums(backend.map_blocks(self.block_sums, self.layout, self.xp))
         return self.__dict__["_sums"]
 
+    @property
+    def extents(self) -> tuple[Any, ...]:
+        """Per channel, as float64: the largest and smallest x, the largest and smallest dy,
+        sum |dy| and sum |dy| |xhat| (what fd.Extents holds)."""
+        return tuple(self.xp.asarray(self._sums[i], dtype=self.xp.float64) for i in (6, 7, 8, 9, 0, 1))
+
     def constant(self, name: str) -> Any:
         """(C,) booleans: where ``x`` or ``dy`` holds one value throughout the channel."""
         i = {"x": 6, "dy": 8}[name]

@@ -109,17 +109,19 @@ def _task(fn: Callable[[Any], T]) -> Callable[[Any], T]:
     return run
 
 
-def scratch(count: int, shape: tuple[int, ...], xp: ModuleType) -> list[Any]:
+def scratch(count: int, shape: tuple[int, ...], xp: ModuleType, *, skip: int = 0) -> list[Any]:
     """``count`` float64 work arrays of ``shape``, reused per thread, so that block kernels
-    write into cache-resident memory instead of allocating (and faulting in) temporaries."""
+    write into cache-resident memory instead of allocating (and faulting in) temporaries.
+    Every call hands out the same arrays from the first on; ``skip`` leaves that many alone
+    (for values that a callee, taking its own scratch, must not write over)."""
     n = math.prod(shape)
     if not is_numpy(xp):
         return [xp.empty(shape, dtype=xp.float64) for _ in range(count)]
     pool: list[np.ndarray] = getattr(_local, "pool", [])
-    if len(pool) < count or pool[0].size < n:
-        pool = [np.empty(max(n, BLOCK_ELEMENTS)) for _ in range(max(count, len(pool)))]
+    if len(pool) < skip + count or pool[0].size < n:
+        pool = [np.empty(max(n, BLOCK_ELEMENTS)) for _ in range(max(skip + count, len(pool)))]
         _local.pool = pool
-    return [a[:n].reshape(shape) for a in pool[:count]]
+    return [a[:n].reshape(shape) for a in pool[skip:skip + count]]
 
 
 def in_float64(a: Any, into: Any, xp: ModuleType) -> Any:
