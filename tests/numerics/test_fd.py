@@ -46,7 +46,7 @@ def test_stats_agrees_with_brute_element_by_element(name):
     g = ref.backward(pr.x3, pr.dy3, case.gamma, s, lay, training=True, xp=np)
     stats = fd.stats_dx(pr, s, g.dbeta, g.dgamma / s.invstd, 1e-4)
     pos = fd.positions(lay.R, None, 0)
-    brute = fd.brute_dx(pr, s, pos, 1e-4)
+    brute = fd.brute_dx(pr, s, g.dbeta, g.dgamma / s.invstd, pos, 1e-4)
     p_idx, s_idx = np.divmod(pos, lay.S)
     at = stats.values[p_idx[:, None], np.arange(lay.C)[None, :], s_idx[:, None]]
     natural = np.abs(case.gamma) * s.invstd * np.sqrt((pr.dy3**2).mean(axis=(0, 2)))
@@ -121,8 +121,9 @@ def test_brute_samples_are_seeded_and_bounded():
 
 
 def test_work_limit_downgrades_brute_with_a_note():
+    """A brute position costs two forwards of every element (x moved by h each way)."""
     case = make("normal", shape=(64, 4))
-    r = check(case.x, case.dy, finite_difference=FDOptions("brute"), limits=Limits(fd_work=4 * 256 * 10))
+    r = check(case.x, case.dy, finite_difference=FDOptions("brute"), limits=Limits(fd_work=2 * 256 * 10))
     block = r.checks.finite_difference
     assert block.samples == 10
     assert any("work limit" in n for n in block.notes)
@@ -173,7 +174,8 @@ def test_property_any_layout_and_eps(shape, axis_pick, eps, seed):
 def test_the_error_bound_holds_and_is_tight_where_truncation_rules(name):
     """The stats error is a bound (Taylor's remainder and the size of the rounded terms), not an
     estimate: every channel's actual error against the analytic dx stays below it, at steps
-    where rounding rules (1e-4) and where truncation does (1e-1). Where truncation rules the
+    where rounding rules (1e-4) and where truncation does (1e-1); so does brute's, at sampled
+    positions. Where truncation rules the
     bound is within 10x of the worst actual error (it takes the channel's largest |d| and |b|
     term by term)."""
     case = make(name)
@@ -186,6 +188,12 @@ def test_the_error_bound_holds_and_is_tight_where_truncation_rules(name):
         # the reference's own rounding, a few ulps of its terms, comes on top of the bound
         slack = 64 * 2.0**-53 * np.abs(case.gamma) * s.invstd * np.abs(pr.dy3).max(axis=(0, 2)) * 4
         assert np.all(actual <= num.error + slack), (step, actual / num.error)
+        # brute: the same central difference through the real forward, its truncation bounded alike
+        pos = fd.positions(lay.R, 8, 0)
+        p_idx, s_idx = np.divmod(pos, lay.S)
+        at = (p_idx[:, None], np.arange(lay.C)[None, :], s_idx[:, None])
+        brute = fd.brute_dx(pr, s, g.dbeta, g.dgamma / s.invstd, pos, step)
+        assert np.all(np.abs(brute.values - g.dx[at]) <= brute.error + slack), step
     assert actual.max() >= num.error.max() / 10, (actual.max(), num.error.max())
 
 

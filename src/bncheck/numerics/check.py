@@ -363,9 +363,10 @@ def _brute(ctx: _Ctx, pr: fd.Problem, ref: Grads, scales: Scales, opts: FDOption
            samples: int | None, notes: list[str]) -> tuple[TensorMetrics, int]:
     lay = ctx.lay
     wanted = lay.R if samples is None else min(samples, lay.R)
-    count = _affordable(wanted, 4 * lay.M, limits, "brute positions", notes)
+    count = _affordable(wanted, 2 * lay.M, limits, "brute positions", notes)
     pos = fd.positions(lay.R, count, opts.seed)
-    num = fd.brute_dx(pr, ctx.exact, pos, opts.step, tick=limits.tick)
+    num = fd.brute_dx(pr, ctx.exact, ref.dbeta, ref.dgamma / ctx.exact.invstd, pos, opts.step, tick=limits.tick,
+                      ext=fd.Extents(*scales.extents))
     # Rows of (len(pos), C): position j of every channel.
     p_idx, s_idx = np.divmod(pos, lay.S)
     take = (ctx.xp.asarray(p_idx)[:, None], ctx.xp.arange(lay.C)[None, :], ctx.xp.asarray(s_idx)[:, None])
@@ -384,7 +385,7 @@ def _cross_check(ctx: _Ctx, pr: fd.Problem, ref: Grads, scales: Scales, opts: FD
                  limits: Limits, notes: list[str]) -> CrossCheck | None:
     lay = ctx.lay
     wanted = min(limits.auto_cross_check, lay.R)
-    if 4 * lay.M * wanted > limits.fd_work:
+    if 2 * lay.M * wanted > limits.fd_work:
         notes.append("auto: the brute cross-check was skipped; it would exceed the work limit")
         return None
     metrics, count = _brute(ctx, pr, ref, scales, opts, limits, wanted, notes)

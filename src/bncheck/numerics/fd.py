@@ -25,7 +25,7 @@ This is the same central difference, evaluated so that the parts the two
 evaluations share cancel before rounding rather than after. Its error is
 bounded per channel before any element is differenced: Taylor's remainder for
 the truncation and the size of the rounded terms, both from the channel's
-largest |d_i| and |b_i| (``_training_error``). Knowing it first, a comparison
+largest |d_i| and |b_i| (``_Bounds``). Knowing it first, a comparison
 judges each block of differences while it is in cache (``StatsDifference``).
 
 ``brute`` re-runs the full forward with one element perturbed, in every
@@ -160,7 +160,7 @@ def stats_dx(pr: Problem, st: Stats, dbeta: Any, raw: Any, rel_step: float) -> N
 class StatsDifference:
     """The ``stats`` method: dx's central difference at every element, and a bound on its
     error per channel that is known before any element is differenced, from the channel's
-    extremes of x and dy (``_training_error``). So a comparison can judge each block of
+    extremes of x and dy (``_Bounds``). So a comparison can judge each block of
     differences while it is in cache (``judged``), and the values (32 MB at 4M elements,
     fresh memory that the kernel must fault in) need never be kept; dgamma's and dbeta's
     forwards ride along the same pass."""
@@ -171,14 +171,12 @@ class StatsDifference:
         self.pr, self.st = pr, st
         self.ext = ext if ext is not None else extents(pr, st)
         self.h = steps(st, rel_step)
-        hi_x, lo_x, hi_dy, lo_dy = self.ext.x_max, self.ext.x_min, self.ext.dy_max, self.ext.dy_min
-        far_d = xp.maximum(hi_x - st.mean, st.mean - lo_x)  # max |x - mean|
         R, h = lay.R, self.h
         if pr.training:
             k = 1.0 - 1.0 / R
             q = st.var + pr.eps
             a_mean = dbeta / R
-            self.error = _training_error(pr, q, h, raw, far_d, xp.maximum(hi_dy - a_mean, a_mean - lo_dy))
+            self.error = _Bounds.of(pr, st, h, dbeta, raw, self.ext).stats_error(h)
             # C2(+-h)/R + eps = q1 (1 +- e1 d): with s+- = sqrt(1 +- e1 d), sig = s+ + s-, b = dy - A/R and
             # c4 = 4 B / (R q1), the difference (module docstring) is
             #     gamma / (2 sqrt(q1)) * (b sig^2 - c4 d) / (s+ s- sig)
@@ -188,9 +186,11 @@ class StatsDifference:
                 2.0 * h / (R * q1), a_mean, 4.0 * raw / (R * q1), 0.5 * pr.gamma / xp.sqrt(q1))]
         else:
             # y(x +- h) = (x +- h - mean) * scale + shift, each at most |scale| (far_d + h) + |shift|
+            ext = self.ext
+            far_d = xp.maximum(ext.x_max - st.mean, st.mean - ext.x_min)  # max |x - mean|
             scale = pr.gamma * st.invstd
             y_max = xp.abs(scale) * (far_d + h) + xp.abs(pr.beta)
-            self.error = 4 * U64 * xp.maximum(hi_dy, -lo_dy) * 2.0 * y_max / h
+            self.error = 4 * U64 * xp.maximum(ext.dy_max, -ext.dy_min) * 2.0 * y_max / h
             self._coef = [lay.per_channel(v) for v in (h, scale, pr.beta)]
 
     def values(self) -> Numeric:
@@ -269,33 +269,54 @@ class StatsDifference:
         out /= plus
 
 
-def _training_error(pr: Problem, q: Any, h: Any, raw: Any, far_d: Any, far_b: Any) -> Any:
-    """A bound, per channel, on the error of the training difference: truncation and rounding.
+@dataclass(frozen=True)
+class _Bounds:
+    """Per channel, bounds on the derivatives of a channel's loss in one element, over a step
+    of at most h: L(t) = gamma * phi(t) + beta * A with phi(t) = (B + t b) u(t)^(-1/2),
+    u(t) = q + (2 d t + k t^2) / R (the module docstring), and
 
-    With phi(t) = (B + t b) u(t)^(-1/2), u(t) = q + (2 d t + k t^2) / R, the central
-    difference of gamma * phi is off by at most |gamma| h^2 / 6 * max |phi'''| over |t| <= h
-    (Taylor), and
-
-        phi''' = (B + t b) w''' + 3 b w''      w = u^(-1/2), u' = 2 (d + k t) / R, u'' = 2 k / R
+        phi''  = (B + t b) w'' + 2 b w'        w = u^(-1/2), u' = 2 (d + k t) / R, u'' = 2 k / R
+        phi''' = (B + t b) w''' + 3 b w''      w' = -1/2 u^(-3/2) u'
         w''    = 3/4 u^(-5/2) u'^2 - 1/2 u^(-3/2) u''
         w'''   = -15/8 u^(-7/2) u'^3 + 9/4 u^(-5/2) u' u''
 
-    each term bounded with the channel's largest |d| and |b| and the smallest u. The rounding
-    is that of the terms of the difference, (gamma/2) (|b| sig^2 + |c4 d|) / (s+ s- sig), at
-    their largest. Measured against the analytic dx on the stress cases, the actual error is
-    0.6 to 1 times the bound (tests/numerics/test_fd.py)."""
-    xp, R = pr.xp, pr.layout.R
-    k = 1.0 - 1.0 / R
-    u_min = q - 2.0 * far_d * h / R
-    u_max = q + (2.0 * far_d * h + k * h * h) / R
-    u1, u2 = 2.0 * (far_d + k * h) / R, 2.0 * k / R
-    w2 = 0.75 * u_min**-2.5 * u1**2 + 0.5 * u_min**-1.5 * u2
-    w3 = 1.875 * u_min**-3.5 * u1**3 + 2.25 * u_min**-2.5 * u1 * u2
-    gamma = xp.abs(pr.gamma)
-    truncation = gamma * h * h / 6.0 * ((xp.abs(raw) + h * far_b) * w3 + 3.0 * far_b * w2)
-    # sig^2 <= 4 u_max, s+ s- >= u_min, sig >= 2 sqrt(u_min)
-    terms = 0.5 * gamma * (4.0 * far_b * u_max + 4.0 * far_d * xp.abs(raw) / R) / (2.0 * u_min**1.5)
-    return truncation + (16 * U64) * terms
+    each term bounded with the channel's largest |d| and |b| and the smallest u."""
+
+    second: Any  # max |gamma phi''|
+    third: Any  # max |gamma phi'''|
+    terms: Any  # the largest terms of the stats difference, (gamma/2) (|b| sig^2 + |c4 d|) / (s+ s- sig)
+
+    @classmethod
+    def of(cls, pr: Problem, st: Stats, h: Any, dbeta: Any, raw: Any, ext: Extents) -> _Bounds:
+        xp, R = pr.xp, pr.layout.R
+        k = 1.0 - 1.0 / R
+        q = st.var + pr.eps
+        a_mean = dbeta / R
+        far_d = xp.maximum(ext.x_max - st.mean, st.mean - ext.x_min)  # max |x - mean|
+        far_b = xp.maximum(ext.dy_max - a_mean, a_mean - ext.dy_min)  # max |dy - A/R|
+        u_min = q - 2.0 * far_d * h / R
+        u_max = q + (2.0 * far_d * h + k * h * h) / R
+        u1, u2 = 2.0 * (far_d + k * h) / R, 2.0 * k / R
+        w1 = 0.5 * u_min**-1.5 * u1
+        w2 = 0.75 * u_min**-2.5 * u1**2 + 0.5 * u_min**-1.5 * u2
+        w3 = 1.875 * u_min**-3.5 * u1**3 + 2.25 * u_min**-2.5 * u1 * u2
+        gamma, big_b = xp.abs(pr.gamma), xp.abs(raw) + h * far_b
+        # sig^2 <= 4 u_max, s+ s- >= u_min, sig >= 2 sqrt(u_min)
+        terms = 0.5 * gamma * (4.0 * far_b * u_max + 4.0 * far_d * xp.abs(raw) / R) / (2.0 * u_min**1.5)
+        return cls(gamma * (big_b * w2 + 2.0 * far_b * w1), gamma * (big_b * w3 + 3.0 * far_b * w2), terms)
+
+    def stats_error(self, h: Any) -> Any:
+        """The stats difference's error: Taylor's remainder of a central difference,
+        h^2 / 6 max |L'''|, and the rounding of its terms. Measured against the analytic dx
+        on the stress cases, the actual error is 0.6 to 1 times it (tests/numerics/test_fd.py)."""
+        return h * h / 6.0 * self.third + (16 * U64) * self.terms
+
+    def truncation(self, plus: Any, minus: Any, xp: ModuleType) -> Any:
+        """The truncation of (L(x + plus) - L(x + minus)) / (plus - minus), minus < 0 < plus, the
+        steps as taken (x + h and x - h round apart where |x| >> h): the central difference's
+        reach^2 / 6 max |L'''|, and for an uneven step the first-order |plus + minus| / 2 max |L''|."""
+        reach = xp.maximum(plus, -minus)
+        return reach * reach / 6.0 * self.third + xp.abs(plus + minus) / 2.0 * self.second
 
 
 def param_fd(pr: Problem, st: Stats, ext: Extents | None = None) -> tuple[Numeric, Numeric]:
@@ -372,12 +393,18 @@ def _no_tick(step: str) -> None:
     return None
 
 
-def brute_dx(pr: Problem, st: Stats, pos: np.ndarray, rel_step: float,
-             tick: Callable[[str], None] = _no_tick) -> Numeric:
-    """Perturb position j of every channel at once and re-run the real forward.
-    Returns values and errors shaped (len(pos), C)."""
+def brute_dx(pr: Problem, st: Stats, dbeta: Any, raw: Any, pos: np.ndarray, rel_step: float,
+             tick: Callable[[str], None] = _no_tick, ext: Extents | None = None) -> Numeric:
+    """Perturb position j of every channel at once by h each way and re-run the real forward.
+    Returns values and errors shaped (len(pos), C). The error: the two losses' rounding, and
+    the truncation of this central difference of the same L that ``stats`` differences
+    (``_Bounds``, over up to 2h: a step as taken rounds away from h where |x| >> h); none in
+    inference mode, where L is linear in x. ``dbeta`` and ``raw`` as for ``stats_dx``."""
     xp, lay = pr.xp, pr.layout
     h = steps(st, rel_step)
+    bounds = None
+    if pr.training:
+        bounds = _Bounds.of(pr, st, 2.0 * h, dbeta, raw, ext if ext is not None else extents(pr, st))
     work = pr.x3.astype(xp.float64)  # a copy, which takes the perturbed values exactly
     values, errors = [], []
     for j in pos.tolist():
@@ -385,16 +412,15 @@ def brute_dx(pr: Problem, st: Stats, pos: np.ndarray, rel_step: float,
         p, s = divmod(j, lay.S)
         orig = pr.x3[p, :, s]
         loss, moved = {}, {}
-        for mult in (1.0, -1.0, 2.0, -2.0):
+        for mult in (1.0, -1.0):
             work[p, :, s] = orig + mult * h
             moved[mult] = work[p, :, s] - orig  # the step actually taken: x + h rounds
             loss[mult] = pr.loss(work)
         work[p, :, s] = orig
-        fd = (loss[1.0][0] - loss[-1.0][0]) / (moved[1.0] - moved[-1.0])
-        fd2 = (loss[2.0][0] - loss[-2.0][0]) / (moved[2.0] - moved[-2.0])
-        rounding = (loss[1.0][1] + loss[-1.0][1]) / (2 * h)
-        values.append(fd)
-        errors.append(xp.abs(fd2 - fd) / 3.0 + rounding)
+        plus, minus = moved[1.0], moved[-1.0]
+        values.append((loss[1.0][0] - loss[-1.0][0]) / (plus - minus))
+        rounding = (loss[1.0][1] + loss[-1.0][1]) / (plus - minus)
+        errors.append(rounding if bounds is None else rounding + bounds.truncation(plus, minus, xp))
     return Numeric(xp.stack(values), xp.stack(errors), h)
 
 
