@@ -19,14 +19,18 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, **env: str) -> None:
+    """``bncheck serve`` with ``BNCHECK_*`` settings from keywords; ``command`` runs another
+    server instead (given the port), which must answer GET /livez with 200."""
+
+    def __init__(self, command: list[str] | None = None, **env: str) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {**os.environ, "BNCHECK_LOG_LEVEL": "warning", **{f"BNCHECK_{k.upper()}": v for k, v in env.items()}}
+        self.command = command or ["-m", "bncheck.cli", "serve"]
         self.proc: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> Server:
-        self.proc = subprocess.Popen([sys.executable, "-m", "bncheck.cli", "serve", "--port", str(self.port)],
+        self.proc = subprocess.Popen([sys.executable, *self.command, "--port", str(self.port)],
                                      env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:

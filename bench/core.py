@@ -138,12 +138,14 @@ def _phases(x: np.ndarray, dy: np.ndarray, gamma: np.ndarray, beta: np.ndarray, 
 def whole_check_rows(torch) -> list[list[str]]:  # type: ignore[no-untyped-def]
     """Issue 17's targets, as ratios to PyTorch's float64 backward on the same 4M float32
     elements: a whole check with FD off (<= 6), the stats FD block (<= 5), a check with a
-    candidate and the calibrated verdict (<= 8); with each phase."""
+    candidate and the calibrated verdict (<= 8); with each phase. And a check as by default
+    (FD auto), which the issue sets no target for."""
     shape = (16, 64, 64, 64)
     x, dy, gamma, beta = (a.astype(np.float32) if a.ndim > 1 else a for a in _data(shape))
     torch_ms = _torch_backward_ms(torch, x, dy, gamma)
     off = _phases(x, dy, gamma, beta, finite_difference=FDOptions("none"))
     stats = _phases(x, dy, gamma, beta, finite_difference=FDOptions("stats"))
+    auto = _phases(x, dy, gamma, beta)  # the default: stats and auto's brute cross-check
     out = kernel_backward(x, dy, gamma, beta, eps=EPS)
     cand = _phases(x, dy, gamma, beta, finite_difference=FDOptions("none"),
                    candidate={k: np.ascontiguousarray(out[k]) for k in ("dx", "dgamma", "dbeta")})
@@ -156,6 +158,8 @@ def whole_check_rows(torch) -> list[list[str]]:  # type: ignore[no-untyped-def]
         ["`check()`, FD off", f"{off['total']:.0f}", f"{off['total'] / torch_ms:.1f}", "<= 6", phases(off)],
         ["the `stats` FD block inside a check", f"{stats['finite_difference']:.0f}",
          f"{stats['finite_difference'] / torch_ms:.1f}", "<= 5", ""],
+        ["`check()` as by default, FD `auto` (`stats` and two brute positions)", f"{auto['total']:.0f}",
+         f"{auto['total'] / torch_ms:.1f}", "", phases(auto)],
         ["`check()` with a candidate, calibrated verdict, FD off", f"{cand['total']:.0f}",
          f"{cand['total'] / torch_ms:.1f}", "<= 8", phases(cand)],
     ]

@@ -15,7 +15,8 @@
 5. Issue 17's HTTP target: a whole check with FD off on 4M float32 NCHW elements over
    /v1 (b64), v2 (binary) and v2 with the tensors in /dev/shm (system shared memory), as a
    ratio to PyTorch's CPU float64 backward timed in the same run (target: at most 8; the
-   same check in-process at most 6).
+   same check in-process at most 6); and the floor under the socket rows: the same bytes
+   through httpx and a bare uvicorn app that does nothing with them.
 """
 
 from __future__ import annotations
@@ -247,16 +248,24 @@ def whole_check_http_rows(rounds: int = 7) -> list[list[str]]:
     torch_ms = _torch_backward_ms(torch, x, dy, gamma)
     v1_body = orjson.dumps(build_request(x, dy, finite_difference="none"))
     v2_body, header = _v2_body({"x": x, "dy": dy}, {"finite_difference": "none"})
+    echo_command = ["-m", "uvicorn", "bench._echo:app", "--log-level", "warning"]
     with (Server(max_concurrent="1", max_body_bytes=str(256 << 20), client_shm="true") as server,
-          httpx.Client(base_url=server.url, timeout=300) as http, _Regions(http, x) as regions):
+          Server(echo_command) as echo, httpx.Client(base_url=server.url, timeout=300) as http,
+          httpx.Client(base_url=echo.url, timeout=300) as bare, _Regions(http, x) as regions):
         post_v1, post_v2 = _posts(http, v1_body, v2_body, header)
         dx = check(x, dy, finite_difference=FDOptions("none")).gradients["dx"]  # type: ignore[index]
         if not np.array_equal(regions.post(x, dy), dx):
             msg = "dx through shared memory differs from the check's"
             raise AssertionError(msg)
 
+        def post_bare() -> None:  # the v2 body up and dx's bytes down, nothing else
+            r = bare.post("/", content=_pieces([v2_body]), headers={"Content-Length": str(len(v2_body)),
+                                                                    "X-Answer-Bytes": str(x.nbytes)})
+            r.raise_for_status()
+
         ms = interleaved_ms({"check": lambda: check(x, dy, finite_difference=FDOptions("none")),
-                             "v1": post_v1, "v2": post_v2, "shm": lambda: regions.post(x, dy)}, rounds=rounds)
+                             "v1": post_v1, "v2": post_v2, "shm": lambda: regions.post(x, dy), "bare": post_bare},
+                            rounds=rounds)
 
     def row(what: str, key: str, target: str) -> list[str]:
         return [what, f"{min(ms[key]):.0f}", f"{median(ms[key]):.0f}", f"{min(ms[key]) / torch_ms:.1f}", target]
@@ -266,7 +275,9 @@ def whole_check_http_rows(rounds: int = 7) -> list[list[str]]:
             row(f"POST /v1/check, b64 ({len(v1_body) / 2**20:.0f} MiB), FD off, dx returned", "v1", "<= 8"),
             row(f"POST /v2/models/qianfeng/infer, binary ({len(v2_body) / 2**20:.0f} MiB), FD off", "v2", "<= 8"),
             row("the same infer through system shared memory (the client's copies in and out included)", "shm",
-                "<= 8")]
+                "<= 8"),
+            row(f"the transport alone: the same {len(v2_body) / 2**20:.0f} MiB up and dx's {x.nbytes / 2**20:.0f} MiB "
+                "down, httpx to a bare uvicorn app (bench/_echo.py), no check", "bare", "")]
 
 
 class _Regions:
