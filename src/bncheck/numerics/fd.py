@@ -173,17 +173,14 @@ class StatsDifference:
         self.h = steps(st, rel_step)
         R, h = lay.R, self.h
         if pr.training:
-            k = 1.0 - 1.0 / R
-            q = st.var + pr.eps
-            a_mean = dbeta / R
             self.error = _Bounds.of(pr, st, h, dbeta, raw, self.ext).stats_error(h)
             # C2(+-h)/R + eps = q1 (1 +- e1 d): with s+- = sqrt(1 +- e1 d), sig = s+ + s-, b = dy - A/R and
             # c4 = 4 B / (R q1), the difference (module docstring) is
             #     gamma / (2 sqrt(q1)) * (b sig^2 - c4 d) / (s+ s- sig)
             # (in units of q1, two of its per-channel products, slower than scalar ones, are gone).
-            q1 = q + h * h * k / R
+            q1 = st.var + pr.eps + h * h * (1.0 - 1.0 / R) / R
             self._coef = [lay.per_channel(v) for v in (
-                2.0 * h / (R * q1), a_mean, 4.0 * raw / (R * q1), 0.5 * pr.gamma / xp.sqrt(q1))]
+                2.0 * h / (R * q1), dbeta / R, 4.0 * raw / (R * q1), 0.5 * pr.gamma / xp.sqrt(q1))]
         else:
             # y(x +- h) = (x +- h - mean) * scale + shift, each at most |scale| (far_d + h) + |shift|
             ext = self.ext
