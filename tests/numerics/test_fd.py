@@ -260,3 +260,38 @@ def test_a_check_catches_a_wrong_reference_in_the_channel_where_it_is(monkeypatc
     assert block.tensors["dx"].failed_channels == "1-2"
     assert block.tensors["dgamma"].failed_channels == "1"
     assert block.tensors["dbeta"].passed
+
+
+@pytest.mark.parametrize(("shape", "axis", "dtype"), [
+    ((8, 6, 96, 96), 1, np.float32),  # row blocks on both threads
+    ((2, 4, 256, 256), 1, np.float32),  # few rows: blocks split along S
+    ((100000, 3), 1, np.float64),  # (N, C), x taken as it is (no float64 copy of its own)
+    ((16, 64, 64, 5), -1, np.float32),  # channels-last
+    ((16, 3, 4), 1, np.float32),  # one block
+])
+def test_a_patch_is_a_float64_copy_with_the_values_written_in(shape, axis, dtype):
+    """brute moves x through a Patch instead of a copy of x: the batch statistics and the loss
+    must be those of a float64 copy with the moved values written in, bit for bit, wherever
+    the moved elements fall among the blocks."""
+    rng = np.random.default_rng(6)
+    x = (rng.standard_normal(shape) * 3 + 1).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    lay = Layout.of(shape, axis)
+    C = lay.C
+    pr = fd.Problem(lay.view(x), lay.view(dy), rng.standard_normal(C), rng.standard_normal(C), 1e-5, True, None,
+                    lay, np)
+    for j in (0, lay.R - 1, lay.R // 2, int(rng.integers(lay.R))):
+        p, s = divmod(j, lay.S)
+        values = pr.x3[p, :, s] + 1e-3 * rng.standard_normal(C)
+        copy = pr.x3.astype(np.float64)
+        copy[p, :, s] = values
+        patch = ref.Patch(p, s, values)
+        want, got = ref.batch_stats(copy, lay, 1e-5, np), ref.batch_stats(pr.x3, lay, 1e-5, np, patch)
+        assert _bits(got.mean) == _bits(want.mean)
+        assert _bits(got.var) == _bits(want.var)
+        for a, b in zip(pr.loss(pr.x3, patch), pr.loss(copy), strict=True):
+            assert _bits(a) == _bits(b)
+
+
+def _bits(a):
+    return np.asarray(a, dtype=np.float64).view(np.int64).tolist()

@@ -71,18 +71,19 @@ class Problem:
     layout: Layout
     xp: ModuleType
 
-    def stats(self, x3: Any) -> Stats:
+    def stats(self, x3: Any, patch: reference.Patch | None = None) -> Stats:
         if not self.training:
             assert self.running is not None
             return self.running
-        return reference.batch_stats(x3, self.layout, self.eps, self.xp)
+        return reference.batch_stats(x3, self.layout, self.eps, self.xp, patch)
 
-    def loss(self, x3: Any) -> tuple[Any, Any]:
+    def loss(self, x3: Any, patch: reference.Patch | None = None) -> tuple[Any, Any]:
         """Per-channel L = sum(dy * y) through the real forward, and an estimate of its
         rounding error: the sum's own, plus the ulp of the mean, which moves every y of the
-        channel at once and dominates when |mean| >> std."""
+        channel at once and dominates when |mean| >> std. ``patch``: of x3 with those elements
+        moved, the same numbers as of a float64 copy of x3 with them written in."""
         xp, lay = self.xp, self.layout
-        st = self.stats(x3)
+        st = self.stats(x3, patch)
         coef = reference.y_coefficients(self.gamma, self.beta, st, lay)
 
         def part(b: Block) -> tuple[Any, Any, Any]:
@@ -90,6 +91,9 @@ class Problem:
             y, dy64 = backend.scratch(2, x.shape, xp)
             dy = backend.in_float64(dy, dy64, xp)
             reference.forward_y_into(y, x, coef, xp)
+            if patch is not None and (at := patch.at(b, lay)) is not None:
+                mean, scale, shift = (c.reshape(-1) for c in coef)
+                y[at] = (patch.values - mean) * scale + shift  # the moved elements' forward, same operations
             total = backend.channel_dot(dy, y, xp)
             y *= dy
             xp.abs(y, out=y)
@@ -402,7 +406,6 @@ def brute_dx(pr: Problem, st: Stats, dbeta: Any, raw: Any, pos: np.ndarray, rel_
     bounds = None
     if pr.training:
         bounds = _Bounds.of(pr, st, 2.0 * h, dbeta, raw, ext if ext is not None else extents(pr, st))
-    work = pr.x3.astype(xp.float64)  # a copy, which takes the perturbed values exactly
     values, errors = [], []
     for j in pos.tolist():
         tick("a brute-force position")
@@ -410,10 +413,9 @@ def brute_dx(pr: Problem, st: Stats, dbeta: Any, raw: Any, pos: np.ndarray, rel_
         orig = pr.x3[p, :, s]
         loss, moved = {}, {}
         for mult in (1.0, -1.0):
-            work[p, :, s] = orig + mult * h
-            moved[mult] = work[p, :, s] - orig  # the step actually taken: x + h rounds
-            loss[mult] = pr.loss(work)
-        work[p, :, s] = orig
+            at = orig + mult * h  # float64, taken exactly by the patch (x itself is not copied)
+            moved[mult] = at - orig  # the step actually taken: x + h rounds
+            loss[mult] = pr.loss(pr.x3, reference.Patch(p, s, at))
         plus, minus = moved[1.0], moved[-1.0]
         values.append((loss[1.0][0] - loss[-1.0][0]) / (plus - minus))
         rounding = (loss[1.0][1] + loss[-1.0][1]) / (plus - minus)

@@ -27,7 +27,7 @@ from . import backend
 from .layout import Block, Layout
 from .variants import Grads
 
-__all__ = ["Riders", "Stats", "backward", "batch_stats", "forward_y", "forward_y_into", "stats_from_invstd",
+__all__ = ["Patch", "Riders", "Stats", "backward", "batch_stats", "forward_y", "forward_y_into", "stats_from_invstd",
            "stats_from_var", "y_coefficients"]
 
 
@@ -48,12 +48,36 @@ def stats_from_invstd(mean: Any, invstd: Any, eps: float) -> Stats:
     return Stats(mean, 1.0 / invstd**2 - eps, invstd)
 
 
-def batch_stats(x3: Any, layout: Layout, eps: float, xp: ModuleType) -> Stats:
+@dataclass(frozen=True)
+class Patch:
+    """x with its elements at (p, :, s) of the (P, C, S) view replaced by ``values`` ((C,),
+    float64), as if written into a float64 copy of x: what a brute-force difference moves,
+    without copying x (``batch_stats``, fd.Problem.loss)."""
+
+    p: int
+    s: int
+    values: Any
+
+    def at(self, b: Block, layout: Layout) -> tuple[int, slice, int] | None:
+        """Where the patched elements fall in block ``b`` of the view, or None."""
+        p0, p1, _ = b[0].indices(layout.P)
+        s0, s1, _ = b[1].indices(layout.S)
+        if p0 <= self.p < p1 and s0 <= self.s < s1:
+            return self.p - p0, slice(None), self.s - s0
+        return None
+
+
+def batch_stats(x3: Any, layout: Layout, eps: float, xp: ModuleType, patch: Patch | None = None) -> Stats:
     R = layout.R
 
     def first(b: Block) -> Any:
         x = x3[b[0], :, b[1]]
-        return backend.channel_sum(backend.in_float64(x, backend.scratch(1, x.shape, xp)[0], xp), xp)
+        (into,) = backend.scratch(1, x.shape, xp)
+        if patch is None or (at := patch.at(b, layout)) is None:
+            return backend.channel_sum(backend.in_float64(x, into, xp), xp)
+        xp.copyto(into, x)
+        into[at] = patch.values
+        return backend.channel_sum(into, xp)
 
     m1 = backend.sum_parts(backend.map_blocks(first, layout, xp)) / R
     m1c = layout.per_channel(m1)
@@ -62,6 +86,8 @@ def batch_stats(x3: Any, layout: Layout, eps: float, xp: ModuleType) -> Stats:
         x = x3[b[0], :, b[1]]
         (d,) = backend.scratch(1, x.shape, xp)
         xp.subtract(x, m1c, out=d)
+        if patch is not None and (at := patch.at(b, layout)) is not None:
+            d[at] = patch.values - m1
         return backend.channel_sum(d, xp), backend.channel_dot(d, d, xp)
 
     parts = backend.map_blocks(second, layout, xp)
