@@ -280,3 +280,43 @@ def test_a_large_list_body_over_http_reads_and_answers_as_in_process():
     assert 'bncheck_worker_transport_total{carrier="shared_memory",direction="request"} 1.0' in metrics
     assert 'bncheck_worker_transport_total{carrier="shared_memory",direction="answer"} 1.0' in metrics
     assert _mine() == []
+
+
+def test_a_v2_body_in_a_segment_is_read_in_place_past_an_aligning_offset():
+    """The server writes a v2 body into its segment past a few bytes that put the binary part
+    on a 64-byte boundary (shm.aligning): the worker's tensors are then read-only views of
+    the mapping, not copies. Without the offset, a JSON header of odd length leaves them
+    unaligned, and they are copied. The values are the same either way."""
+    import contextlib
+
+    import orjson
+
+    from bncheck.server import Settings, kserve, regions, runner
+
+    rng = np.random.default_rng(4)
+    x, dy = (rng.standard_normal((64, 3, 64, 64)).astype(np.float32) for _ in range(2))
+    inputs = [{"name": n, "shape": list(a.shape), "datatype": "FP32", "parameters": {"binary_data_size": a.nbytes}}
+              for n, a in (("x", x), ("dy", dy))]
+    header = orjson.dumps({"id": "odd", "inputs": inputs})
+    header += b" " * (1 - len(header) % 4 + 4) if len(header) % 4 == 0 else b""  # not a multiple of 4
+    assert len(header) % 4
+    body = header + x.tobytes() + dy.tobytes()
+    call = runner.Call("qianfeng", len(header))
+    for offset, in_place in ((shm.aligning(len(header)), True), (0, False)):
+        seg = shm.Segment.create(len(body), offset=offset)
+        assert seg is not None
+        seg.write(0, body)
+        seg.close()
+        mapped = shm.Segment.open(seg.path, seg.size, offset)
+        with contextlib.closing(regions.Access()) as access:
+            req, _, _ = kserve.parse(mapped.body, call, Settings(), access)
+        got = {"x": req.x.array, "dy": req.dy.array}
+        for name, want in (("x", x), ("dy", dy)):
+            np.testing.assert_array_equal(got[name], want)
+            if in_place:
+                assert got[name].ctypes.data % 64 == 0
+            assert np.shares_memory(got[name], np.frombuffer(mapped.mm, np.uint8)) is in_place, (name, offset)
+            assert got[name].flags.writeable is not in_place
+        del req, got
+        mapped.unlink()
+    assert _mine() == []

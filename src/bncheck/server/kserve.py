@@ -188,13 +188,13 @@ def _tensors(body: Any, inputs: list[dict[str, Any]], start: int, call: runner.C
                 out[name] = _from_bytes(t, view[at:at + source], settings.max_elements)
                 at += source
             else:
-                out[name] = _from_bytes(t, access.read(source, name), settings.max_elements, in_place=True)
+                out[name] = _from_bytes(t, access.read(source, name), settings.max_elements, region=True)
         except codec.TensorError as exc:
             raise _fail(name, str(exc)) from None
     return out
 
 
-def _from_bytes(t: dict[str, Any], raw: memoryview, max_elements: int, *, in_place: bool = False
+def _from_bytes(t: dict[str, Any], raw: memoryview, max_elements: int, *, region: bool = False
                 ) -> codec.Decoded:
     if "shape" not in t or "datatype" not in t:
         msg = "a tensor needs 'shape' and 'datatype'"
@@ -203,14 +203,14 @@ def _from_bytes(t: dict[str, Any], raw: memoryview, max_elements: int, *, in_pla
     dt = codec.check_datatype(t["datatype"])
     want = math.prod(shape) * dt.itemsize
     if raw.nbytes != want:
-        size = "shared_memory_byte_size" if in_place else "binary_data_size"
+        size = "shared_memory_byte_size" if region else "binary_data_size"
         msg = (f"{size} is {raw.nbytes:,} but shape {list(shape)} of {t['datatype']} needs {want:,} "
                f"bytes ({math.prod(shape):,} x {dt.itemsize})")
         raise codec.TensorError(msg)
     arr = codec.from_bytes(raw, dt, shape)
-    # Out of the body (bytes or a segment of ours, closed after the check): one copy, into an
-    # aligned array. A region's data is read in place (read-only), copied only when unaligned.
-    if not (in_place and arr.flags.aligned):
+    # Read in place (read-only): out of the body (bytes, or a segment of ours, where the server
+    # aligned the binary part) or out of a region; copied only when unaligned.
+    if not arr.flags.aligned:
         arr = arr.copy()
     return codec.Decoded(arr, "binary", t["datatype"])
 

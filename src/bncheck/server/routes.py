@@ -97,7 +97,7 @@ async def run_check(request: Request, call: runner.Call) -> Response:
         # The budget holds from arrival: the queue, the body's arrival and the check itself. The
         # check looks at its deadline between steps; this scope answers GRACE_S after it anyway.
         with anyio.move_on_after(max(0.0, deadline - time.monotonic()) + GRACE_S):
-            body = await request.app.state.workers.receive(request)
+            body = await request.app.state.workers.receive(request, shm.aligning(call.header_length))
             if isinstance(body, shm.Segment):
                 _count_transport(request, "request", True, body.size)
             else:

@@ -30,8 +30,8 @@ import anyio
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-__all__ = ["MIN_BYTES", "PREFIX", "SHM_DIR", "Segment", "SegmentResponse", "available", "owner_tag", "pwrite_all",
-           "remove_all", "sweep"]
+__all__ = ["MIN_BYTES", "PREFIX", "SHM_DIR", "Segment", "SegmentResponse", "aligning", "available", "owner_tag",
+           "pwrite_all", "remove_all", "sweep"]
 
 MIN_BYTES = 1 << 20  # smaller bodies go through the pipe: a segment costs two system calls
 SHM_DIR = Path("/dev/shm")
@@ -47,8 +47,11 @@ class Segment:
     /dev/shm is an OSError); readers map it: ``mm`` is a read-only ``mmap``, bytes-like
     and with ``find``."""
 
-    def __init__(self, path: str, size: int, *, fd: int | None = None, mm: mmap.mmap | None = None) -> None:
-        self.path, self.size, self.fd, self._mm = path, size, fd, mm
+    def __init__(self, path: str, size: int, *, fd: int | None = None, mm: mmap.mmap | None = None,
+                 offset: int = 0) -> None:
+        # offset: where the body starts in the file, after a few bytes that align what follows
+        # a v2 body's JSON header (``aligning``)
+        self.path, self.size, self.fd, self._mm, self.offset = path, size, fd, mm, offset
 
     @property
     def mm(self) -> mmap.mmap:
@@ -58,42 +61,49 @@ class Segment:
         return self._mm
 
     @classmethod
-    def create(cls, size: int, owner: str | None = None) -> Segment | None:
-        """A new, empty segment for ``size`` bytes, or None where /dev/shm is missing or
-        has no room for them now. ``owner`` (see ``owner_tag``) names who removes it."""
+    def create(cls, size: int, owner: str | None = None, offset: int = 0) -> Segment | None:
+        """A new, empty segment for ``size`` bytes from ``offset`` on, or None where /dev/shm
+        is missing or has no room for them now. ``owner`` (see ``owner_tag``) names who
+        removes it."""
         if not available():
             return None
         try:
             st = os.statvfs(SHM_DIR)
-            if st.f_bavail * st.f_frsize < size:
+            if st.f_bavail * st.f_frsize < offset + size:
                 return None
             path = str(SHM_DIR / f"{PREFIX}{owner or owner_tag()}-{secrets.token_hex(8)}")
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except OSError:
             return None
-        return cls(path, size, fd=fd)
+        return cls(path, size, fd=fd, offset=offset)
 
-    def write(self, offset: int, data: bytes | memoryview) -> None:
-        """Write ``data`` at ``offset``; OSError (ENOSPC) when /dev/shm fills up meanwhile."""
+    def write(self, at: int, data: bytes | memoryview) -> None:
+        """Write ``data`` at ``at`` of the body; OSError (ENOSPC) when /dev/shm fills up meanwhile."""
         assert self.fd is not None
-        pwrite_all(self.fd, data, offset)
+        pwrite_all(self.fd, data, self.offset + at)
 
     def read_back(self, size: int) -> bytes:
-        """The first ``size`` bytes written: for a writer that has to give up on the segment."""
+        """The first ``size`` bytes of the body: for a writer that has to give up on the segment."""
         fd = os.open(self.path, os.O_RDONLY)
         try:
-            return os.pread(fd, size, 0)
+            return os.pread(fd, size, self.offset)
         finally:
             os.close(fd)
 
     @classmethod
-    def open(cls, path: str, size: int) -> Segment:
+    def open(cls, path: str, size: int, offset: int = 0) -> Segment:
         fd = os.open(path, os.O_RDONLY)
         try:
-            mm = mmap.mmap(fd, max(size, 1), prot=mmap.PROT_READ) if size else None
+            mm = mmap.mmap(fd, offset + size, prot=mmap.PROT_READ) if size else None
         finally:
             os.close(fd)
-        return cls(path, size, mm=mm)
+        return cls(path, size, mm=mm, offset=offset)
+
+    @property
+    def body(self) -> Any:
+        """The body, read-only and bytes-like: the mapping itself (with ``find``), or a view of
+        it past the offset."""
+        return self.mm if not self.offset else memoryview(self.mm)[self.offset:self.offset + self.size]
 
     def close(self) -> None:
         if self.fd is not None:
@@ -127,6 +137,14 @@ class SegmentResponse(Response):
         finally:
             # Freeing tens of megabytes of pages takes milliseconds: not on the event loop.
             await anyio.to_thread.run_sync(self.seg.unlink)
+
+
+def aligning(header_length: int | None) -> int:
+    """The offset that puts the binary part of a v2 body, which follows a JSON header of
+    ``header_length`` bytes (its Inference-Header-Content-Length), on a 64-byte boundary in a
+    segment, so that the worker reads its tensors in place instead of copying them; 0 for a
+    body without binary part."""
+    return 0 if header_length is None else -header_length % 64
 
 
 def pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:

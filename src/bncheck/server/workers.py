@@ -93,12 +93,13 @@ def job(body: Any, settings: Settings, deadline: float | None, *, joined: bool =
 
 
 def shared_job(path: str, size: int, settings: Settings, deadline: float | None, owner: str,
-               call: runner.Call = runner.V1) -> runner.Outcome | Failure:
-    """``job`` on a body in a shared-memory segment, parsed in place; a large answer goes
-    back in a segment of its own (named for ``owner``, the server, which removes it)."""
-    seg = shm.Segment.open(path, size)
+               call: runner.Call = runner.V1, offset: int = 0) -> runner.Outcome | Failure:
+    """``job`` on a body in a shared-memory segment (from ``offset`` on), parsed in place; a
+    large answer goes back in a segment of its own (named for ``owner``, the server, which
+    removes it)."""
+    seg = shm.Segment.open(path, size, offset)
     try:
-        result = job(seg.mm, settings, deadline, joined=False, call=call)
+        result = job(seg.body, settings, deadline, joined=False, call=call)
     finally:
         seg.close()
     if not isinstance(result, runner.Outcome) or not result.parts:
@@ -138,7 +139,7 @@ class ThreadWorkers:
     def pids(self) -> list[int]:
         return []
 
-    async def receive(self, request: Request) -> bytes:
+    async def receive(self, request: Request, offset: int = 0) -> bytes:
         return await request.body()
 
     async def run(self, body: bytes, deadline: float, done: Callable[[], None], call: runner.Call = runner.V1
@@ -208,8 +209,9 @@ def _fingerprint(body: bytes | shm.Segment) -> bytes:
     edge = 1 << 16
     if isinstance(body, shm.Segment):
         with open(body.path, "rb") as f:
-            head = f.read(edge)
-            f.seek(max(0, body.size - edge))
+            f.seek(body.offset)
+            head = f.read(min(edge, body.size))
+            f.seek(body.offset + max(0, body.size - edge))
             tail = f.read(edge)
         size = body.size
     else:
@@ -302,13 +304,14 @@ class ProcessWorkers:
         detail = "the worker process running this check died (killed, or out of memory) and has been replaced; retry"
         return ProblemError("worker-died", detail, headers={"Retry-After": "5"})
 
-    async def receive(self, request: Request) -> bytes | shm.Segment:
-        """The body: written into a shared-memory segment as it arrives when it is large
-        and the Content-Length says so up front; otherwise bytes."""
+    async def receive(self, request: Request, offset: int = 0) -> bytes | shm.Segment:
+        """The body: written into a shared-memory segment (from ``offset`` on, shm.aligning)
+        as it arrives when it is large and the Content-Length says so up front; otherwise
+        bytes."""
         length = request.headers.get("content-length", "")
         if not length.isdigit() or int(length) < shm.MIN_BYTES:
             return await request.body()
-        seg = shm.Segment.create(int(length), self.owner)  # statvfs and open: no need for a thread
+        seg = shm.Segment.create(int(length), self.owner, offset)  # statvfs and open: no need for a thread
         if seg is None:  # no /dev/shm, or no room in it: the pipe still works
             return await request.body()
         stream = request.stream()
@@ -360,7 +363,8 @@ class ProcessWorkers:
     def _submit(self, pool: ProcessPoolExecutor, body: bytes | shm.Segment, deadline: float,
                 call: runner.Call) -> Future[Any]:
         if isinstance(body, shm.Segment):
-            return pool.submit(shared_job, body.path, body.size, self.settings, deadline, self.owner, call)
+            return pool.submit(shared_job, body.path, body.size, self.settings, deadline, self.owner, call,
+                               body.offset)
         return pool.submit(job, body, self.settings, deadline, call=call)
 
     async def _wait(self, future: Future[Any], body: bytes | shm.Segment, done: Callable[[], None]
