@@ -110,7 +110,8 @@ class Problem:
 
 @dataclass(frozen=True)
 class Numeric:
-    """Finite-difference values and their estimated error (same shape, or (C,))."""
+    """Finite-difference values and their error: a bound (stats, brute, gamma and beta), or
+    Richardson's estimate (directional); the same shape, or (C,)."""
 
     values: Any
     error: Any
