@@ -318,7 +318,7 @@ def _fd_block(ctx: _Ctx, opts: FDOptions, limits: Limits) -> FDBlock:
         parts, dg, db = diff.judged(judge.part, clear=SCRATCH)
         block.dx = judge.metrics(parts)
         block.elements = lay.M
-        top = judge.channel_scale(parts)
+        top = xp.asarray(judge.channel_scale(parts))
         errors.append(float(xp.max(diff.error / xp.where(top > 0, top, 1.0))))
         if opts.method == "auto":
             block.cross_check = _cross_check(ctx, pr, ref, scales, opts, limits, block.notes)
