@@ -104,35 +104,29 @@ def ulp(values: Any, dt: np.dtype[Any], *, xp: Any = np) -> Any:
 
 
 def in_ulps(err: Any, values: Any, dt: np.dtype[Any], *, xp: Any = np, out: Any = None, ignore: Any = None) -> Any:
-    """``err / ulp(values, dt)`` for non-zero ``values``: ``err`` scaled by a power of two; 0 where
-    ``ignore`` (a boolean mask) is true. ``out``: a float64 array of ``values``' shape to work in.
+    """``err / ulp(values, dt)`` for non-zero ``values``; 0 where ``ignore`` (a boolean mask)
+    is true. ``out``: a float64 array of ``values``' shape to work in.
 
-    For float64 ``values`` the exponent is read from the bits and the power of two built from
-    bits (three times faster than frexp and ldexp, the same numbers: a float64 subnormal's
-    exponent reads as -1022, and clamps to the dtype's least like frexp's). 2^(bits - e) must be
-    a normal float64: always for 24 bits or fewer; for float64's own 53 while every |value| is
-    above 2^-971, else frexp and ldexp do it."""
+    For float64 ``values`` the spacing is built from bits, in four passes (faster than frexp
+    and ldexp, the same numbers): masking all but the exponent turns |value| into the power
+    of two at or below it, 2^(e-1) (0 for 0 and the subnormals); floored at the dtype's
+    least and times 2^(1 - bits), that is the spacing, itself a power of two, so err divided
+    by it is err scaled exactly."""
     name = dtype_name(dt)
     bits, least = _BITS[name], _MIN_EXP[name]
     if values.dtype == np.float64:
-        k = xp.empty(values.shape, dtype=xp.int64) if out is None else out.view(xp.int64)
-        xp.right_shift(values.view(xp.int64), 52, out=k)
-        xp.bitwise_and(k, 0x7FF, out=k)  # frexp's exponent + 1022
+        spacing = xp.empty(values.shape) if out is None else out
+        xp.bitwise_and(values.view(xp.int64), 0x7FF0000000000000, out=spacing.view(xp.int64))
+        xp.maximum(spacing, 2.0 ** (least - 1), out=spacing)
+        spacing *= 2.0 ** (1 - bits)
         if ignore is not None:
-            k[ignore] = 1023  # any normal exponent: these count 0 below
-        xp.maximum(k, least + 1022, out=k)
-        if bits < 53 or int(k.min()) >= 52:
-            xp.subtract(bits + 1023 + 1022, k, out=k)  # the biased exponent of 2^(bits - e)
-            xp.left_shift(k, 52, out=k)
-            result = k.view(xp.float64)
-            result *= err
-            if ignore is not None:
-                result[ignore] = 0.0
-            return result
-    _, exp = xp.frexp(values)
-    xp.maximum(exp, least, out=exp)
-    xp.subtract(bits, exp, out=exp)
-    result = xp.ldexp(err, exp)
+            spacing[ignore] = 1.0  # counted 0 below: no overflow to divide into there
+        result = xp.divide(err, spacing, out=spacing)
+    else:
+        _, exp = xp.frexp(values)
+        xp.maximum(exp, least, out=exp)
+        xp.subtract(bits, exp, out=exp)
+        result = xp.ldexp(err, exp)
     if ignore is not None:
         result[ignore] = 0.0
     return result
