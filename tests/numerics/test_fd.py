@@ -173,11 +173,11 @@ def test_property_any_layout_and_eps(shape, axis_pick, eps, seed):
 @pytest.mark.parametrize("name", [n for n in SMALL if n != "single_element"])
 def test_the_error_bound_holds_and_is_tight_where_truncation_rules(name):
     """The stats error is a bound (Taylor's remainder and the size of the rounded terms), not an
-    estimate: every channel's actual error against the analytic dx stays below it, at steps
-    where rounding rules (1e-4) and where truncation does (1e-1); so does brute's, at sampled
-    positions. Where truncation rules the
-    bound is within 10x of the worst actual error (it takes the channel's largest |d| and |b|
-    term by term)."""
+    estimate: every channel's actual error against the analytic dx stays below it, at the
+    default step (1e-4) and a large one (1e-1); so does brute's, at sampled positions. At the
+    large step the bound is within 10x of the worst actual error (it takes the channel's
+    largest |d| and |b| term by term; where they sit in one element, as in a constant channel,
+    it is the error itself)."""
     case = make(name)
     lay, pr = _problem(case)
     s = ref.batch_stats(pr.x3, lay, case.eps, np)
