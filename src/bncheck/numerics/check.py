@@ -311,7 +311,7 @@ def _fd_block(ctx: _Ctx, opts: FDOptions, limits: Limits) -> FDBlock:
     errors: list[float] = []
     if method == "stats":
         raw = ref.dgamma / ctx.exact.invstd
-        diff = fd.StatsDifference(pr, ctx.exact, ref.dbeta, raw, opts.step, fd.Extents(*scales.extents))
+        diff = fd.StatsDifference(pr, ctx.exact, ref.dbeta, raw, opts.step, fd.extents(scales))
         # Each block of differences is judged while in cache: the values are never kept whole.
         judge = Comparison(ref.dx, tol=tol, lay=lay, out_dtype=np.float64, scale=scales.dx_field,
                            extra=4 * diff.error)
@@ -329,7 +329,7 @@ def _fd_block(ctx: _Ctx, opts: FDOptions, limits: Limits) -> FDBlock:
         metrics, count = _directional(ctx, pr, ref, scales, opts, limits, block.notes)
         block.dx, block.directions, block.elements = metrics, count, count * lay.C
     if method != "stats":
-        dg, db = fd.param_fd(pr, ctx.exact, fd.Extents(*scales.extents))
+        dg, db = fd.param_fd(pr, ctx.exact, fd.extents(scales))
     clay = channel_layout(lay.C)
     block.dgamma = compare(ref.dgamma, dg.values, tol=tol, lay=clay, out_dtype=np.float64,
                            scale=scales.dgamma, extra=4 * dg.error)
@@ -366,7 +366,7 @@ def _brute(ctx: _Ctx, pr: fd.Problem, ref: Grads, scales: Scales, opts: FDOption
     count = _affordable(wanted, 2 * lay.M, limits, "brute positions", notes)
     pos = fd.positions(lay.R, count, opts.seed)
     num = fd.brute_dx(pr, ctx.exact, ref.dbeta, ref.dgamma / ctx.exact.invstd, pos, opts.step, tick=limits.tick,
-                      ext=fd.Extents(*scales.extents))
+                      ext=fd.extents(scales))
     # Rows of (len(pos), C): position j of every channel.
     p_idx, s_idx = np.divmod(pos, lay.S)
     take = (ctx.xp.asarray(p_idx)[:, None], ctx.xp.arange(lay.C)[None, :], ctx.xp.asarray(s_idx)[:, None])

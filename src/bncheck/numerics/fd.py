@@ -36,7 +36,6 @@ exact up to rounding: one-sided, with a step of 1 + |value|.
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -48,6 +47,7 @@ import numpy as np
 from . import backend, reference
 from .layout import Block, Layout
 from .reference import Stats
+from .scales import Scales
 
 __all__ = ["Directional", "Extents", "Numeric", "Problem", "StatsDifference", "brute_dx", "directional", "extents",
            "param_fd", "stats_dx"]
@@ -136,24 +136,14 @@ class Extents:
     abs_dy_xhat: Any
 
 
-def extents(pr: Problem, st: Stats) -> Extents:
-    """``Extents`` in one pass over x and dy."""
-    xp, lay = pr.xp, pr.layout
-    mean, invstd = lay.per_channel(st.mean), lay.per_channel(st.invstd)
+def extents(scales: Scales) -> Extents:
+    """``Extents`` from the sums ``scales`` take in one pass (the reference's first, in a check)."""
+    return Extents(*scales.extents)
 
-    def part(b: Block) -> list[Any]:
-        x, dy = pr.x3[b[0], :, b[1]], pr.dy3[b[0], :, b[1]]
-        ady, xhat = backend.scratch(2, x.shape, xp)
-        xp.abs(dy, out=ady)
-        xp.subtract(x, mean, out=xhat)
-        xhat *= invstd
-        xp.abs(xhat, out=xhat)
-        return [backend.channel_max(x, xp), backend.channel_min(x, xp), backend.channel_max(dy, xp),
-                backend.channel_min(dy, xp), backend.channel_sum(ady, xp), backend.channel_dot(ady, xhat, xp)]
 
-    parts = backend.map_blocks(part, lay, xp)
-    gather = (xp.maximum, xp.minimum, xp.maximum, xp.minimum, xp.add, xp.add)
-    return Extents(*(functools.reduce(f, [p[i] for p in parts]).astype(xp.float64) for i, f in enumerate(gather)))
+def _extents_or_own(ext: Extents | None, pr: Problem, st: Stats) -> Extents:
+    """``ext``, or for a caller without them (no scales at hand) a pass of their own."""
+    return ext if ext is not None else extents(Scales(pr.x3, pr.dy3, pr.gamma, pr.beta, st, pr.layout, pr.xp))
 
 
 def stats_dx(pr: Problem, st: Stats, dbeta: Any, raw: Any, rel_step: float) -> Numeric:
@@ -174,7 +164,7 @@ class StatsDifference:
                  ext: Extents | None = None) -> None:
         xp, lay = pr.xp, pr.layout
         self.pr, self.st = pr, st
-        self.ext = ext if ext is not None else extents(pr, st)
+        self.ext = _extents_or_own(ext, pr, st)
         self.h = steps(st, rel_step)
         R, h = lay.R, self.h
         if pr.training:
@@ -325,7 +315,7 @@ def param_fd(pr: Problem, st: Stats, ext: Extents | None = None) -> tuple[Numeri
     """dgamma and dbeta: L is linear in both, so the step can be large and the
     difference is exact up to rounding."""
     xp, lay = pr.xp, pr.layout
-    forwards = _Forwards(pr, st, ext if ext is not None else extents(pr, st))
+    forwards = _Forwards(pr, st, _extents_or_own(ext, pr, st))
     mean = lay.per_channel(st.mean)
 
     def part(blk: Block) -> list[Any]:
@@ -406,7 +396,7 @@ def brute_dx(pr: Problem, st: Stats, dbeta: Any, raw: Any, pos: np.ndarray, rel_
     h = steps(st, rel_step)
     bounds = None
     if pr.training:
-        bounds = _Bounds.of(pr, st, 2.0 * h, dbeta, raw, ext if ext is not None else extents(pr, st))
+        bounds = _Bounds.of(pr, st, 2.0 * h, dbeta, raw, _extents_or_own(ext, pr, st))
     values, errors = [], []
     for j in pos.tolist():
         tick("a brute-force position")
