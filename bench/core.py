@@ -9,6 +9,12 @@ the same data.
 
 from __future__ import annotations
 
+import importlib
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
 import numpy as np
 
 from bncheck.numerics import VARIANTS, FDOptions, check, fd
@@ -128,10 +134,44 @@ def _torch_backward_ms(torch, x: np.ndarray, dy: np.ndarray, gamma: np.ndarray) 
         t[0], t[1], t[2], None, None, t[3], t[4], True, EPS, [True, True, True]), repeat=5)
 
 
+@contextmanager
+def _comparisons_timed(spent: list[float]) -> Iterator[None]:
+    """Add to ``spent`` the wall time of every comparison a check makes against its reference
+    (compare and compare_all, called from check.py): the share of the variant and candidate
+    phases that judging takes. The finite differences judge block by block inside their own
+    pass (compare.Comparison), which this does not separate."""
+    mod = importlib.import_module("bncheck.numerics.check")
+    saved = {name: getattr(mod, name) for name in ("compare", "compare_all")}
+
+    def timed(fn: Callable[..., Any]) -> Callable[..., Any]:
+        def run(*args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                spent.append((time.perf_counter() - start) * 1e3)
+
+        return run
+
+    for name, fn in saved.items():
+        setattr(mod, name, timed(fn))
+    try:
+        yield
+    finally:
+        for name, fn in saved.items():
+            setattr(mod, name, fn)
+
+
 def _phases(x: np.ndarray, dy: np.ndarray, gamma: np.ndarray, beta: np.ndarray, **kw: object) -> dict[str, float]:
     """Five whole checks: the fastest total, and each phase at its fastest (on this shared
-    machine a check now and then waits on the kernel for fresh memory: tens of milliseconds)."""
-    runs = [check(x, dy, gamma, beta, eps=EPS, **kw).timings_ms for _ in range(5)]  # type: ignore[arg-type]
+    machine a check now and then waits on the kernel for fresh memory: tens of milliseconds);
+    "comparing" is the part of the variant and candidate phases spent judging (at its fastest)."""
+    runs = []
+    for _ in range(5):
+        spent: list[float] = []
+        with _comparisons_timed(spent):
+            timings = check(x, dy, gamma, beta, eps=EPS, **kw).timings_ms  # type: ignore[arg-type]
+        runs.append({**timings, "of which comparing": sum(spent)})
     return {k: min(t[k] for t in runs) for k in runs[0]}
 
 
