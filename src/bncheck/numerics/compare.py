@@ -1,7 +1,9 @@
 """Compare a candidate tensor with its reference: one metrics set, numpy.testing style.
 
-Works on the (P, C, S) view, block by block on every core, so a 4M-element
-comparison costs a few passes. Per-channel tensors are a (1, C, 1) view.
+Works on the (P, C, S) view, block by block on every core. A large block is judged in
+one compiled pass (fused.py) that makes the same numbers as the NumPy passes below, which
+judge the rest (small, strided or non-finite blocks, and the pictures). Per-channel
+tensors are a (1, C, 1) view.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import Any, cast
 
 import numpy as np
 
-from . import backend, pictures
+from . import backend, fused, pictures
 from .dtypes import dtype_name, in_ulps, ulp
 from .layout import Block, Layout
 from .report import ChannelError, Resolution, TensorMetrics, ToleranceUsed
@@ -68,6 +70,7 @@ class _Inputs:
         self.s3 = None if scale is None or self.field is not None else _as_view(scale, lay)
         self.e3 = None if extra is None else _as_view(extra, lay)
         self.tol, self.out_dtype, self.lay, self.xp = tol, out_dtype, lay, xp
+        self.fused = fused.usable(self.c3, lay.M, plots)  # one compiled pass per block (fused.py)
 
     def take(self, a3: Any, b: Block) -> Any:
         if a3 is None:
@@ -90,6 +93,10 @@ class _Inputs:
         else:
             scale = self.take(self.s3, b)
         extra = self.take(self.e3, b)
+        if self.fused and fused.reference_ok(ref):
+            part = self._fused(b, cand, ref, scale, extra)
+            if part is not None:
+                return part
         xp.subtract(cand, ref, out=err)
         xp.abs(err, out=err)
         ch_abs = backend.channel_max(err, xp)
@@ -153,6 +160,24 @@ class _Inputs:
         if part.max_abs > 0:
             part.max_rel, part.max_ulp = self._relative(err, aref, ref, allowed)
         return part
+
+    def _fused(self, b: Block, cand: Any, ref: Any, scale: Any, extra: Any) -> _Part | None:
+        """``part`` in one pass (fused.py); None where the kernel does not take the block."""
+        tol = self.tol
+        natural = scale is not None and tol.mode == "natural"
+        j = fused.judge(cand, ref, scale, extra, rtol=tol.rtol, atol=tol.atol, floor=tol.abs_floor, natural=natural,
+                        out_dtype=self.out_dtype)
+        if j is None:
+            return None
+        local = j.worst
+        return _Part(
+            n_bad=j.n_bad, n_nonfinite=0, max_abs=float(j.ch_abs.max()), max_rel=j.max_rel, max_ulp=j.max_ulp,
+            sumsq=j.sumsq, max_ref=j.max_ref, ch_scale=None if scale is None else j.ch_scale,
+            worst_ratio=j.worst_ratio, worst_flat=self.flat(b, local), worst_cand=float(cand[local]),
+            worst_ref=float(ref[local]),
+            worst_atol=tol.atol * (float(np.broadcast_to(scale, ref.shape)[local]) if natural else 1.0),
+            worst_allowed=j.worst_allowed, max_allowed=j.max_allowed, ch_ratio=j.ch_ratio, ch_abs=j.ch_abs,
+            ch_bad=j.ch_bad)
 
     def _relative(self, err: Any, aref: Any, ref: Any, work: Any) -> tuple[float, float]:
         """Largest relative error and largest error in ulps, both over non-zero references (an ulp

@@ -1,0 +1,166 @@
+"""A block's comparison in one pass over memory: a compiled CPU kernel (Numba).
+
+``compare._Inputs.part`` judges a block of the (P, C, S) view with NumPy in about thirty
+passes, one operation each; ``_fusedkernel.judge`` reads the block once, four elements at a
+time, and makes every number of the same part: the errors, allowances and ratios, the count of
+bad elements, the per-channel maxima and counts, the largest relative error and error in ulps,
+and the worst element. Each element's arithmetic is NumPy's, operation for operation, so every
+number is the NumPy path's bit for bit but the sum of squared errors (summed in another order,
+as any two sums are); tests/numerics/test_fused.py holds both paths to that on every kind of
+operand.
+
+It takes a block where it pays and is exact: NumPy arrays, a float32 or float64 candidate
+against a float64 reference, rows of at least MIN_ROW elements contiguous along s, a
+comparison of at least MIN_ELEMENTS elements, and no pictures. Anything else, and a block
+whose candidate holds a NaN or an infinity (the NumPy path names the first one), goes to
+NumPy: the same report. Without Numba, or with ``BNCHECK_FUSED=0``, every comparison does.
+
+Numba compiles the kernel the first time a machine imports it and keeps it in its cache
+(``NUMBA_CACHE_DIR``, or ``__pycache__`` beside this file); a process pays the import and
+the cache's load, about half a second, at its first large comparison.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+import numpy as np
+
+from .dtypes import _BITS, _MIN_EXP, dtype_name
+
+__all__ = ["MIN_ELEMENTS", "MIN_ROW", "Judged", "available", "judge", "reference_ok", "usable"]
+
+log = logging.getLogger("bncheck.fused")
+
+MIN_ELEMENTS = 1 << 18  # below this NumPy's passes are cheap, and the import is not worth it
+MIN_ROW = 16  # rows shorter than this ((N, C) and channels-last, S = 1) stay with NumPy
+_TINY = 1e-300  # compare._TINY: allowed is floored here
+_KINDS = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+@dataclass
+class Judged:
+    """A block's numbers (compare._Part's), from one pass."""
+
+    n_bad: int
+    max_allowed: float
+    sumsq: float
+    max_ref: float
+    max_rel: float
+    max_ulp: float
+    worst_ratio: float
+    worst: tuple[int, int, int]  # (p, c, s) in the block
+    worst_allowed: float
+    ch_abs: np.ndarray
+    ch_ratio: np.ndarray
+    ch_bad: np.ndarray
+    ch_scale: np.ndarray
+
+
+def available() -> bool:
+    """Whether the kernel runs here: Numba installed, the kernel loaded, and not turned off."""
+    off = os.environ.get("BNCHECK_FUSED", "1").strip().lower() in ("0", "false", "no", "off")
+    return not off and _kernel() is not None
+
+
+def usable(cand: Any, elements: int, plots: bool) -> bool:
+    """Whether a comparison of ``elements`` elements of ``cand`` may take the kernel (block by
+    block it still checks the reference, ``reference_ok``, and the rows, ``judge``)."""
+    return (not plots and elements >= MIN_ELEMENTS and type(cand) is np.ndarray and cand.dtype in _KINDS
+            and available())
+
+
+def reference_ok(ref: Any) -> bool:
+    return type(ref) is np.ndarray and ref.dtype == np.float64
+
+
+def judge(cand: Any, ref: Any, scale: Any, extra: Any, *, rtol: float, atol: float, floor: float,
+          natural: bool, out_dtype: Any) -> Judged | None:
+    """One (p, C, s) block: ``cand`` (float32 or float64) against ``ref`` (float64); ``scale`` and
+    ``extra`` of the block's shape, or (1, C, 1) per channel, or None. None where the kernel does
+    not take the block (see the module) or its candidate is not finite throughout."""
+    P, C, S = ref.shape
+    if S < MIN_ROW:
+        return None
+    c1, r1 = _rows(cand, ref.shape), _rows(ref, ref.shape)
+    s1, e1 = _operand(scale, ref.shape), _operand(extra, ref.shape)
+    if c1 is None or r1 is None or s1 is None or e1 is None:
+        return None
+    if not (np.isfinite(s1[5]).all() and np.isfinite(e1[5]).all()):  # per-channel values: checked here
+        return None
+    bits, exp = (np.int32, 0x7F800000) if cand.dtype == np.float32 else (np.int64, 0x7FF0000000000000)
+    ch = np.zeros((4, C), np.int64)  # bits of the per-channel maxima, and the counts
+    result = np.zeros(12, np.int64)
+    inv, least = _inverse_spacings(dtype_name(np.dtype(out_dtype)))
+    atol_n, atol_a = (float(atol), 0.0) if natural else (0.0, float(atol))
+    kernel = _kernel()
+    kernel(c1[0], c1[0].view(bits), exp, *c1[1:], *r1, *s1[:4], *e1[:4], s1[4], s1[5], e1[4], e1[5], P, C, S,
+           float(rtol), atol_n, atol_a, float(floor), not floor >= _TINY, inv, least, *ch, result)
+    if result[11] != 0:
+        return None
+    f = result.view(np.float64)
+    return Judged(n_bad=int(result[0]), max_allowed=float(f[1]), sumsq=float(f[10]), max_ref=float(f[2]),
+                  max_rel=float(f[3]), max_ulp=float(f[4]) if f[3] > 0 else 0.0, worst_ratio=float(f[5]),
+                  worst=(int(result[6]), int(result[7]), int(result[8])), worst_allowed=float(f[9]),
+                  ch_abs=ch[0].view(np.float64), ch_ratio=ch[1].view(np.float64), ch_bad=ch[2],
+                  ch_scale=ch[3].view(np.float64))
+
+
+def _rows(a: Any, shape: tuple[int, int, int]) -> tuple[np.ndarray, int, int, int] | None:
+    """An array of the block's shape as the kernel reads it: a 1-D view from its first element
+    on, 0, and the steps of p and c in elements; None unless its rows are contiguous."""
+    item = a.itemsize
+    if a.strides[2] != item or a.strides[0] % item or a.strides[1] % item or min(a.strides) < 0:
+        return None
+    sp, sc = a.strides[0] // item, a.strides[1] // item
+    span = (shape[0] - 1) * sp + (shape[1] - 1) * sc + shape[2]
+    return np.lib.stride_tricks.as_strided(a, shape=(span,), strides=(item,)), 0, sp, sc
+
+
+def _operand(a: Any, shape: tuple[int, int, int]) -> tuple[Any, ...] | None:
+    """A scale or an extra allowance: (1-D view, offset, p step, c step, full, per-channel values)."""
+    if a is None or a.shape != shape:  # absent, or one value per channel: a row of zeros read with steps 0
+        per = np.zeros(shape[1]) if a is None else np.ascontiguousarray(a, dtype=np.float64).reshape(-1)
+        return _zeros(shape[2]), 0, 0, 0, 0.0, per
+    if a.dtype != np.float64:
+        return None
+    rows = _rows(a, shape)
+    return None if rows is None else (*rows, 1.0, _zeros(shape[1]))
+
+
+@cache
+def _zeros(n: int) -> np.ndarray:
+    z = np.zeros(n)
+    z.setflags(write=False)
+    return z
+
+
+@cache
+def _inverse_spacings(name: str) -> tuple[np.ndarray, int]:
+    """1 / the spacing of ``name`` at a float64 of each biased exponent (dtypes.in_ulps's
+    spacing: the power of two at or below it, floored at the dtype's least, times 2^(1-bits)),
+    and the least exponent whose inverse is a double (float64 outputs: below it, NumPy)."""
+    k = np.arange(2048)
+    power = np.ldexp(1.0, np.where(k == 0, -1074, np.minimum(k, 2046) - 1023))
+    power[0] = 0.0  # 0 and the subnormals: masked to 0, then floored at the least
+    spacing = np.maximum(power, 2.0 ** (_MIN_EXP[name] - 1)) * 2.0 ** (1 - _BITS[name])
+    with np.errstate(over="ignore", divide="ignore"):
+        inverse = 1.0 / spacing
+    inverse.setflags(write=False)
+    return inverse, int(np.argmax(np.isfinite(inverse)))
+
+
+@cache
+def _kernel() -> Any:
+    try:
+        from . import _fusedkernel
+    except ImportError:  # no Numba: the NumPy path
+        return None
+    except Exception:  # noqa: BLE001 (a cache it cannot write, a compiler error: still the NumPy path)
+        log.warning("the compiled comparison kernel did not load; comparisons take NumPy's path", exc_info=True)
+        return None
+    return _fusedkernel.judge

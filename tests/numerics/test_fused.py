@@ -1,0 +1,246 @@
+"""The compiled one-pass comparison (fused.py) against NumPy's path, an independent
+implementation of the same numbers: every field of the report the same, bit for bit, but the
+rms error (a sum in another order); and it must really have run, not fallen back."""
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+
+from bncheck.numerics import FDOptions, backend, check, fused, reference
+from bncheck.numerics.compare import compare, compare_all
+from bncheck.numerics.dtypes import BFLOAT16
+from bncheck.numerics.layout import Layout
+from bncheck.numerics.scales import Scales
+from bncheck.numerics.tolerance import Tolerance, user_tolerance
+
+from .kernels import backward
+
+
+@pytest.fixture
+def spy(monkeypatch):
+    """Every comparison may take the kernel (no size limits); counts the blocks it judged and
+    the blocks it handed back."""
+    monkeypatch.setattr(fused, "MIN_ELEMENTS", 0)
+    monkeypatch.setattr(fused, "MIN_ROW", 1)
+    counts = {"judged": 0, "handed back": 0}
+    real = fused.judge
+
+    def judge(*args, **kwargs):
+        out = real(*args, **kwargs)
+        counts["judged" if out is not None else "handed back"] += 1
+        return out
+
+    monkeypatch.setattr(fused, "judge", judge)
+    return counts
+
+
+def _both(monkeypatch, fn):
+    """fn() by NumPy's path, then by the kernel's."""
+    monkeypatch.setenv("BNCHECK_FUSED", "0")
+    numpy_path = fn()
+    monkeypatch.setenv("BNCHECK_FUSED", "1")
+    return numpy_path, fn()
+
+
+def _same(a, b):
+    da, db = dataclasses.asdict(a), dataclasses.asdict(b)
+    rms_a, rms_b = da.pop("rms_err"), db.pop("rms_err")
+    assert da == db
+    assert rms_b == pytest.approx(rms_a, rel=1e-12, abs=0.0)
+
+
+def test_the_kernel_loads_here():
+    # Numba is a dependency: the fast path is the product, not an option that may silently be off.
+    assert fused.available()
+
+
+def _case(shape, axis, cand_dtype, seed=0, zeros=0.01, bad=3):
+    rng = np.random.default_rng(seed)
+    lay = Layout.of(shape, axis)
+    ref = rng.standard_normal(shape) * np.exp(rng.uniform(-8, 8, shape))
+    ref[rng.random(shape) < zeros] = 0.0
+    cand = (ref * (1 + rng.standard_normal(shape) * 2e-7)).astype(cand_dtype)
+    flat = cand.reshape(-1)
+    for i in rng.choice(flat.size, bad, replace=False):  # planted errors
+        flat[i] = flat[i] * 1.01 + 1e-3
+    exact = rng.choice(flat.size, 5, replace=False)
+    flat[exact] = ref.reshape(-1)[exact].astype(cand_dtype)  # a few exact, even where rounding was
+    return lay, cand, ref, rng
+
+
+LAYOUTS = [((4, 8, 16, 16), 1), ((2, 8, 128, 160), 1), ((512, 64), 1), ((2, 6, 7, 8), -1), ((16, 5, 33), 1)]
+TOLERANCES = [Tolerance(1e-6, 3e-6, "natural"), Tolerance(3e-7, 1e-6, "natural", abs_floor=1.5 * 2.0**-150),
+              Tolerance(1e-5, 1e-8, "absolute"), user_tolerance(0.0, 0.0)]
+
+
+@pytest.mark.parametrize(("shape", "axis"), LAYOUTS)
+@pytest.mark.parametrize("cand_dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("tol", TOLERANCES, ids=["natural", "floor", "absolute", "exact"])
+def test_every_number_is_numpys(monkeypatch, spy, shape, axis, cand_dtype, tol):
+    lay, cand, ref, rng = _case(shape, axis, cand_dtype)
+    full = np.abs(rng.standard_normal(shape)) + 0.5
+    per_channel = np.abs(rng.standard_normal(lay.C)) + 0.5
+    scales = [None, per_channel, full]
+    extras = [None, per_channel * 1e-6, full * 1e-6]
+    for i, (scale, extra) in enumerate([(s, e) for s in scales for e in extras]):
+        out = [np.float32, np.float64, np.float16, BFLOAT16][i % 4]
+        a, b = _both(monkeypatch, lambda s=scale, e=extra, o=out: compare(
+            cand, ref, tol=tol, lay=lay, out_dtype=o, scale=s, extra=e))
+        _same(a, b)
+    assert spy["judged"] > 0
+    assert spy["handed back"] == 0
+
+
+def test_many_blocks_on_both_threads_and_one(monkeypatch, spy):
+    # Over 2 * BLOCK_ELEMENTS: blocks split along s ((1, C, s) views of rows), on the pool.
+    lay, cand, ref, rng = _case((2, 8, 160, 160), 1, np.float32, bad=40)
+    scale = np.abs(rng.standard_normal(lay.shape)) + 0.5
+    for threads in ("2", "1"):
+        monkeypatch.setenv("BNCHECK_THREADS", threads)
+        a, b = _both(monkeypatch, lambda: compare(cand, ref, tol=Tolerance(1e-6, 1e-6, "natural"), lay=lay,
+                                                 out_dtype=np.float32, scale=scale))
+        _same(a, b)
+        assert b.mismatched == 40
+    assert spy["judged"] >= 8
+
+
+def test_natural_scale_made_block_by_block(monkeypatch, spy):
+    """dx's scale as a check makes it (scales.ElementScale), and compare_all's shared blocks."""
+    rng = np.random.default_rng(3)
+    shape = (8, 16, 24, 24)
+    lay = Layout.of(shape, 1)
+    x, dy = rng.standard_normal(shape) * 3 + 2, rng.standard_normal(shape)
+    gamma, beta = rng.uniform(0.5, 1.5, 16), rng.standard_normal(16)
+    x3, dy3 = lay.view(x), lay.view(dy)
+    st = reference.batch_stats(x3, lay, 1e-5, np)
+    ref = np.ascontiguousarray(backward(x, dy, gamma, beta, eps=1e-5)["dx"], dtype=np.float64)
+    cand = ref.astype(np.float32)
+    cand[3, 4, 5, 6] += 1e-2
+    tol = Tolerance(3e-7, 2e-6, "natural")
+
+    def run():
+        field = Scales(x3, dy3, gamma, beta, st, lay, np).dx_field
+        return [compare(cand, ref, tol=tol, lay=lay, out_dtype=np.float32, scale=field),
+                *compare_all([(cand, tol, np.float32), (ref.astype(np.float64), tol, np.float64)], ref, lay=lay,
+                             scale=field)]
+
+    for a, b in zip(*_both(monkeypatch, run), strict=True):
+        _same(a, b)
+    assert spy["judged"] > 0
+
+
+@pytest.mark.parametrize("what", ["nan", "inf", "overflow", "tiny reference"])
+def test_blocks_it_cannot_judge_go_back_to_numpy(monkeypatch, spy, what):
+    lay, cand, ref, _ = _case((4, 8, 16, 16), 1, np.float64)
+    out = np.float64
+    if what == "nan":
+        cand[1, 2, 3, 4] = np.nan
+    elif what == "inf":
+        cand[0, 0, 0, 0] = -np.inf
+    elif what == "overflow":  # finite both, but the difference is not a double
+        cand[2, 3, 4, 5], ref[2, 3, 4, 5] = 1.7e308, -1.7e308
+    else:  # a float64 output's spacing at 1e-310 is 2^-1074: its inverse is not a double
+        ref[3, 2, 1, 0], cand[3, 2, 1, 0] = 1e-310, 3e-310
+    with np.errstate(over="ignore"):  # NumPy's path warns of the overflow it reports
+        a, b = _both(monkeypatch, lambda: compare(cand, ref, tol=user_tolerance(1e-6, 1e-9), lay=lay, out_dtype=out))
+    _same(a, b)
+    assert spy["handed back"] > 0
+    if what != "tiny reference":
+        assert b.nonfinite == 1
+        assert not b.passed
+
+
+def test_hand_checked_numbers_through_the_kernel(spy):
+    """Values worked out by hand, not by either path: a float32 candidate 3 ulps off at 1.5,
+    one 0.25 off, the rest exact."""
+    lay = Layout.of((2, 3, 32), 1)
+    ref = np.full(lay.shape, 1.5)
+    ref[1, 2, 7] = 4.0
+    cand = ref.astype(np.float32)
+    cand[0, 1, 5] = np.float32(1.5) + 3 * np.float32(2.0**-23)  # spacing of float32 in [1, 2)
+    cand[1, 2, 7] = 4.25
+    m = compare(cand, ref, tol=user_tolerance(1e-6, 1e-3), lay=lay, out_dtype=np.float32)
+    assert spy["judged"] == 1
+    assert m.max_ulp == 0.25 / 2.0**-21  # 4.25 - 4 in float32 ulps at 4: 2^-21 each
+    assert m.max_abs_err == 0.25
+    assert m.max_rel_err == 0.25 / 4.0
+    assert m.worst_index == [1, 2, 7]
+    assert m.mismatched == 1  # 3 ulps at 1.5 is 3.6e-7, inside 1e-3 + 1.5e-6
+    assert m.rms_err == pytest.approx(math.sqrt((0.0625 + (3 * 2.0**-23) ** 2) / lay.M))
+    assert m.worst_allowed == 1e-3 + 4.0 * 1e-6
+    assert [c.channel for c in m.worst_channels] == [2, 1]
+
+
+def test_a_whole_check_is_the_same_either_way(monkeypatch):
+    """Without lowering any limit: 262,144 elements, a candidate, the calibrated verdict."""
+    rng = np.random.default_rng(5)
+    shape = (16, 16, 32, 32)
+    x = (rng.standard_normal(shape) + 1).astype(np.float32)
+    dy = rng.standard_normal(shape).astype(np.float32)
+    gamma, beta = rng.uniform(0.5, 1.5, 16), rng.standard_normal(16)
+    out = backward(x, dy, gamma, beta, eps=1e-5)
+    cand = {k: np.ascontiguousarray(out[k], dtype=np.float32) for k in ("dx", "dgamma", "dbeta")}
+    cand["dx"][3, 5, 7, 9] *= 1.001
+    calls = []
+    real = fused.judge
+    monkeypatch.setattr(fused, "judge", lambda *a, **k: calls.append(1) or real(*a, **k))
+    a, b = _both(monkeypatch, lambda: check(x, dy, gamma, beta, candidate=cand,
+                                           finite_difference=FDOptions("stats")))
+    assert calls
+    assert _without_rms(dataclasses.asdict(a.checks)) == _without_rms(dataclasses.asdict(b.checks))
+    assert not b.passed
+    assert b.checks.candidate.tensors["dx"].worst_index == [3, 5, 7, 9]
+
+
+def _without_rms(doc):
+    if isinstance(doc, dict):
+        return {k: _without_rms(v) for k, v in doc.items() if k != "rms_err"}
+    if isinstance(doc, list):
+        return [_without_rms(v) for v in doc]
+    return doc
+
+
+def test_read_only_and_non_contiguous_operands(monkeypatch, spy):
+    lay, cand, ref, _ = _case((4, 8, 16, 16), 1, np.float32)
+    cand.setflags(write=False)
+    ref.setflags(write=False)
+    a, b = _both(monkeypatch, lambda: compare(cand, ref, tol=user_tolerance(1e-6, 1e-9), lay=lay,
+                                             out_dtype=np.float32))
+    _same(a, b)
+    assert spy["judged"] > 0
+    strided = np.zeros((*cand.shape, 2), np.float32)[..., 0]  # every other float: not contiguous along s
+    strided[...] = cand
+    judged = spy["judged"]
+    a, b = _both(monkeypatch, lambda: compare(strided, ref, tol=user_tolerance(1e-6, 1e-9), lay=lay,
+                                             out_dtype=np.float32))
+    _same(a, b)
+    assert spy["judged"] == judged
+
+
+def test_without_numba_every_comparison_is_numpys(monkeypatch, spy):
+    monkeypatch.setattr(fused, "_kernel", lambda: None)
+    assert not fused.available()
+    lay, cand, ref, _ = _case((4, 8, 16, 16), 1, np.float32)
+    m = compare(cand, ref, tol=user_tolerance(1e-6, 1e-9), lay=lay, out_dtype=np.float32)
+    assert m.mismatched == 3
+    assert spy["judged"] == spy["handed back"] == 0
+    assert backend.is_numpy(np)
+
+
+def test_the_floor_decides_where_the_reference_is_zero(monkeypatch, spy):
+    """With no absolute tolerance, a zero reference allows the floor alone: 1e-25 passes under a
+    floor of 1e-20 and 1e-15 does not (hand-counted), by both paths."""
+    lay = Layout.of((4, 8, 64), 1)
+    ref = np.zeros(lay.shape)
+    ref[:, :, 32:] = 1.0
+    cand = ref.copy()
+    cand[0, 1, 3] = cand[2, 5, 7] = 1e-25
+    cand[1, 2, 3] = cand[3, 7, 0] = cand[3, 7, 1] = 1e-15
+    tol = Tolerance(1e-6, 0.0, "absolute", abs_floor=1e-20)
+    a, b = _both(monkeypatch, lambda: compare(cand, ref, tol=tol, lay=lay, out_dtype=np.float64))
+    _same(a, b)
+    assert b.mismatched == 3
+    assert b.worst_allowed == 1e-20
+    assert spy["judged"] == 1
