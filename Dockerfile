@@ -4,7 +4,8 @@ FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    NUMBA_CACHE_DIR=/var/cache/bncheck/numba
 
 WORKDIR /app
 
@@ -18,6 +19,11 @@ RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['p
 COPY README.md ./
 COPY src ./src
 RUN pip install --no-deps . && rm -rf build src/*.egg-info
+
+# The compiled comparison (src/bncheck/numerics/fused.py), compiled once here into Numba's cache,
+# which the unprivileged user below may read and, on another CPU, rebuild.
+RUN python -c "from bncheck.numerics import fused; assert fused.available(), 'the comparison kernel did not load'" \
+ && chown -R 10001:10001 /var/cache/bncheck
 
 # An unprivileged, numeric user: no shell, no home.
 RUN groupadd --system --gid 10001 bncheck \

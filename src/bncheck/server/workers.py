@@ -196,8 +196,11 @@ def _leave_with_the_server(server: int) -> None:
 
 
 def _warm() -> int:
-    from bncheck.numerics import check  # noqa: F401  (import everything before the first request)
+    from bncheck.numerics import check, fused  # noqa: F401  (import everything before the first request)
 
+    # The compiled comparison (Numba's import and its cache, about half a second) loads beside,
+    # so that the worker is ready at once and its first large check does not wait for it.
+    threading.Thread(target=fused.available, name="bncheck-warm", daemon=True).start()
     return os.getpid()
 
 
