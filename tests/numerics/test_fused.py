@@ -244,3 +244,34 @@ def test_the_floor_decides_where_the_reference_is_zero(monkeypatch, spy):
     assert b.mismatched == 3
     assert b.worst_allowed == 1e-20
     assert spy["judged"] == 1
+
+
+@pytest.mark.parametrize("form", ["dx_field", "y_field"])
+@pytest.mark.parametrize("dtypes", [(np.float32, np.float32), (np.float64, np.float32), (np.float64, np.float64)])
+def test_natural_scales_are_numpys_bit_for_bit(monkeypatch, spy, form, dtypes):
+    """scales.ElementScale.block, NumPy's eight passes against the one compiled pass; a block
+    of rows split along s too, and data whose mean is far from 0 (kappa large)."""
+    rng = np.random.default_rng(11)
+    shape = (4, 8, 40, 40)
+    lay = Layout.of(shape, 1)
+    x = (rng.standard_normal(shape) * 1e-3 + 50.0).astype(dtypes[0])
+    dy = rng.standard_normal(shape).astype(dtypes[1])
+    x3, dy3 = lay.view(x), lay.view(dy)
+    st = reference.batch_stats(x3, lay, 1e-5, np)
+    field = getattr(Scales(x3, dy3, rng.uniform(0.5, 1.5, 8), rng.standard_normal(8), st, lay, np), form)
+    taken = []
+    real = fused.natural_scale
+    monkeypatch.setattr(fused, "natural_scale", lambda *a: taken.append(real(*a)) or taken[-1])
+    for b in [(slice(0, 4), slice(0, 1600)), (slice(1, 3), slice(100, 900))]:
+        n = x3[b[0], :, b[1]].shape
+        monkeypatch.setenv("BNCHECK_FUSED", "0")
+        by_numpy = field.block(b, np.empty(n), np.empty(n)).copy()
+        monkeypatch.setenv("BNCHECK_FUSED", "1")
+        compiled = field.block(b, np.empty(n), np.empty(n))
+        np.testing.assert_array_equal(compiled, by_numpy)
+    assert taken == [False, True, False, True]
+    x[1, 2, 3, 4] = np.inf  # a non-finite x: NumPy's path, which carries it as it did
+    monkeypatch.setenv("BNCHECK_FUSED", "1")
+    out = field.block((slice(0, 4), slice(0, 1600)), np.empty((4, 8, 1600)), np.empty((4, 8, 1600)))
+    assert taken[-1] is False
+    assert not np.isfinite(out[1, 2, 3 * 40 + 4])

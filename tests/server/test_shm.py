@@ -320,3 +320,27 @@ def test_a_v2_body_in_a_segment_is_read_in_place_past_an_aligning_offset():
         del req, got
         mapped.unlink()
     assert _mine() == []
+
+
+def test_no_address_space_to_map_the_body_is_a_413_not_a_bug(monkeypatch):
+    """Under BNCHECK_WORKER_MEMORY_MB (RLIMIT_AS) mapping a large body is the first allocation to
+    fail, with ENOMEM from mmap rather than MemoryError: the same clean refusal."""
+    import orjson
+
+    from bncheck.server import Settings, workers
+
+    _, _, request = _big_request(np.random.default_rng(4))
+    seg = _request_segment(orjson.dumps(request))
+
+    def no_room(*args, **kwargs):
+        raise OSError(errno.ENOMEM, "Cannot allocate memory")
+
+    monkeypatch.setattr(shm.Segment, "open", no_room)
+    try:
+        result = workers.shared_job(seg.path, seg.size, Settings(worker_memory_mb=300), None, shm.owner_tag())
+    finally:
+        seg.unlink()
+    assert result.status == 413
+    problem = orjson.loads(result.body)
+    assert problem["type"] == "/problems/too-big-for-memory"
+    assert "BNCHECK_WORKER_MEMORY_MB=300" in problem["detail"]

@@ -35,7 +35,7 @@ from llvmlite import ir
 from numba import types as t
 from numba.extending import intrinsic
 
-__all__ = ["judge"]
+__all__ = ["judge", "natural_scale"]
 
 _EXP = 0x7FF0000000000000
 _ABS = 0x7FFFFFFFFFFFFFFF
@@ -212,3 +212,38 @@ def judge(cand, cand_bits, cand_exp, co, cp, cc, ref, ro, rp, rc, scale, so, sp,
             result[6], result[7], result[8], result[9] = bp, bc, s, _bits(a)
             return
     result[11] = 3  # not found: cannot happen; the caller takes the NumPy path
+
+
+@numba.njit(nogil=True, cache=True, fastmath=_FM)
+def _scale_row(x, dy, mean, invstd, k1, k2, w, k3, out):  # type: ignore[no-untyped-def]  # pragma: no cover
+    for s in range(out.shape[0]):
+        out[s] = (abs((np.float64(x[s]) - mean) * invstd) * k1 + k2 + abs(np.float64(dy[s])) * w) * k3
+
+
+@numba.njit(nogil=True, cache=True)
+def _finite(x, dy):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
+    ok = True
+    for s in range(x.shape[0]):
+        ok &= np.isfinite(x[s]) & np.isfinite(dy[s])  # no branch: the loop vectorizes
+    return ok
+
+
+_SCALE_SIGS = [(_arr(xt), _I64, _I64, _arr(dt), _I64, _I64, _F64, _F64, _F64, _F64, _F, _F64, _I64, _I64, _I64,
+                _arr(t.float64, False)) for xt in (t.float32, t.float64) for dt in (t.float32, t.float64)]
+
+
+@numba.njit(_SCALE_SIGS, nogil=True, cache=True)
+def natural_scale(x, xp, xc, dy, dp, dc, mean, invstd, k1, k2, w, k3, P, C, S, out):  # type: ignore[no-untyped-def]
+    """scales.ElementScale.block in one pass: ``((|(x - mean) * invstd| * k1 + k2) + |dy| * w) * k3``
+    per element, the per-channel ``k`` of the tensor's form (scales.ElementScale.coefficients), into the
+    (P, C, S) C-ordered ``out``; rows as in ``judge``. False, with nothing written, where x or dy
+    is not finite (no NaN may reach ``_scale_row``)."""  # pragma: no cover - compiled
+    for p in range(P):
+        for c in range(C):
+            if not _finite(x[p * xp + c * xc:p * xp + c * xc + S], dy[p * dp + c * dc:p * dp + c * dc + S]):
+                return False
+    for p in range(P):
+        for c in range(C):
+            i, j, o = p * xp + c * xc, p * dp + c * dc, (p * C + c) * S
+            _scale_row(x[i:i + S], dy[j:j + S], mean[c], invstd[c], k1[c], k2[c], w, k3[c], out[o:o + S])
+    return True

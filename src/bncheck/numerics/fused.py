@@ -32,7 +32,7 @@ import numpy as np
 
 from .dtypes import _BITS, _MIN_EXP, dtype_name
 
-__all__ = ["MIN_ELEMENTS", "MIN_ROW", "Judged", "available", "judge", "reference_ok", "usable"]
+__all__ = ["MIN_ELEMENTS", "MIN_ROW", "Judged", "available", "judge", "natural_scale", "reference_ok", "usable"]
 
 log = logging.getLogger("bncheck.fused")
 
@@ -110,6 +110,27 @@ def judge(cand: Any, ref: Any, scale: Any, extra: Any, *, rtol: float, atol: flo
                   ch_scale=ch[3].view(np.float64))
 
 
+def natural_scale(x: Any, dy: Any, st: Any, coefficients: tuple[Any, Any, float, Any], elements: int,
+                  out: Any) -> bool:
+    """A block's natural scale (scales.ElementScale) into ``out`` ((p, C, s), float64, C-ordered)
+    in one pass, from x and dy of the block, their statistics ``st`` (mean, invstd) and the
+    form's ``coefficients``; False, with nothing written, where the kernel does not take it
+    (the dtypes of x and dy, their rows, a tensor under MIN_ELEMENTS, or a NaN or infinity)."""
+    P, C, S = out.shape
+    if (S < MIN_ROW or elements < MIN_ELEMENTS or type(x) is not np.ndarray or type(dy) is not np.ndarray
+            or x.dtype not in _KINDS or dy.dtype not in _KINDS or not available()):
+        return False
+    xr, dr = _rows(x, out.shape), _rows(dy, out.shape)
+    if xr is None or dr is None or not out.flags.c_contiguous:
+        return False
+    k1, k2, w, k3 = coefficients
+    mean, invstd = (np.ascontiguousarray(v, dtype=np.float64).reshape(-1) for v in (st.mean, st.invstd))
+    from . import _fusedkernel
+
+    return bool(_fusedkernel.natural_scale(xr[0], xr[2], xr[3], dr[0], dr[2], dr[3], mean, invstd, k1, k2, float(w),
+                                           k3, P, C, S, out.reshape(-1)))
+
+
 def _rows(a: Any, shape: tuple[int, int, int]) -> tuple[np.ndarray, int, int, int] | None:
     """An array of the block's shape as the kernel reads it: a 1-D view from its first element
     on, 0, and the steps of p and c in elements; None unless its rows are contiguous."""
@@ -159,6 +180,10 @@ def _kernel() -> Any:
     try:
         from . import _fusedkernel
     except ImportError:  # no Numba: the NumPy path
+        return None
+    except (MemoryError, OSError) as exc:  # LLVM maps ~200 MB: a worker under BNCHECK_WORKER_MEMORY_MB may lack it
+        log.warning("the compiled comparison kernel did not load (%s: %s; too little address space under "
+                    "BNCHECK_WORKER_MEMORY_MB?); comparisons take NumPy's path", type(exc).__name__, exc)
         return None
     except Exception:  # noqa: BLE001 (a cache it cannot write, a compiler error: still the NumPy path)
         log.warning("the compiled comparison kernel did not load; comparisons take NumPy's path", exc_info=True)

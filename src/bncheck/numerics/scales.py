@@ -27,7 +27,7 @@ from functools import cached_property
 from types import ModuleType
 from typing import Any
 
-from . import backend
+from . import backend, fused
 from .layout import Block, Layout
 from .reference import Stats
 
@@ -63,10 +63,29 @@ class ElementScale:
 
     def block(self, b: Block, out: Any, tmp: Any) -> Any:
         """The scale of block ``b`` of the (P, C, S) view, written into ``out`` (``tmp``: work
-        space of the same shape); a view of the whole, once that is made."""
+        space of the same shape); a view of the whole, once that is made. One compiled pass
+        where it can (fused.natural_scale), the same numbers."""
         if self._full is not None:
             return self._full[b[0], :, b[1]]
-        return self._into(out, tmp, self.src.x3[b[0], :, b[1]], self.src.dy3[b[0], :, b[1]])
+        x, dy = self.src.x3[b[0], :, b[1]], self.src.dy3[b[0], :, b[1]]
+        if fused.natural_scale(x, dy, self.src.st, self.coefficients, self.src.layout.M, out):
+            return out
+        return self._into(out, tmp, x, dy)
+
+    @cached_property
+    def coefficients(self) -> tuple[Any, Any, float, Any]:
+        """(k1, k2, w, k3), (C,) but ``w``: the scale is ``((|xhat| * k1 + k2) + |dy| * w) * k3``,
+        operation for operation what ``fill`` computes (fused.natural_scale's form)."""
+        xp, C = self.src.xp, self.src.layout.C
+
+        def vec(v: Any) -> Any:
+            return xp.ascontiguousarray(xp.broadcast_to(xp.asarray(v, dtype=xp.float64), (C,)))
+
+        if self.fill is _dx_fill:
+            per_xhat, base, coef = self.params
+            return vec(per_xhat), vec(base), 1.0, vec(coef)
+        coef, shift = self.params
+        return vec(coef), vec(shift), 0.0, vec(1.0)
 
     def at(self, take: tuple[Any, Any, Any]) -> Any:
         """The scale at the positions an index tuple of the (P, C, S) view picks, (n, C)."""

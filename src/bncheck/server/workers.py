@@ -27,6 +27,7 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
+import errno
 import hashlib
 import logging
 import multiprocessing
@@ -86,8 +87,16 @@ def job(body: Any, settings: Settings, deadline: float | None, *, joined: bool =
     except TimeBudgetError:
         problem = time_budget_problem(settings)
     except MemoryError:
-        problem = too_big_problem(f"the check needs more memory than a worker may use "
-                                  f"(BNCHECK_WORKER_MEMORY_MB={settings.worker_memory_mb}); send smaller tensors")
+        problem = _no_room(settings)
+    return _failure(problem, call)
+
+
+def _no_room(settings: Settings) -> ProblemError:
+    return too_big_problem(f"the check needs more memory than a worker may use "
+                           f"(BNCHECK_WORKER_MEMORY_MB={settings.worker_memory_mb}); send smaller tensors")
+
+
+def _failure(problem: ProblemError, call: runner.Call) -> Failure:
     status, body, media = render(problem, call.path)
     return Failure(status, body, problem.headers, media)
 
@@ -97,7 +106,14 @@ def shared_job(path: str, size: int, settings: Settings, deadline: float | None,
     """``job`` on a body in a shared-memory segment (from ``offset`` on), parsed in place; a
     large answer goes back in a segment of its own (named for ``owner``, the server, which
     removes it)."""
-    seg = shm.Segment.open(path, size, offset)
+    try:
+        seg = shm.Segment.open(path, size, offset)
+    except OSError as exc:
+        if exc.errno != errno.ENOMEM:
+            raise
+        # Mapping the body is the check's first allocation: under BNCHECK_WORKER_MEMORY_MB (an
+        # address-space limit) it fails as ENOMEM, not MemoryError, and means the same.
+        return _failure(_no_room(settings), call)
     try:
         result = job(seg.body, settings, deadline, joined=False, call=call)
     finally:
