@@ -1,28 +1,35 @@
 """The compiled half of fused.py: imported there only, and only when Numba is installed.
 
-A row of a block is the s-run of one p and one channel, contiguous. Each row is read by a
-few loops, each simple enough for LLVM to run it four elements at a time (AVX2; one loop
-doing everything is left scalar by its cost model): ``_exponents`` (are the operands
-finite), ``_judged`` (the count of bad elements, the largest ratio, error and allowance),
-``_magnitudes`` (the largest relative error and |reference|), ``_ulps``, ``_scale_max`` and
-``_sumsq``. The row stays in cache between them.
+A row of a block is the s-run of one p and one channel, contiguous (``judge``), or, where
+S = 1, the channels of one position (``judge_wide``). Each row is read by a few loops, each
+simple enough for LLVM to run it four elements at a time (AVX2): ``_finite`` (are the
+operands finite), ``_judged`` (the count of bad elements, the largest ratio, error and
+allowance), ``_magnitudes`` (the largest relative error and |reference|, the least non-zero
+|reference|), ``_ulps``, ``_scale_max`` and ``_sumsq``; the row stays in cache between them.
+One loop doing everything was measured: LLVM's cost model leaves it scalar, 2.5x slower.
 
-Two things make them vectorize. LLVM (as Numba drives it) does not vectorize the maximum of
-floats under any fastmath flags, but does the maximum of integers, and every number whose
-maximum is taken here is >= 0, where IEEE doubles order as their bit patterns: so maxima are
-taken over bits (``_bits``) and turned back at the end, exactly. And every operand is read
-the same way whatever it is: a scale or extra allowance given per channel reads a row of
-zeros and adds its channel's value (``x * 1.0 + 0.0`` and ``0.0 * 0.0 + v`` are exact), so the
-loops have no branch on what was given.
+What makes them vectorize (each found by reading the LLVM IR Numba makes):
+- LLVM as Numba drives it does not vectorize the maximum of floats under any fastmath
+  flags, but does the maximum of integers; every number whose maximum is taken here is >= 0,
+  where IEEE doubles order as their bit patterns, so maxima are taken over bits (``_bits``)
+  and turned back at the end, exactly.
+- Rows are slices indexed by the loop variable: a computed index (``a[i + s]``) carries
+  Numba's negative-index wraparound, which no loop vectorizes through.
+- No branch on what was given and no load under a branch: a scale or an extra allowance
+  given per channel reads a row of zeros and adds its channel's value (``x * 1.0 + 0.0`` and
+  ``0.0 * 0.0 + v`` are exact), the same loop for every kind of operand.
+- Few reductions per loop; past four or five, the cost model gives up.
 
 Exactness: no ``contract`` (no fused multiply-add) and no ``reassoc`` but in ``_sumsq`` (as
-NumPy's own pairwise sum reorders it), so every element's numbers are NumPy's, rounding for
-rounding. ``nnan`` lets LLVM assume no NaN; a block whose error is not finite somewhere is
-detected from the bits (integer operations) and handed back to the NumPy path, so no number
-computed under that assumption is used. Ulps divide by the output dtype's spacing, a power
-of two, by multiplying by its inverse from a table (the same rounding: both are exact
-scalings); where that inverse is not a double (float64 outputs of references below 2^-970)
-the block goes back to NumPy too.
+NumPy's own pairwise sum reorders it) and ``_finite``, so every element's numbers are
+NumPy's, rounding for rounding. ``nnan`` lets LLVM assume no NaN: ``_finite`` checks every
+operand of a row first (x - x is NaN for an infinity or a NaN, a sum keeps it, and that loop
+has no ``nnan``), and a row that is not finite sends its block back to NumPy's path, so no
+NaN ever reaches an ``nnan`` loop (0/0 where a reference is 0 is computed and then discarded
+by a select). An error that overflows to infinity is found from its bits and handed back
+too. Ulps divide by the output dtype's spacing, a power of two, by multiplying by its
+inverse from a table (the same rounding: both are exact scalings); where that inverse is
+not a double (float64 outputs of references below 2^-970) the block goes back to NumPy.
 """
 
 from __future__ import annotations
@@ -35,7 +42,7 @@ from llvmlite import ir
 from numba import types as t
 from numba.extending import intrinsic
 
-__all__ = ["judge", "natural_scale"]
+__all__ = ["judge", "judge_wide", "natural_scale"]
 
 _EXP = 0x7FF0000000000000
 _ABS = 0x7FFFFFFFFFFFFFFF
@@ -59,15 +66,16 @@ def _float(typingctx: Any, x: Any) -> Any:  # pragma: no cover - compiled
     return t.float64(t.int64), codegen
 
 
-@numba.njit(nogil=True, cache=True)
-def _exponents(cand_bits, cand_exp, ref, scale, extra):  # type: ignore[no-untyped-def]  # pragma: no cover
-    """Whether every operand of the row is finite, from their bits alone (integer operations, run
-    before any arithmetic: no NaN ever reaches the loops below, which assume there is none)."""
-    top_c = top = 0
+@numba.njit(nogil=True, cache=True, fastmath={"reassoc"})
+def _finite(cand, ref, scale, extra):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
+    """Whether every operand of the row is finite: x - x is 0 for a finite x and NaN otherwise,
+    and a sum keeps a NaN in any order (``reassoc`` only, to vectorize: no ``nnan`` here, so
+    that no NaN ever reaches the loops below, which assume there is none)."""
+    acc = 0.0
     for s in range(ref.shape[0]):
-        top_c = max(top_c, cand_bits[s] & cand_exp)
-        top = max(top, _bits(ref[s]) & _EXP, _bits(scale[s]) & _EXP, _bits(extra[s]) & _EXP)
-    return top_c != cand_exp and top != _EXP
+        c = np.float64(cand[s])
+        acc += (c - c) + (ref[s] - ref[s]) + (scale[s] - scale[s]) + (extra[s] - extra[s])
+    return acc == 0.0
 
 
 @numba.njit(nogil=True, cache=True, fastmath=_FM)
@@ -142,14 +150,14 @@ def _arr(dt: Any, readonly: bool = True) -> Any:
 _F64, _I64, _F = _arr(t.float64), t.int64, t.float64
 _OUT = _arr(t.int64, False)
 # One signature per candidate dtype: every other operand is a float64 (or int64) 1-D array.
-_SIGS = [(_arr(dt), _arr(it), _I64, _I64, _I64, _I64, _F64, _I64, _I64, _I64, _F64, _I64, _I64, _I64,
+_SIGS = [(_arr(dt), _I64, _I64, _I64, _F64, _I64, _I64, _I64, _F64, _I64, _I64, _I64,
           _F64, _I64, _I64, _I64, _F, _F64, _F, _F64, _I64, _I64, _I64, _F, _F, _F, _F, t.boolean, _F64, _I64,
           _OUT, _OUT, _OUT, _OUT, _OUT)
-         for dt, it in ((t.float32, t.int32), (t.float64, t.int64))]
+         for dt in (t.float32, t.float64)]
 
 
 @numba.njit(_SIGS, nogil=True, cache=True, fastmath=_FM)
-def judge(cand, cand_bits, cand_exp, co, cp, cc, ref, ro, rp, rc, scale, so, sp, sc, extra, eo, ep, ec,  # type: ignore[no-untyped-def]
+def judge(cand, co, cp, cc, ref, ro, rp, rc, scale, so, sp, sc, extra, eo, ep, ec,  # type: ignore[no-untyped-def]
           s_full, s_per, e_full, e_per, P, C, S, rtol, atol_n, atol_a, floor, tiny_floor, inv_spacing, least_index,
           ch_abs, ch_ratio, ch_bad, ch_scale, result):  # pragma: no cover - compiled
     """One block, P x C rows of S elements: row (p, c) of an operand starts at ``o + p*p_step +
@@ -170,7 +178,7 @@ def judge(cand, cand_bits, cand_exp, co, cp, cc, ref, ro, rp, rc, scale, so, sp,
             i, j = co + p * cp + c * cc, ro + p * rp + c * rc
             k, m = so + p * sp + c * sc, eo + p * ep + c * ec
             cr, rr, sr, er = cand[i:i + S], ref[j:j + S], scale[k:k + S], extra[m:m + S]
-            if not _exponents(cand_bits[i:i + S], cand_exp, rr, sr, er):
+            if not _finite(cr, rr, sr, er):
                 result[11] = 1
                 return
             bad, q, e, a = _judged(cr, rr, sr, er, s_full, s_per[c], e_full, e_per[c], rtol, atol_n, atol_a, floor,
@@ -215,17 +223,117 @@ def judge(cand, cand_bits, cand_exp, co, cp, cc, ref, ro, rp, rc, scale, so, sp,
 
 
 @numba.njit(nogil=True, cache=True, fastmath=_FM)
+def _allowance(r, scale, s_full, s_per, extra, e_full, e_per, rtol, atol_n, atol_a, floor):  # type: ignore[no-untyped-def]
+    return abs(r) * rtol + ((scale * s_full + s_per) * atol_n + atol_a) + (extra * e_full + e_per) + floor
+
+
+@numba.njit(nogil=True, cache=True, fastmath=_FM)
+def _wide_counts(cand, ref, scale, extra, s_full, s_per, e_full, e_per, rtol, atol_n, atol_a, floor,  # type: ignore[no-untyped-def]
+                 tiny_floor, ch_ratio, ch_bad):  # pragma: no cover - compiled
+    """Along a row of channels (S = 1): each channel's bad count and largest ratio (bits)."""
+    for c in range(ref.shape[0]):
+        r = ref[c]
+        e = abs(np.float64(cand[c]) - r)
+        a = _allowance(r, scale[c], s_full, s_per[c], extra[c], e_full, e_per[c], rtol, atol_n, atol_a, floor)
+        ch_bad[c] += 1 if e > a else 0
+        a = a if (a >= _TINY or not tiny_floor) else _TINY
+        ch_ratio[c] = max(ch_ratio[c], _bits(e / a))
+
+
+@numba.njit(nogil=True, cache=True, fastmath=_FM)
+def _wide_tops(cand, ref, scale, extra, s_full, s_per, e_full, e_per, rtol, atol_n, atol_a, floor,  # type: ignore[no-untyped-def]
+               tiny_floor):  # pragma: no cover - compiled
+    """The row's largest ratio and allowance (bits)."""
+    top_q = top_a = 0
+    for c in range(ref.shape[0]):
+        r = ref[c]
+        e = abs(np.float64(cand[c]) - r)
+        a = _allowance(r, scale[c], s_full, s_per[c], extra[c], e_full, e_per[c], rtol, atol_n, atol_a, floor)
+        top_a = max(top_a, _bits(a))
+        a = a if (a >= _TINY or not tiny_floor) else _TINY
+        top_q = max(top_q, _bits(e / a))
+    return top_q, top_a
+
+
+@numba.njit(nogil=True, cache=True, fastmath=_FM)
+def _wide_maxima(cand, ref, scale, s_full, s_per, ch_abs, ch_scale):  # type: ignore[no-untyped-def]  # pragma: no cover
+    """Each channel's largest error and scale (bits)."""
+    for c in range(ref.shape[0]):
+        ch_abs[c] = max(ch_abs[c], _bits(abs(np.float64(cand[c]) - ref[c])))
+        ch_scale[c] = max(ch_scale[c], _bits(scale[c] * s_full + s_per[c]))
+
+
+@numba.njit(nogil=True, cache=True, fastmath=_FM)
 def _scale_row(x, dy, mean, invstd, k1, k2, w, k3, out):  # type: ignore[no-untyped-def]  # pragma: no cover
     for s in range(out.shape[0]):
         out[s] = (abs((np.float64(x[s]) - mean) * invstd) * k1 + k2 + abs(np.float64(dy[s])) * w) * k3
 
 
-@numba.njit(nogil=True, cache=True)
-def _finite(x, dy):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
-    ok = True
+@numba.njit(_SIGS, nogil=True, cache=True, fastmath=_FM)
+def judge_wide(cand, co, cp, cc, ref, ro, rp, rc, scale, so, sp, sc, extra, eo, ep, ec,  # type: ignore[no-untyped-def]
+               s_full, s_per, e_full, e_per, P, C, S, rtol, atol_n, atol_a, floor, tiny_floor, inv_spacing,
+               least_index, ch_abs, ch_ratio, ch_bad, ch_scale, result):  # pragma: no cover - compiled
+    """``judge`` for S = 1 ((N, C), channels-last): row p is the C channels of one position,
+    contiguous (every c step 1; an operand given per channel, or absent, is a row of C zeros
+    read with p step 0, its values in ``per``). Arguments and ``result`` as ``judge``'s."""
+    top_a = top_r = top_rel = top_ulp = top_e = 0
+    low_r = _ABS
+    best = -1
+    bp = 0
+    sumsq = 0.0
+    for p in range(P):
+        i, j, k, m = co + p * cp, ro + p * rp, so + p * sp, eo + p * ep
+        cr, rr, sr, er = cand[i:i + C], ref[j:j + C], scale[k:k + C], extra[m:m + C]
+        if not _finite(cr, rr, sr, er):
+            result[11] = 1
+            return
+        _wide_counts(cr, rr, sr, er, s_full, s_per, e_full, e_per, rtol, atol_n, atol_a, floor, tiny_floor,
+                     ch_ratio, ch_bad)
+        q, a = _wide_tops(cr, rr, sr, er, s_full, s_per, e_full, e_per, rtol, atol_n, atol_a, floor, tiny_floor)
+        _wide_maxima(cr, rr, sr, s_full, s_per, ch_abs, ch_scale)
+        rel, r, low = _magnitudes(cr, rr)
+        ulp = _ulps(cr, rr, inv_spacing)
+        sumsq += _sumsq(cr, rr)
+        top_a, top_r, low_r = max(top_a, a), max(top_r, r), min(low_r, low)
+        top_rel, top_ulp = max(top_rel, rel), max(top_ulp, ulp)
+        if q > best:
+            best, bp = q, p
+    n_bad = 0
+    for c in range(C):
+        top_e = max(top_e, ch_abs[c])
+        n_bad += ch_bad[c]
+    result[0] = n_bad
+    result[1], result[2], result[3], result[4], result[5] = top_a, top_r, top_rel, top_ulp, best
+    result[10] = _bits(sumsq)
+    if top_e >= _EXP:
+        result[11] = 1
+        return
+    if low_r < least_index << 52:
+        result[11] = 2
+        return
+    result[11] = 0
+    i, j, k, m = co + bp * cp, ro + bp * rp, so + bp * sp, eo + bp * ep
+    for c in range(C):
+        r = ref[j + c]
+        e = abs(np.float64(cand[i + c]) - r)
+        scv = scale[k + c] * s_full + s_per[c]
+        a = abs(r) * rtol + (scv * atol_n + atol_a) + (extra[m + c] * e_full + e_per[c]) + floor
+        if tiny_floor:
+            a = a if a >= _TINY else _TINY
+        if _bits(e / a) == best:
+            result[6], result[7], result[8], result[9] = bp, c, 0, _bits(a)
+            return
+    result[11] = 3
+
+
+@numba.njit(nogil=True, cache=True, fastmath={"reassoc"})
+def _finite_pair(x, dy):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
+    """``_finite`` for x and dy."""
+    acc = 0.0
     for s in range(x.shape[0]):
-        ok &= np.isfinite(x[s]) & np.isfinite(dy[s])  # no branch: the loop vectorizes
-    return ok
+        a, b = np.float64(x[s]), np.float64(dy[s])
+        acc += (a - a) + (b - b)
+    return acc == 0.0
 
 
 _SCALE_SIGS = [(_arr(xt), _I64, _I64, _arr(dt), _I64, _I64, _F64, _F64, _F64, _F64, _F, _F64, _I64, _I64, _I64,
@@ -240,7 +348,7 @@ def natural_scale(x, xp, xc, dy, dp, dc, mean, invstd, k1, k2, w, k3, P, C, S, o
     is not finite (no NaN may reach ``_scale_row``)."""  # pragma: no cover - compiled
     for p in range(P):
         for c in range(C):
-            if not _finite(x[p * xp + c * xc:p * xp + c * xc + S], dy[p * dp + c * dc:p * dp + c * dc + S]):
+            if not _finite_pair(x[p * xp + c * xc:p * xp + c * xc + S], dy[p * dp + c * dc:p * dp + c * dc + S]):
                 return False
     for p in range(P):
         for c in range(C):

@@ -10,7 +10,8 @@ as any two sums are); tests/numerics/test_fused.py holds both paths to that on e
 operand.
 
 It takes a block where it pays and is exact: NumPy arrays, a float32 or float64 candidate
-against a float64 reference, rows of at least MIN_ROW elements contiguous along s, a
+against a float64 reference, rows of at least MIN_ROW elements contiguous along s (or, where
+S = 1, as in (N, C) and channels-last, along the channels: ``_fusedkernel.judge_wide``), a
 comparison of at least MIN_ELEMENTS elements, and no pictures. Anything else, and a block
 whose candidate holds a NaN or an infinity (the NumPy path names the first one), goes to
 NumPy: the same report. Without Numba, or with ``BNCHECK_FUSED=0``, every comparison does.
@@ -37,7 +38,7 @@ __all__ = ["MIN_ELEMENTS", "MIN_ROW", "Judged", "available", "judge", "natural_s
 log = logging.getLogger("bncheck.fused")
 
 MIN_ELEMENTS = 1 << 18  # below this NumPy's passes are cheap, and the import is not worth it
-MIN_ROW = 16  # rows shorter than this ((N, C) and channels-last, S = 1) stay with NumPy
+MIN_ROW = 16  # rows shorter than this (s-runs, or the channels where S = 1) stay with NumPy
 _TINY = 1e-300  # compare._TINY: allowed is floored here
 _KINDS = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -84,21 +85,21 @@ def judge(cand: Any, ref: Any, scale: Any, extra: Any, *, rtol: float, atol: flo
     ``extra`` of the block's shape, or (1, C, 1) per channel, or None. None where the kernel does
     not take the block (see the module) or its candidate is not finite throughout."""
     P, C, S = ref.shape
-    if S < MIN_ROW:
+    wide = S == 1  # (N, C) and channels-last: a row is the channels of one position
+    if (C if wide else S) < MIN_ROW:
         return None
-    c1, r1 = _rows(cand, ref.shape), _rows(ref, ref.shape)
-    s1, e1 = _operand(scale, ref.shape), _operand(extra, ref.shape)
+    c1, r1 = _rows(cand, ref.shape, wide), _rows(ref, ref.shape, wide)
+    s1, e1 = _operand(scale, ref.shape, wide), _operand(extra, ref.shape, wide)
     if c1 is None or r1 is None or s1 is None or e1 is None:
         return None
     if not (np.isfinite(s1[5]).all() and np.isfinite(e1[5]).all()):  # per-channel values: checked here
         return None
-    bits, exp = (np.int32, 0x7F800000) if cand.dtype == np.float32 else (np.int64, 0x7FF0000000000000)
     ch = np.zeros((4, C), np.int64)  # bits of the per-channel maxima, and the counts
     result = np.zeros(12, np.int64)
     inv, least = _inverse_spacings(dtype_name(np.dtype(out_dtype)))
     atol_n, atol_a = (float(atol), 0.0) if natural else (0.0, float(atol))
-    kernel = _kernel()
-    kernel(c1[0], c1[0].view(bits), exp, *c1[1:], *r1, *s1[:4], *e1[:4], s1[4], s1[5], e1[4], e1[5], P, C, S,
+    kernel = _kernel(wide)
+    kernel(*c1, *r1, *s1[:4], *e1[:4], s1[4], s1[5], e1[4], e1[5], P, C, S,
            float(rtol), atol_n, atol_a, float(floor), not floor >= _TINY, inv, least, *ch, result)
     if result[11] != 0:
         return None
@@ -120,7 +121,7 @@ def natural_scale(x: Any, dy: Any, st: Any, coefficients: tuple[Any, Any, float,
     if (S < MIN_ROW or elements < MIN_ELEMENTS or type(x) is not np.ndarray or type(dy) is not np.ndarray
             or x.dtype not in _KINDS or dy.dtype not in _KINDS or not available()):
         return False
-    xr, dr = _rows(x, out.shape), _rows(dy, out.shape)
+    xr, dr = _rows(x, out.shape, False), _rows(dy, out.shape, False)
     if xr is None or dr is None or not out.flags.c_contiguous:
         return False
     k1, k2, w, k3 = coefficients
@@ -131,25 +132,29 @@ def natural_scale(x: Any, dy: Any, st: Any, coefficients: tuple[Any, Any, float,
                                            k3, P, C, S, out.reshape(-1)))
 
 
-def _rows(a: Any, shape: tuple[int, int, int]) -> tuple[np.ndarray, int, int, int] | None:
+def _rows(a: Any, shape: tuple[int, int, int], wide: bool) -> tuple[np.ndarray, int, int, int] | None:
     """An array of the block's shape as the kernel reads it: a 1-D view from its first element
-    on, 0, and the steps of p and c in elements; None unless its rows are contiguous."""
+    on, 0, and the steps of p and c in elements; None unless its rows are contiguous (along s,
+    or along c when ``wide``)."""
     item = a.itemsize
-    if a.strides[2] != item or a.strides[0] % item or a.strides[1] % item or min(a.strides) < 0:
+    if min(a.strides) < 0 or any(st % item for st in a.strides):
         return None
-    sp, sc = a.strides[0] // item, a.strides[1] // item
-    span = (shape[0] - 1) * sp + (shape[1] - 1) * sc + shape[2]
+    sp, sc, ss = (st // item for st in a.strides)
+    if (shape[1] > 1 and sc != 1) if wide else (shape[2] > 1 and ss != 1):
+        return None
+    span = (shape[0] - 1) * sp + (shape[1] - 1) * sc + (shape[2] - 1) * ss + 1
     return np.lib.stride_tricks.as_strided(a, shape=(span,), strides=(item,)), 0, sp, sc
 
 
-def _operand(a: Any, shape: tuple[int, int, int]) -> tuple[Any, ...] | None:
-    """A scale or an extra allowance: (1-D view, offset, p step, c step, full, per-channel values)."""
-    if a is None or a.shape != shape:  # absent, or one value per channel: a row of zeros read with steps 0
+def _operand(a: Any, shape: tuple[int, int, int], wide: bool) -> tuple[Any, ...] | None:
+    """A scale or an extra allowance: (1-D view, offset, p step, c step, full, per-channel values).
+    Absent, or one value per channel: a row of zeros read with steps 0, and the values apart."""
+    if a is None or a.shape != shape:
         per = np.zeros(shape[1]) if a is None else np.ascontiguousarray(a, dtype=np.float64).reshape(-1)
-        return _zeros(shape[2]), 0, 0, 0, 0.0, per
+        return _zeros(shape[1] if wide else shape[2]), 0, 0, 0, 0.0, per
     if a.dtype != np.float64:
         return None
-    rows = _rows(a, shape)
+    rows = _rows(a, shape, wide)
     return None if rows is None else (*rows, 1.0, _zeros(shape[1]))
 
 
@@ -176,7 +181,8 @@ def _inverse_spacings(name: str) -> tuple[np.ndarray, int]:
 
 
 @cache
-def _kernel() -> Any:
+def _kernel(wide: bool = False) -> Any:
+    """The compiled kernel (rows along s, or along c when ``wide``), or None where it cannot run."""
     try:
         from . import _fusedkernel
     except ImportError:  # no Numba: the NumPy path
@@ -188,4 +194,4 @@ def _kernel() -> Any:
     except Exception:  # noqa: BLE001 (a cache it cannot write, a compiler error: still the NumPy path)
         log.warning("the compiled comparison kernel did not load; comparisons take NumPy's path", exc_info=True)
         return None
-    return _fusedkernel.judge
+    return _fusedkernel.judge_wide if wide else _fusedkernel.judge
