@@ -277,3 +277,31 @@ def test_natural_scales_are_numpys_bit_for_bit(monkeypatch, spy, form, dtypes):
     out = field.block((slice(0, 4), slice(0, 1600)), np.empty((4, 8, 1600)), np.empty((4, 8, 1600)))
     assert taken[-1] is False
     assert not np.isfinite(out[1, 2, 3 * 40 + 4])
+
+
+def test_a_whole_scale_made_in_the_references_pass_is_numpys(monkeypatch, spy):
+    """ElementScale.start_full (dx's scale kept whole for the finite differences), block by
+    block into the one array, blocks split along s included: the same array either way."""
+    rng = np.random.default_rng(12)
+    shape = (2, 8, 160, 160)  # over 2 * BLOCK_ELEMENTS with few rows: blocks split along s
+    lay = Layout.of(shape, 1)
+    x3 = lay.view((rng.standard_normal(shape) + 3).astype(np.float32))
+    dy3 = lay.view(rng.standard_normal(shape).astype(np.float32))
+    st = reference.batch_stats(x3, lay, 1e-5, np)
+    taken = []
+    real = fused.natural_scale
+    monkeypatch.setattr(fused, "natural_scale", lambda *a: taken.append(real(*a)) or taken[-1])
+
+    def whole():
+        return Scales(x3, dy3, rng.uniform(0.5, 1.5, 8), np.zeros(8), st, lay, np).dx_field.full()
+
+    rng_state = rng.bit_generator.state
+    monkeypatch.setenv("BNCHECK_FUSED", "0")
+    by_numpy = whole()
+    rng.bit_generator.state = rng_state
+    monkeypatch.setenv("BNCHECK_FUSED", "1")
+    compiled = whole()
+    np.testing.assert_array_equal(compiled, by_numpy)
+    blocks = len(lay.blocks(backend.BLOCK_ELEMENTS))
+    assert blocks > 2
+    assert taken == [False] * blocks + [True] * blocks

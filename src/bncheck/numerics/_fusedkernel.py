@@ -337,14 +337,14 @@ def _finite_pair(x, dy):  # type: ignore[no-untyped-def]  # pragma: no cover - c
 
 
 _SCALE_SIGS = [(_arr(xt), _I64, _I64, _arr(dt), _I64, _I64, _F64, _F64, _F64, _F64, _F, _F64, _I64, _I64, _I64,
-                _arr(t.float64, False)) for xt in (t.float32, t.float64) for dt in (t.float32, t.float64)]
+                _arr(t.float64, False), _I64, _I64) for xt in (t.float32, t.float64) for dt in (t.float32, t.float64)]
 
 
 @numba.njit(_SCALE_SIGS, nogil=True, cache=True)
-def natural_scale(x, xp, xc, dy, dp, dc, mean, invstd, k1, k2, w, k3, P, C, S, out):  # type: ignore[no-untyped-def]
+def natural_scale(x, xp, xc, dy, dp, dc, mean, invstd, k1, k2, w, k3, P, C, S, out, op, oc):  # type: ignore[no-untyped-def]
     """scales.ElementScale.block in one pass: ``((|(x - mean) * invstd| * k1 + k2) + |dy| * w) * k3``
-    per element, the per-channel ``k`` of the tensor's form (scales.ElementScale.coefficients), into the
-    (P, C, S) C-ordered ``out``; rows as in ``judge``. False, with nothing written, where x or dy
+    per element, the per-channel ``k`` of the tensor's form (scales.ElementScale.coefficients), into
+    ``out``; rows of every operand as in ``judge``. False, with nothing written, where x or dy
     is not finite (no NaN may reach ``_scale_row``)."""  # pragma: no cover - compiled
     for p in range(P):
         for c in range(C):
@@ -352,6 +352,6 @@ def natural_scale(x, xp, xc, dy, dp, dc, mean, invstd, k1, k2, w, k3, P, C, S, o
                 return False
     for p in range(P):
         for c in range(C):
-            i, j, o = p * xp + c * xc, p * dp + c * dc, (p * C + c) * S
+            i, j, o = p * xp + c * xc, p * dp + c * dc, p * op + c * oc
             _scale_row(x[i:i + S], dy[j:j + S], mean[c], invstd[c], k1[c], k2[c], w, k3[c], out[o:o + S])
     return True

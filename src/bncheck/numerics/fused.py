@@ -113,7 +113,7 @@ def judge(cand: Any, ref: Any, scale: Any, extra: Any, *, rtol: float, atol: flo
 
 def natural_scale(x: Any, dy: Any, st: Any, coefficients: tuple[Any, Any, float, Any], elements: int,
                   out: Any) -> bool:
-    """A block's natural scale (scales.ElementScale) into ``out`` ((p, C, s), float64, C-ordered)
+    """A block's natural scale (scales.ElementScale) into ``out`` ((p, C, s), float64, rows along s)
     in one pass, from x and dy of the block, their statistics ``st`` (mean, invstd) and the
     form's ``coefficients``; False, with nothing written, where the kernel does not take it
     (the dtypes of x and dy, their rows, a tensor under MIN_ELEMENTS, or a NaN or infinity)."""
@@ -121,15 +121,15 @@ def natural_scale(x: Any, dy: Any, st: Any, coefficients: tuple[Any, Any, float,
     if (S < MIN_ROW or elements < MIN_ELEMENTS or type(x) is not np.ndarray or type(dy) is not np.ndarray
             or x.dtype not in _KINDS or dy.dtype not in _KINDS or not available()):
         return False
-    xr, dr = _rows(x, out.shape, False), _rows(dy, out.shape, False)
-    if xr is None or dr is None or not out.flags.c_contiguous:
+    xr, dr, outr = _rows(x, out.shape, False), _rows(dy, out.shape, False), _rows(out, out.shape, False)
+    if xr is None or dr is None or outr is None or out.dtype != np.float64 or not out.flags.writeable:
         return False
     k1, k2, w, k3 = coefficients
     mean, invstd = (np.ascontiguousarray(v, dtype=np.float64).reshape(-1) for v in (st.mean, st.invstd))
     from . import _fusedkernel
 
     return bool(_fusedkernel.natural_scale(xr[0], xr[2], xr[3], dr[0], dr[2], dr[3], mean, invstd, k1, k2, float(w),
-                                           k3, P, C, S, out.reshape(-1)))
+                                           k3, P, C, S, outr[0], outr[2], outr[3]))
 
 
 def _rows(a: Any, shape: tuple[int, int, int], wide: bool) -> tuple[np.ndarray, int, int, int] | None:

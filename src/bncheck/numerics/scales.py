@@ -130,7 +130,9 @@ class ElementScale:
 
         def part(b: Block) -> None:
             o = out[b[0], :, b[1]]
-            self._into(o, backend.scratch(1, o.shape, xp)[0], self.src.x3[b[0], :, b[1]], self.src.dy3[b[0], :, b[1]])
+            x, dy = self.src.x3[b[0], :, b[1]], self.src.dy3[b[0], :, b[1]]
+            if not fused.natural_scale(x, dy, self.src.st, self.coefficients, lay.M, o):
+                self._into(o, backend.scratch(1, o.shape, xp)[0], x, dy)
 
         self._full = out
         return part
