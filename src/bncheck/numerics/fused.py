@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -111,12 +112,13 @@ def judge(cand: Any, ref: Any, scale: Any, extra: Any, *, rtol: float, atol: flo
                   ch_scale=ch[3].view(np.float64))
 
 
-def natural_scale(x: Any, dy: Any, st: Any, coefficients: tuple[Any, Any, float, Any], elements: int,
-                  out: Any) -> bool:
+def natural_scale(x: Any, dy: Any, st: Any, coefficients: Callable[[], tuple[Any, Any, float, Any]],
+                  elements: int, out: Any) -> bool:
     """A block's natural scale (scales.ElementScale) into ``out`` ((p, C, s), float64, rows along s)
     in one pass, from x and dy of the block, their statistics ``st`` (mean, invstd) and the
-    form's ``coefficients``; False, with nothing written, where the kernel does not take it
-    (the dtypes of x and dy, their rows, a tensor under MIN_ELEMENTS, or a NaN or infinity)."""
+    form's ``coefficients`` (asked for only when the kernel takes the block); False, with
+    nothing written, where the kernel does not take it (the dtypes of x and dy, their rows, a
+    tensor under MIN_ELEMENTS, or a NaN or an infinity)."""
     P, C, S = out.shape
     if (S < MIN_ROW or elements < MIN_ELEMENTS or type(x) is not np.ndarray or type(dy) is not np.ndarray
             or x.dtype not in _KINDS or dy.dtype not in _KINDS or not available()):
@@ -124,7 +126,7 @@ def natural_scale(x: Any, dy: Any, st: Any, coefficients: tuple[Any, Any, float,
     xr, dr, outr = _rows(x, out.shape, False), _rows(dy, out.shape, False), _rows(out, out.shape, False)
     if xr is None or dr is None or outr is None or out.dtype != np.float64 or not out.flags.writeable:
         return False
-    k1, k2, w, k3 = coefficients
+    k1, k2, w, k3 = coefficients()
     mean, invstd = (np.ascontiguousarray(v, dtype=np.float64).reshape(-1) for v in (st.mean, st.invstd))
     from . import _fusedkernel
 

@@ -68,7 +68,7 @@ class ElementScale:
         if self._full is not None:
             return self._full[b[0], :, b[1]]
         x, dy = self.src.x3[b[0], :, b[1]], self.src.dy3[b[0], :, b[1]]
-        if fused.natural_scale(x, dy, self.src.st, self.coefficients, self.src.layout.M, out):
+        if fused.natural_scale(x, dy, self.src.st, lambda: self.coefficients, self.src.layout.M, out):
             return out
         return self._into(out, tmp, x, dy)
 
@@ -131,7 +131,7 @@ class ElementScale:
         def part(b: Block) -> None:
             o = out[b[0], :, b[1]]
             x, dy = self.src.x3[b[0], :, b[1]], self.src.dy3[b[0], :, b[1]]
-            if not fused.natural_scale(x, dy, self.src.st, self.coefficients, lay.M, o):
+            if not fused.natural_scale(x, dy, self.src.st, lambda: self.coefficients, lay.M, o):
                 self._into(o, backend.scratch(1, o.shape, xp)[0], x, dy)
 
         self._full = out
