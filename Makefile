@@ -14,6 +14,9 @@ $(SERVE_STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[server]'
+	@# Compile the comparison kernel once, here (Numba's cache, about half a minute), not in every
+	@# worker process that starts before the cache exists.
+	$(BIN)/python -c "from bncheck.numerics import fused; assert fused.available(), 'the comparison kernel did not load'"
 	touch $(SERVE_STAMP)
 
 $(STAMP): $(SERVE_STAMP)
