@@ -66,6 +66,12 @@ def _float(typingctx: Any, x: Any) -> Any:  # pragma: no cover - compiled
     return t.float64(t.int64), codegen
 
 
+@numba.njit(nogil=True, cache=True, fastmath=_FM)
+def _allowance(r, scale, s_full, s_per, extra, e_full, e_per, rtol, atol_n, atol_a, floor):  # type: ignore[no-untyped-def]
+    """compare._Inputs.part's allowance, in its order: |ref| rtol + scale atol (or atol) + extra + floor."""
+    return abs(r) * rtol + ((scale * s_full + s_per) * atol_n + atol_a) + (extra * e_full + e_per) + floor
+
+
 @numba.njit(nogil=True, cache=True, fastmath={"reassoc"})
 def _finite(cand, ref, scale, extra):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
     """Whether every operand of the row is finite: x - x is 0 for a finite x and NaN otherwise,
@@ -87,7 +93,7 @@ def _judged(cand, ref, scale, extra, s_full, s_per, e_full, e_per, rtol, atol_n,
     for s in range(ref.shape[0]):
         r = ref[s]
         e = abs(np.float64(cand[s]) - r)
-        a = abs(r) * rtol + ((scale[s] * s_full + s_per) * atol_n + atol_a) + (extra[s] * e_full + e_per) + floor
+        a = _allowance(r, scale[s], s_full, s_per, extra[s], e_full, e_per, rtol, atol_n, atol_a, floor)
         top_a = max(top_a, _bits(a))
         bad += 1 if e > a else 0
         a = a if (a >= _TINY or not tiny_floor) else _TINY
@@ -143,6 +149,34 @@ def _sumsq(cand, ref):  # type: ignore[no-untyped-def]  # pragma: no cover - com
     return acc
 
 
+@numba.njit(nogil=True, cache=True, fastmath=_FM)
+def _first(cand, ref, scale, extra, s_full, s_per, e_full, e_per, step, rtol, atol_n, atol_a, floor,  # type: ignore[no-untyped-def]
+           tiny_floor, best):  # pragma: no cover - compiled
+    """The first element of a row whose ratio's bits are ``best``, and its allowance's bits;
+    (-1, 0) if none. The per-channel values are ``s_per[i * step]`` (step 0: the row's channel)."""
+    for i in range(ref.shape[0]):
+        r = ref[i]
+        e = abs(np.float64(cand[i]) - r)
+        a = _allowance(r, scale[i], s_full, s_per[i * step], extra[i], e_full, e_per[i * step], rtol, atol_n, atol_a,
+                       floor)
+        if tiny_floor:
+            a = a if a >= _TINY else _TINY
+        if _bits(e / a) == best:
+            return i, _bits(a)
+    return -1, 0
+
+
+@numba.njit(nogil=True, cache=True)
+def _finish(result, n_bad, top_a, top_r, top_rel, top_ulp, best, sumsq, top_e, low_r, least_index):  # type: ignore[no-untyped-def]
+    """The block's numbers into ``result``, and its status: 1 where an error overflowed (NumPy's
+    path takes it as not finite), 2 where a spacing's inverse is not a double; True if 0."""
+    result[0] = n_bad
+    result[1], result[2], result[3], result[4], result[5] = top_a, top_r, top_rel, top_ulp, best
+    result[10] = _bits(sumsq)
+    result[11] = 1 if top_e >= _EXP else (2 if low_r < least_index << 52 else 0)
+    return result[11] == 0
+
+
 def _arr(dt: Any, readonly: bool = True) -> Any:
     return t.Array(dt, 1, "C", readonly=readonly)
 
@@ -196,35 +230,16 @@ def judge(cand, co, cp, cc, ref, ro, rp, rc, scale, so, sp, sc, extra, eo, ep, e
             ch_bad[c] += bad
             if q > best:
                 best, bp, bc = q, p, c
-    result[0] = n_bad
-    result[1], result[2], result[3], result[4], result[5] = top_a, top_r, top_rel, top_ulp, best
-    result[10] = _bits(sumsq)
-    if top_e >= _EXP:  # an error that overflowed: NumPy's path takes it as not finite
-        result[11] = 1
+    if not _finish(result, n_bad, top_a, top_r, top_rel, top_ulp, best, sumsq, top_e, low_r, least_index):
         return
-    if low_r < least_index << 52:
-        result[11] = 2
-        return
-    result[11] = 0
     # the worst element: the first of the worst row whose ratio is the block's largest
     i, j = co + bp * cp + bc * cc, ro + bp * rp + bc * rc
     k, m = so + bp * sp + bc * sc, eo + bp * ep + bc * ec
-    for s in range(S):
-        r = ref[j + s]
-        e = abs(np.float64(cand[i + s]) - r)
-        scv = scale[k + s] * s_full + s_per[bc]
-        a = abs(r) * rtol + (scv * atol_n + atol_a) + (extra[m + s] * e_full + e_per[bc]) + floor
-        if tiny_floor:
-            a = a if a >= _TINY else _TINY
-        if _bits(e / a) == best:
-            result[6], result[7], result[8], result[9] = bp, bc, s, _bits(a)
-            return
-    result[11] = 3  # not found: cannot happen; the caller takes the NumPy path
-
-
-@numba.njit(nogil=True, cache=True, fastmath=_FM)
-def _allowance(r, scale, s_full, s_per, extra, e_full, e_per, rtol, atol_n, atol_a, floor):  # type: ignore[no-untyped-def]
-    return abs(r) * rtol + ((scale * s_full + s_per) * atol_n + atol_a) + (extra * e_full + e_per) + floor
+    at, a = _first(cand[i:i + S], ref[j:j + S], scale[k:k + S], extra[m:m + S], s_full, s_per[bc:bc + 1], e_full,
+                   e_per[bc:bc + 1], 0, rtol, atol_n, atol_a, floor, tiny_floor, best)
+    result[6], result[7], result[8], result[9] = bp, bc, at, a
+    if at < 0:
+        result[11] = 3  # not found: cannot happen; the caller takes the NumPy path
 
 
 @numba.njit(nogil=True, cache=True, fastmath=_FM)
@@ -302,28 +317,14 @@ def judge_wide(cand, co, cp, cc, ref, ro, rp, rc, scale, so, sp, sc, extra, eo, 
     for c in range(C):
         top_e = max(top_e, ch_abs[c])
         n_bad += ch_bad[c]
-    result[0] = n_bad
-    result[1], result[2], result[3], result[4], result[5] = top_a, top_r, top_rel, top_ulp, best
-    result[10] = _bits(sumsq)
-    if top_e >= _EXP:
-        result[11] = 1
+    if not _finish(result, n_bad, top_a, top_r, top_rel, top_ulp, best, sumsq, top_e, low_r, least_index):
         return
-    if low_r < least_index << 52:
-        result[11] = 2
-        return
-    result[11] = 0
     i, j, k, m = co + bp * cp, ro + bp * rp, so + bp * sp, eo + bp * ep
-    for c in range(C):
-        r = ref[j + c]
-        e = abs(np.float64(cand[i + c]) - r)
-        scv = scale[k + c] * s_full + s_per[c]
-        a = abs(r) * rtol + (scv * atol_n + atol_a) + (extra[m + c] * e_full + e_per[c]) + floor
-        if tiny_floor:
-            a = a if a >= _TINY else _TINY
-        if _bits(e / a) == best:
-            result[6], result[7], result[8], result[9] = bp, c, 0, _bits(a)
-            return
-    result[11] = 3
+    at, a = _first(cand[i:i + C], ref[j:j + C], scale[k:k + C], extra[m:m + C], s_full, s_per, e_full, e_per, 1,
+                   rtol, atol_n, atol_a, floor, tiny_floor, best)
+    result[6], result[7], result[8], result[9] = bp, at, 0, a
+    if at < 0:
+        result[11] = 3
 
 
 @numba.njit(nogil=True, cache=True, fastmath={"reassoc"})
