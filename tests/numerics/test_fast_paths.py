@@ -321,9 +321,12 @@ def test_the_variant_is_judged_the_same_beside_a_candidate(dtype):
 
 
 @pytest.mark.parametrize("sent", [np.float32, np.float64])
-def test_scales_riding_the_reference_are_the_scales_alone(sent):
+@pytest.mark.parametrize("compiled", ["0", "1"])
+def test_scales_riding_the_reference_are_the_scales_alone(monkeypatch, sent, compiled):
     """The scales' sums and dx's whole scale made inside the reference's two passes are those the
-    scales make on their own, bit for bit (several blocks)."""
+    scales make on their own, bit for bit (several blocks). Where the compiled pass makes each
+    block's scale (fused.py), the whole one is not made in the reference's pass at all."""
+    monkeypatch.setenv("BNCHECK_FUSED", compiled)
     from bncheck.numerics import reference
     from bncheck.numerics.scales import Scales
 
@@ -335,5 +338,6 @@ def test_scales_riding_the_reference_are_the_scales_alone(sent):
     riding, alone = Scales(x3, dy3, gamma, beta, st, lay, np), Scales(x3, dy3, gamma, beta, st, lay, np)
     riding.keep_dx = True
     reference.backward(x3, dy3, gamma, st, lay, training=True, xp=np, riders=riding)
+    assert (riding.dx_field._full is None) == (compiled == "1")
     assert [_bits(a) for a in riding._sums] == [_bits(a) for a in alone._sums]
     assert _bits(riding.dx) == _bits(alone.dx)

@@ -34,7 +34,8 @@ import numpy as np
 
 from .dtypes import _BITS, _MIN_EXP, dtype_name
 
-__all__ = ["MIN_ELEMENTS", "MIN_ROW", "Judged", "available", "judge", "natural_scale", "reference_ok", "usable"]
+__all__ = ["MIN_ELEMENTS", "MIN_ROW", "Judged", "available", "judge", "natural_scale", "natural_scale_applies",
+           "reference_ok", "usable"]
 
 log = logging.getLogger("bncheck.fused")
 
@@ -132,6 +133,13 @@ def natural_scale(x: Any, dy: Any, st: Any, coefficients: Callable[[], tuple[Any
 
     return bool(_fusedkernel.natural_scale(xr[0], xr[2], xr[3], dr[0], dr[2], dr[3], mean, invstd, k1, k2, float(w),
                                            k3, P, C, S, outr[0], outr[2], outr[3]))
+
+
+def natural_scale_applies(x3: Any, dy3: Any, layout: Any) -> bool:
+    """Whether ``natural_scale`` takes the blocks of these (P, C, S) views of x and dy."""
+    return (layout.S >= MIN_ROW and layout.M >= MIN_ELEMENTS and type(x3) is np.ndarray
+            and type(dy3) is np.ndarray and x3.dtype in _KINDS and dy3.dtype in _KINDS
+            and _rows(x3, x3.shape, False) is not None and _rows(dy3, dy3.shape, False) is not None and available())
 
 
 def _rows(a: Any, shape: tuple[int, int, int], wide: bool) -> tuple[np.ndarray, int, int, int] | None:
