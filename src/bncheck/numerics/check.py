@@ -140,7 +140,8 @@ def check(
         arith = make_arith(inp.dtype, inp.accum_dtype, shape=inp.layout.view_shape, xp=xp)
     with _timed(timings, "reference"):
         # dx's scale read by the finite differences' passes too: made once, whole, in the
-        # reference's second pass (a candidate's dx and the variant's share each block's scale)
+        # reference's second pass where NumPy makes it (scales.Scales.second_pass); a
+        # candidate's dx and the variant's share each block's scale
         fd_reads = opts.finite_difference.method in ("auto", "stats") and inp.saved_mean is None
         ctx = _context(inp, xp, keep_dx_scale=fd_reads)
         ctx.plots = opts.plots
