@@ -52,7 +52,8 @@ def _same(a, b):
 
 
 def test_the_kernel_loads_here():
-    # Numba is a dependency: the fast path is the product, not an option that may silently be off.
+    # Numba comes with the server extra, which make test installs: the fast path is the product,
+    # not an option that may silently be off.
     assert fused.available()
 
 
