@@ -42,11 +42,12 @@ from llvmlite import ir
 from numba import types as t
 from numba.extending import intrinsic
 
+from .tolerance import TINY as _TINY  # a compile-time constant: a floor passed in stops the loops vectorizing
+
 __all__ = ["judge", "judge_wide", "natural_scale"]
 
 _EXP = 0x7FF0000000000000
 _ABS = 0x7FFFFFFFFFFFFFFF
-_TINY = 1e-300  # compare._TINY
 _FM = {"nnan", "nsz"}
 
 

@@ -19,13 +19,12 @@ from . import backend, fused, pictures
 from .dtypes import dtype_name, in_ulps, ulp
 from .layout import Block, Layout
 from .report import ChannelError, Resolution, TensorMetrics, ToleranceUsed
-from .tolerance import Tolerance
+from .tolerance import TINY, Tolerance
 
 __all__ = ["SCRATCH", "Comparison", "channel_layout", "channel_ranges", "compare", "compare_all"]
 
 WORST_CHANNELS = 5
 CANCELLATION = 1e-6
-_TINY = 1e-300  # allowed is floored here, so err / allowed is finite and 0 / 0 is 0
 SCRATCH = 6  # per-thread scratch arrays (backend.scratch) a comparison of one block writes
 
 
@@ -122,8 +121,8 @@ class _Inputs:
         bad = err > allowed
         if finite is not None:
             bad |= ~finite
-        if not tol.abs_floor >= _TINY:  # with the floor, allowed is above _TINY already
-            xp.maximum(allowed, _TINY, out=allowed)
+        if not tol.abs_floor >= TINY:  # with the floor, allowed is above TINY already
+            xp.maximum(allowed, TINY, out=allowed)
         xp.divide(err, allowed, out=ratio)
         if finite is not None:
             ratio[~finite] = xp.inf
@@ -131,7 +130,7 @@ class _Inputs:
         if self.ratios is not None:
             self.ratios[b[0], :, b[1]] = backend.to_numpy(ratio)
             if scale is not None:  # err is still |candidate - reference| (0 where not finite)
-                natural_hist = pictures.natural_counts(backend.to_numpy(err / xp.maximum(scale, _TINY)))
+                natural_hist = pictures.natural_counts(backend.to_numpy(err / xp.maximum(scale, TINY)))
         # The first non-finite element is the worst; otherwise the largest ratio.
         worst = int(xp.argmin(finite)) if finite is not None and n_nonfinite else int(xp.argmax(ratio))
         local = tuple(int(i) for i in np.unravel_index(worst, ratio.shape))

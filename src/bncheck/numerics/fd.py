@@ -141,6 +141,11 @@ def extents(scales: Scales) -> Extents:
     return Extents(*scales.extents)
 
 
+def _reach(high: Any, low: Any, center: Any, xp: ModuleType) -> Any:
+    """The largest |v - center| for values v of a channel in [low, high]."""
+    return xp.maximum(high - center, center - low)
+
+
 def _extents_or_own(ext: Extents | None, pr: Problem, st: Stats) -> Extents:
     """``ext``, or for a caller without them (no scales at hand) a pass of their own."""
     return ext if ext is not None else extents(Scales(pr.x3, pr.dy3, pr.gamma, pr.beta, st, pr.layout, pr.xp))
@@ -179,10 +184,10 @@ class StatsDifference:
         else:
             # y(x +- h) = (x +- h - mean) * scale + shift, each at most |scale| (far_d + h) + |shift|
             ext = self.ext
-            far_d = xp.maximum(ext.x_max - st.mean, st.mean - ext.x_min)  # max |x - mean|
+            far_d = _reach(ext.x_max, ext.x_min, st.mean, xp)  # max |x - mean|
             scale = pr.gamma * st.invstd
             y_max = xp.abs(scale) * (far_d + h) + xp.abs(pr.beta)
-            self.error = 4 * U64 * xp.maximum(ext.dy_max, -ext.dy_min) * 2.0 * y_max / h
+            self.error = 4 * U64 * _reach(ext.dy_max, ext.dy_min, 0.0, xp) * 2.0 * y_max / h
             self._coef = [lay.per_channel(v) for v in (h, scale, pr.beta)]
 
     def values(self) -> Numeric:
@@ -284,8 +289,8 @@ class _Bounds:
         k = 1.0 - 1.0 / R
         q = st.var + pr.eps
         a_mean = dbeta / R
-        far_d = xp.maximum(ext.x_max - st.mean, st.mean - ext.x_min)  # max |x - mean|
-        far_b = xp.maximum(ext.dy_max - a_mean, a_mean - ext.dy_min)  # max |dy - A/R|
+        far_d = _reach(ext.x_max, ext.x_min, st.mean, xp)  # max |x - mean|
+        far_b = _reach(ext.dy_max, ext.dy_min, a_mean, xp)  # max |dy - A/R|
         u_min = q - 2.0 * far_d * h / R
         u_max = q + (2.0 * far_d * h + k * h * h) / R
         u1, u2 = 2.0 * (far_d + k * h) / R, 2.0 * k / R

@@ -32,7 +32,8 @@ from typing import Any
 
 import numpy as np
 
-from .dtypes import _BITS, _MIN_EXP, dtype_name
+from .dtypes import ulp
+from .tolerance import TINY
 
 __all__ = ["MIN_ELEMENTS", "MIN_ROW", "Judged", "available", "judge", "natural_scale", "natural_scale_applies",
            "reference_ok", "usable"]
@@ -41,7 +42,6 @@ log = logging.getLogger("bncheck.fused")
 
 MIN_ELEMENTS = 1 << 18  # below this NumPy's passes are cheap, and the import is not worth it
 MIN_ROW = 16  # rows shorter than this (s-runs, or the channels where S = 1) stay with NumPy
-_TINY = 1e-300  # compare._TINY: allowed is floored here
 _KINDS = (np.dtype(np.float32), np.dtype(np.float64))
 
 
@@ -98,11 +98,11 @@ def judge(cand: Any, ref: Any, scale: Any, extra: Any, *, rtol: float, atol: flo
         return None
     ch = np.zeros((4, C), np.int64)  # bits of the per-channel maxima, and the counts
     result = np.zeros(12, np.int64)
-    inv, least = _inverse_spacings(dtype_name(np.dtype(out_dtype)))
+    inv, least = _inverse_spacings(np.dtype(out_dtype))
     atol_n, atol_a = (float(atol), 0.0) if natural else (0.0, float(atol))
     kernel = _kernel(wide)
     kernel(*c1, *r1, *s1[:4], *e1[:4], s1[4], s1[5], e1[4], e1[5], P, C, S,
-           float(rtol), atol_n, atol_a, float(floor), not floor >= _TINY, inv, least, *ch, result)
+           float(rtol), atol_n, atol_a, float(floor), not floor >= TINY, inv, least, *ch, result)
     if result[11] != 0:
         return None
     f = result.view(np.float64)
@@ -113,13 +113,12 @@ def judge(cand: Any, ref: Any, scale: Any, extra: Any, *, rtol: float, atol: flo
                   ch_scale=ch[3].view(np.float64))
 
 
-def natural_scale(x: Any, dy: Any, st: Any, coefficients: Callable[[], tuple[Any, Any, float, Any]],
-                  elements: int, out: Any) -> bool:
+def natural_scale(x: Any, dy: Any, coefficients: Callable[[], tuple[Any, ...]], elements: int, out: Any) -> bool:
     """A block's natural scale (scales.ElementScale) into ``out`` ((p, C, s), float64, rows along s)
-    in one pass, from x and dy of the block, their statistics ``st`` (mean, invstd) and the
-    form's ``coefficients`` (asked for only when the kernel takes the block); False, with
-    nothing written, where the kernel does not take it (the dtypes of x and dy, their rows, a
-    tensor under MIN_ELEMENTS, or a NaN or an infinity)."""
+    in one pass, from x and dy of the block and ``coefficients()``, (C,) vectors made once for
+    every block (ElementScale.coefficients; asked for only when the kernel takes the block);
+    False, with nothing written, where the kernel does not take it (the dtypes of x and dy,
+    their rows, a tensor under MIN_ELEMENTS, or a NaN or an infinity)."""
     P, C, S = out.shape
     if (S < MIN_ROW or elements < MIN_ELEMENTS or type(x) is not np.ndarray or type(dy) is not np.ndarray
             or x.dtype not in _KINDS or dy.dtype not in _KINDS or not available()):
@@ -127,8 +126,7 @@ def natural_scale(x: Any, dy: Any, st: Any, coefficients: Callable[[], tuple[Any
     xr, dr, outr = _rows(x, out.shape, False), _rows(dy, out.shape, False), _rows(out, out.shape, False)
     if xr is None or dr is None or outr is None or out.dtype != np.float64 or not out.flags.writeable:
         return False
-    k1, k2, w, k3 = coefficients()
-    mean, invstd = (np.ascontiguousarray(v, dtype=np.float64).reshape(-1) for v in (st.mean, st.invstd))
+    mean, invstd, k1, k2, w, k3 = coefficients()
     from . import _fusedkernel
 
     return bool(_fusedkernel.natural_scale(xr[0], xr[2], xr[3], dr[0], dr[2], dr[3], mean, invstd, k1, k2, float(w),
@@ -176,16 +174,15 @@ def _zeros(n: int) -> np.ndarray:
 
 
 @cache
-def _inverse_spacings(name: str) -> tuple[np.ndarray, int]:
-    """1 / the spacing of ``name`` at a float64 of each biased exponent (dtypes.in_ulps's
-    spacing: the power of two at or below it, floored at the dtype's least, times 2^(1-bits)),
-    and the least exponent whose inverse is a double (float64 outputs: below it, NumPy)."""
+def _inverse_spacings(out_dtype: np.dtype[Any]) -> tuple[np.ndarray, int]:
+    """1 / the spacing of ``out_dtype`` (dtypes.ulp) at a float64 of each biased exponent, the
+    power of two at or below it (0 for 0 and the subnormals, whose spacing is the least), and
+    the least exponent whose inverse is a double (float64 outputs: below it, NumPy's path)."""
     k = np.arange(2048)
-    power = np.ldexp(1.0, np.where(k == 0, -1074, np.minimum(k, 2046) - 1023))
-    power[0] = 0.0  # 0 and the subnormals: masked to 0, then floored at the least
-    spacing = np.maximum(power, 2.0 ** (_MIN_EXP[name] - 1)) * 2.0 ** (1 - _BITS[name])
+    power = np.ldexp(1.0, np.minimum(k, 2046) - 1023)
+    power[0] = 0.0
     with np.errstate(over="ignore", divide="ignore"):
-        inverse = 1.0 / spacing
+        inverse = 1.0 / ulp(power, out_dtype)
     inverse.setflags(write=False)
     return inverse, int(np.argmax(np.isfinite(inverse)))
 

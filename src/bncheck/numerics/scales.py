@@ -68,24 +68,25 @@ class ElementScale:
         if self._full is not None:
             return self._full[b[0], :, b[1]]
         x, dy = self.src.x3[b[0], :, b[1]], self.src.dy3[b[0], :, b[1]]
-        if fused.natural_scale(x, dy, self.src.st, lambda: self.coefficients, self.src.layout.M, out):
+        if fused.natural_scale(x, dy, lambda: self.coefficients, self.src.layout.M, out):
             return out
         return self._into(out, tmp, x, dy)
 
     @cached_property
-    def coefficients(self) -> tuple[Any, Any, float, Any]:
-        """(k1, k2, w, k3), (C,) but ``w``: the scale is ``((|xhat| * k1 + k2) + |dy| * w) * k3``,
-        operation for operation what ``fill`` computes (fused.natural_scale's form)."""
-        xp, C = self.src.xp, self.src.layout.C
+    def coefficients(self) -> tuple[Any, Any, Any, Any, float, Any]:
+        """(mean, invstd, k1, k2, w, k3), (C,) float64 but ``w``: with xhat = (x - mean) * invstd
+        the scale is ``((|xhat| * k1 + k2) + |dy| * w) * k3``, operation for operation what
+        ``_into`` and ``fill`` compute (fused.natural_scale's form)."""
+        xp, C, st = self.src.xp, self.src.layout.C, self.src.st
 
         def vec(v: Any) -> Any:
             return xp.ascontiguousarray(xp.broadcast_to(xp.asarray(v, dtype=xp.float64), (C,)))
 
         if self.fill is _dx_fill:
             per_xhat, base, coef = self.params
-            return vec(per_xhat), vec(base), 1.0, vec(coef)
+            return vec(st.mean), vec(st.invstd), vec(per_xhat), vec(base), 1.0, vec(coef)
         coef, shift = self.params
-        return vec(coef), vec(shift), 0.0, vec(1.0)
+        return vec(st.mean), vec(st.invstd), vec(coef), vec(shift), 0.0, vec(1.0)
 
     def at(self, take: tuple[Any, Any, Any]) -> Any:
         """The scale at the positions an index tuple of the (P, C, S) view picks, (n, C)."""
@@ -131,7 +132,7 @@ class ElementScale:
         def part(b: Block) -> None:
             o = out[b[0], :, b[1]]
             x, dy = self.src.x3[b[0], :, b[1]], self.src.dy3[b[0], :, b[1]]
-            if not fused.natural_scale(x, dy, self.src.st, lambda: self.coefficients, lay.M, o):
+            if not fused.natural_scale(x, dy, lambda: self.coefficients, lay.M, o):
                 self._into(o, backend.scratch(1, o.shape, xp)[0], x, dy)
 
         self._full = out

@@ -59,7 +59,9 @@ import numpy as np
 
 from .dtypes import precision_bits, unit_roundoff
 
-__all__ = ["Tolerance", "default_tolerance", "fd_tolerance", "least_precise", "user_tolerance"]
+__all__ = ["TINY", "Tolerance", "default_tolerance", "fd_tolerance", "least_precise", "user_tolerance"]
+
+TINY = 1e-300  # allowances are floored here before dividing, so err / allowed is finite and 0 / 0 is 0
 
 C_STORAGE = 4.0
 C_ACCUM = 8.0
