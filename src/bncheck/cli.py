@@ -43,7 +43,7 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         import uvicorn
 
-        from bncheck.server import Settings, create_app
+        from bncheck.server import Settings, create_app, heap
         from bncheck.server.logs import log_config
     except ImportError as exc:
         msg = f"bncheck serve needs the server's packages ({exc.name} is missing): pip install 'bncheck[server]'"
@@ -56,6 +56,9 @@ def _serve(args: argparse.Namespace) -> int:
     # nothing makes the stop quiet and the exit status 0.
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: None)
+    # The server process keeps its heap too: a large body arrives in chunks of a few hundred
+    # kilobytes, and glibc's defaults grow and shrink the heap (brk) for each of them.
+    heap.keep(settings.worker_heap_mb)
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level,
                 log_config=log_config(settings.log_level, settings.log_format), access_log=False,
                 timeout_graceful_shutdown=int(settings.request_timeout_s) + 5)

@@ -59,3 +59,31 @@ def test_without_it_glibc_returns_the_memory_at_once():
     assert not kept
     assert after < 40
     assert idle < 40
+
+
+def test_bncheck_serve_keeps_the_server_process_heap_too(monkeypatch):
+    """The server process reads large bodies in chunks of a few hundred kilobytes: ``bncheck
+    serve`` tunes its malloc as a worker's, with the same setting, before uvicorn starts."""
+    import uvicorn
+
+    from bncheck import cli
+
+    calls: list[tuple[str, object]] = []
+    monkeypatch.setattr(heap, "keep", lambda mb: calls.append(("keep", mb)))
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append(("run", kw["port"])))
+    monkeypatch.setattr(cli.signal, "signal", lambda *args: None)  # this process's handlers stay
+    monkeypatch.setenv("BNCHECK_WORKER_HEAP_MB", "321")
+    assert cli.main(["serve", "--port", "8765"]) == 0
+    assert calls == [("keep", 321), ("run", 8765)]
+
+
+def test_keeping_twice_starts_one_trimmer():
+    script = textwrap.dedent("""
+        import threading
+        from bncheck.server import heap
+        print(heap.keep(256), heap.keep(512),
+              sum(t.name == "bncheck-heap-trim" for t in threading.enumerate()))
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+                         check=True).stdout.split()
+    assert out == ["True", "True", "1"]

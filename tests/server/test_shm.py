@@ -101,9 +101,9 @@ def test_sweep_removes_only_the_segments_of_servers_that_are_gone():
     live.unlink()
 
 
-def _big_request(rng):
-    x = (rng.standard_normal((512, 1024)) + 1).astype(np.float32)
-    dy = rng.standard_normal((512, 1024)).astype(np.float32)
+def _big_request(rng, rows=512):
+    x = (rng.standard_normal((rows, 1024)) + 1).astype(np.float32)
+    dy = rng.standard_normal((rows, 1024)).astype(np.float32)
 
     def t(a):
         return {"shape": list(a.shape), "datatype": "FP32", "b64": base64.b64encode(a.tobytes()).decode()}
@@ -137,19 +137,32 @@ def test_large_checks_in_worker_processes_go_through_shared_memory_and_leave_not
         np.testing.assert_array_equal(dx, want.gradients["dx"])
         assert len(created) == 1  # the request, written by the server as it arrived
         assert len(opened) == 1  # the answer, written by the worker
+        kept = _mine()
+        assert len(kept) == 2  # the body's file and the answer's, kept for the next check (shm.Pool)
         metrics = httpx.get(f"{server.url}/metrics").text
         assert 'bncheck_worker_transport_total{carrier="shared_memory",direction="request"} 1.0' in metrics
         assert 'bncheck_worker_transport_total{carrier="shared_memory",direction="answer"} 1.0' in metrics
         assert 'carrier="pipe"' not in metrics
-        # A client that promises more than it sends: the half-written segment is removed too.
+        # A smaller check on other data goes into the same two files, and nothing of the first
+        # shows through (the files are longer than its body and its answer).
+        x2, dy2, body2 = _big_request(np.random.default_rng(1), rows=300)
+        r = httpx.post(f"{server.url}/v1/check", json=body2, timeout=120)
+        assert r.status_code == 200, r.text
+        dx2 = np.frombuffer(base64.b64decode(r.json()["gradients"]["dx"]["b64"]), np.float32)
+        np.testing.assert_array_equal(dx2.reshape(x2.shape),
+                                      check(x2, dy2, finite_difference=FDOptions("none")).gradients["dx"])
+        assert len(created) == 1
+        assert _mine() == kept
+        # A client that promises more than it sends: the half-written body's file is removed.
         with socket.create_connection(("127.0.0.1", server.port)) as s:
             s.sendall(b"POST /v1/check HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                       b"Content-Length: 4194304\r\n\r\n" + b"{" + b" " * (2 << 20))
         deadline = time.monotonic() + 30  # polled: a loaded machine may take seconds; a leak never clears
-        while (len(created) < 2 or _mine()) and time.monotonic() < deadline:
+        while len(_mine()) > 1 and time.monotonic() < deadline:
             time.sleep(0.05)  # until the server has taken the request and given up on it
-        assert len(created) == 2
-        assert _mine() == []
+        assert len(_mine()) == 1
+        assert set(_mine()) < set(kept)
+    assert _mine() == []  # the server stopped: nothing kept
     # The client that went away is not a server bug: nothing is logged as an internal error.
     assert not [r for r in caplog.records if r.levelname == "ERROR"], [r.getMessage() for r in caplog.records]
 
@@ -239,6 +252,99 @@ def test_a_worker_writes_its_answer_in_pieces_that_make_the_whole(monkeypatch):
     assert result.parts == ()
     _same_answer(result.body, want)
     assert _mine() == []
+
+    # Into a file the server kept, longer than the answer and full of other bytes: the answer
+    # is its first bytes; where /dev/shm fills up, the file is left to the server.
+    kept = _request_segment(b"\xff" * (len(want) + 12345))
+    seg = _request_segment(body)
+    result = workers.shared_job(seg.path, seg.size, Settings(), None, shm.owner_tag(), answer_path=kept.path)
+    assert result.shared is not None
+    assert result.shared[0] == kept.path
+    answer = shm.Segment.open(*result.shared)
+    _same_answer(bytes(answer.mm[: answer.size]), want)
+    assert answer.capacity == len(want) + 12345
+    answer.close()
+    monkeypatch.setattr(shm.Segment, "write", full_after_first)
+    result = workers.shared_job(seg.path, seg.size, Settings(), None, shm.owner_tag(), answer_path=kept.path)
+    monkeypatch.undo()
+    assert result.shared is None
+    _same_answer(result.body, want)
+    assert os.path.exists(kept.path)
+    seg.unlink()
+    kept.unlink()
+    assert _mine() == []
+
+
+def _pool_segment(pool: shm.Pool, data: bytes, offset: int = 0) -> shm.Segment:
+    seg = pool.take(len(data), offset)
+    assert seg is not None
+    seg.write(0, data)
+    seg.close()
+    return seg
+
+
+def test_a_pool_reuses_a_file_a_body_fits_in_and_reads_back_only_the_new_body():
+    pool = shm.Pool(shm.owner_tag(), keep=2, idle_s=60)
+    first = _pool_segment(pool, os.urandom(3 << 20))
+    pool.give(first)
+    assert _mine() == [os.path.basename(first.path)]  # kept
+    data = os.urandom((1 << 20) + 7)
+    second = _pool_segment(pool, data, offset=40)
+    assert second.path == first.path  # the same file, with its pages
+    assert second.capacity == 3 << 20
+    read = shm.Segment.open(second.path, second.size, 40)
+    assert bytes(read.body) == data  # nothing of the first body shows through
+    read.close()
+    bigger = pool.take(4 << 20)  # fits in no kept file: a new one
+    assert bigger is not None
+    assert bigger.path != first.path
+    pool.give(second)
+    pool.give(bigger)
+    assert len(_mine()) == 2
+    assert [pool.kept().capacity, pool.kept().capacity] == [4 << 20, 3 << 20]  # the largest first, for answers
+    assert pool.kept() is None
+    assert len(_mine()) == 2  # handed out, not removed
+    shm.remove_all(pool.owner)
+    assert _mine() == []
+
+
+def test_a_pool_keeps_the_largest_files_and_never_one_still_mapped():
+    pool = shm.Pool(shm.owner_tag(), keep=1, idle_s=60)
+    small, large = _pool_segment(pool, b"a" * 1000), _pool_segment(pool, b"b" * 5000)
+    pool.give(small)
+    pool.give(large)  # over ``keep``: the smaller one goes
+    assert _mine() == [os.path.basename(large.path)]
+    mapped = shm.Segment.open(large.path, 5000)
+    view = memoryview(mapped.mm)[:10]  # a view still alive (a transport still sending from it)
+    pool.take(100)  # takes the kept file, which is now handed out
+    assert pool.give(mapped) is None
+    assert not os.path.exists(large.path)  # removed, not kept: it could still be read
+    assert bytes(view) == b"b" * 10  # and the view still reads what it had
+    view.release()
+    assert pool.clear() == 0
+    assert _mine() == []
+
+
+def test_a_pool_gives_its_files_back_when_idle_or_when_a_new_body_needs_the_room(monkeypatch):
+    pool = shm.Pool(shm.owner_tag(), keep=2, idle_s=0.3)
+    seg = _pool_segment(pool, b"x" * 1000)
+    pool.give(seg)
+    assert os.path.exists(seg.path)
+    deadline = time.monotonic() + 10  # polled: a loaded machine may be slow; a leak never clears
+    while os.path.exists(seg.path) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not os.path.exists(seg.path)
+    # Kept again; then a body that fits in none finds no room until the kept file is gone.
+    seg = _pool_segment(pool, b"y" * 1000)
+    pool.give(seg)
+    real_create = shm.Segment.create
+    monkeypatch.setattr(shm.Segment, "create", staticmethod(
+        lambda size, owner=None, offset=0: None if _mine() else real_create(size, owner, offset)))
+    big = pool.take(1 << 20)
+    assert big is not None
+    assert not os.path.exists(seg.path)
+    assert _mine() == [os.path.basename(big.path)]
+    big.unlink()
 
 
 def test_a_small_answer_from_a_large_body_comes_back_as_bytes():

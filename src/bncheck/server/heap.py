@@ -1,4 +1,5 @@
-"""glibc's malloc in worker processes: keep the heap between checks, give it back when idle.
+"""glibc's malloc in worker processes (and the server's): keep the heap between checks,
+give it back when idle.
 
 A check of 4M elements allocates and frees tens of arrays of 16 to 32 MB. By default
 glibc serves blocks that large with fresh mmaps and returns a heap's free top to the
@@ -10,6 +11,10 @@ So a worker serves blocks of up to 32 MB (glibc's ceiling for this setting) from
 and keeps up to ``keep_mb`` of free heap between checks; after ``idle_s`` without a
 check it returns the free memory to the system (``malloc_trim``), so an idle server is
 as small as before. Elsewhere than glibc (musl, macOS) nothing changes.
+
+``bncheck serve`` does the same in the server process: a large body arrives in chunks of a
+few hundred kilobytes, which uvicorn copies into fresh buffers, and with glibc's defaults
+the heap grew and shrank (brk) for each of them.
 """
 
 from __future__ import annotations
@@ -85,7 +90,8 @@ def keep(keep_mb: int, idle_s: float = IDLE_S) -> bool:
         return False
     if not (libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX) and libc.mallopt(M_TRIM_THRESHOLD, keep_mb << 20)):
         return False
-    _trimmer = _Trimmer(libc, idle_s)
+    if _trimmer is None:
+        _trimmer = _Trimmer(libc, idle_s)
     return True
 
 

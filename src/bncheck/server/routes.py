@@ -16,7 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from bncheck.numerics import check
 from bncheck.numerics.variants import VARIANTS
 
-from . import runner, shm, workers
+from . import heap, runner, shm, workers
 from .admission import Admission, QueueFull
 from .errors import ProblemError
 from .metrics import Metrics
@@ -74,6 +74,11 @@ def wants_html(request: Request) -> bool:
 
 async def run_check(request: Request, call: runner.Call) -> Response:
     """Admission, the body, a worker, the answer: /v1/check, and /v2 infer, as ``call`` says."""
+    with heap.busy():  # the server's free heap is returned once no check has come for a while
+        return await _run_check(request, call)
+
+
+async def _run_check(request: Request, call: runner.Call) -> Response:
     settings, metrics = _state(request)
     admission: Admission = request.app.state.admission
     deadline = time.monotonic() + settings.request_timeout_s  # the time in the queue counts
@@ -121,7 +126,8 @@ async def run_check(request: Request, call: runner.Call) -> Response:
     _count_transport(request, "answer", result.shared is not None,
                      result.shared[1] if result.shared else len(result.body))
     if result.shared is not None:
-        return shm.SegmentResponse(shm.Segment.open(*result.shared), dict(result.headers), result.media_type)
+        return shm.SegmentResponse(shm.Segment.open(*result.shared), dict(result.headers), result.media_type,
+                                   keep=request.app.state.workers.segments.give)
     return Response(result.body, media_type=result.media_type, headers=dict(result.headers))
 
 

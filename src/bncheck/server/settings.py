@@ -34,8 +34,9 @@ class Settings(BaseSettings):
     executor: Literal["process", "thread"] = Field(
         "process", description="checks run in worker processes (the event loop stays free) or threads")
     worker_nice: int = Field(10, ge=0, le=19, description="niceness of worker processes: the server stays responsive")
-    worker_heap_mb: int = Field(1024, ge=0, le=2047, description="free heap a worker keeps between checks "
-                                "(glibc), returned to the system after 10 s idle; 0: glibc's defaults")
+    worker_heap_mb: int = Field(1024, ge=0, le=2047, description="free heap a worker (and the server process) "
+                                "keeps between checks (glibc), returned to the system after 10 s idle; 0: glibc's "
+                                "defaults")
     client_shm: bool = Field(False, description="clients on this host may register /dev/shm regions and send "
                              "tensors through them (KServe v2 system shared memory); the server then reads and "
                              "writes any shared-memory object they name that its user may open")

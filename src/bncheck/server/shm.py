@@ -23,6 +23,9 @@ import contextlib
 import mmap
 import os
 import secrets
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +33,8 @@ import anyio
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-__all__ = ["MIN_BYTES", "PREFIX", "SHM_DIR", "Segment", "SegmentResponse", "aligning", "available", "owner_tag",
-           "pwrite_all", "remove_all", "sweep"]
+__all__ = ["MIN_BYTES", "PREFIX", "SHM_DIR", "Pool", "Segment", "SegmentResponse", "aligning", "available",
+           "owner_tag", "pwrite_all", "remove_all", "sweep"]
 
 MIN_BYTES = 1 << 20  # smaller bodies go through the pipe: a segment costs two system calls
 SHM_DIR = Path("/dev/shm")
@@ -48,10 +51,12 @@ class Segment:
     and with ``find``."""
 
     def __init__(self, path: str, size: int, *, fd: int | None = None, mm: mmap.mmap | None = None,
-                 offset: int = 0) -> None:
+                 offset: int = 0, capacity: int = 0) -> None:
         # offset: where the body starts in the file, after a few bytes that align what follows
-        # a v2 body's JSON header (``aligning``)
+        # a v2 body's JSON header (``aligning``); capacity: the bytes the file already has
+        # (one reused from a Pool), which writing into costs no new pages
         self.path, self.size, self.fd, self._mm, self.offset = path, size, fd, mm, offset
+        self.capacity = max(capacity, offset + size)
 
     @property
     def mm(self) -> mmap.mmap:
@@ -95,9 +100,10 @@ class Segment:
         fd = os.open(path, os.O_RDONLY)
         try:
             mm = mmap.mmap(fd, offset + size, prot=mmap.PROT_READ) if size else None
+            capacity = os.fstat(fd).st_size
         finally:
             os.close(fd)
-        return cls(path, size, mm=mm, offset=offset)
+        return cls(path, size, mm=mm, offset=offset, capacity=capacity)
 
     @property
     def body(self) -> Any:
@@ -105,38 +111,134 @@ class Segment:
         it past the offset."""
         return self.mm if not self.offset else memoryview(self.mm)[self.offset:self.offset + self.size]
 
-    def close(self) -> None:
+    def close(self) -> bool:
+        """Close the file and the mapping; False when a view of the mapping is still alive (the
+        mapping goes with the last of them), and the file may still be read through it."""
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
         if self._mm is not None:
-            with contextlib.suppress(BufferError):  # a view still alive: the mapping goes with it
+            try:
                 self._mm.close()
+            except BufferError:
+                return False
+        return True
 
     def unlink(self) -> None:
         self.close()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path)
+        _remove(self.path)
+
+
+class Pool:
+    """Body segments kept for the next bodies. Writing a body into a new file in /dev/shm
+    makes the kernel find and clear a page for every 4 KiB of it, on the event loop, while
+    the body arrives (a 32 MB body: 8,192 pages); a file written before has its pages, and
+    the body goes in as one copy. ``python -m bench.service`` measures the difference.
+
+    Up to ``keep`` files (a server reads at most one body per check slot at a time, so its
+    number of slots), each reused for a body that fits in it; they are removed after
+    ``idle_s`` without a body, so an idle server holds none, and at once when /dev/shm has
+    no room for a body that fits in none of them."""
+
+    def __init__(self, owner: str, keep: int, idle_s: float = 10.0) -> None:
+        self.owner, self.keep, self.idle_s = owner, keep, idle_s
+        self._lock = threading.Lock()
+        self._idle: list[tuple[str, int]] = []  # (path, capacity), of files nobody reads or writes
+        self._last = time.monotonic()
+        self._expiring = False
+
+    def take(self, size: int, offset: int = 0) -> Segment | None:
+        """A segment for ``size`` bytes from ``offset`` on: a kept file it fits in (the
+        smallest), else a new one (Segment.create); None as Segment.create says."""
+        with self._lock:
+            self._last = time.monotonic()
+            fits = [i for i, (_, capacity) in enumerate(self._idle) if capacity >= offset + size]
+            kept = self._idle.pop(min(fits, key=lambda i: self._idle[i][1])) if fits else None
+        if kept is not None:
+            try:
+                fd = os.open(kept[0], os.O_WRONLY)
+            except OSError:  # removed meanwhile (the server's shutdown): make a new one
+                pass
+            else:
+                return Segment(kept[0], size, fd=fd, offset=offset, capacity=kept[1])
+        seg = Segment.create(size, self.owner, offset)
+        if seg is None and self.clear():  # the kept files took the room this body needs
+            seg = Segment.create(size, self.owner, offset)
+        return seg
+
+    def kept(self) -> Segment | None:
+        """The largest kept file, for an answer of a size nobody knows yet (a worker writes it
+        and hands it on, or it comes back with ``give``); None when none is kept."""
+        with self._lock:
+            if not self._idle:
+                return None
+            path, capacity = self._idle.pop(0)
+        return Segment(path, 0, capacity=capacity)
+
+    def give(self, seg: Segment) -> None:
+        """``seg`` back, once nobody maps it any more: kept for a later body, or removed (also
+        when a view of its mapping here is still alive)."""
+        if not seg.close():
+            _remove(seg.path)
+            return
+        with self._lock:
+            self._last = time.monotonic()
+            self._idle.append((seg.path, seg.capacity))
+            self._idle.sort(key=lambda kept: kept[1], reverse=True)
+            extra = self._idle[self.keep:]
+            del self._idle[self.keep:]
+            start = not self._expiring and bool(self._idle)
+            self._expiring = self._expiring or start
+        for path, _ in extra:
+            _remove(path)
+        if start:
+            threading.Thread(target=self._expire, name="bncheck-shm-pool", daemon=True).start()
+
+    def clear(self) -> int:
+        """Remove every kept file now; returns how many."""
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for path, _ in idle:
+            _remove(path)
+        return len(idle)
+
+    def _expire(self) -> None:
+        """Remove the kept files once no body has come for ``idle_s``; then stop."""
+        while True:
+            with self._lock:
+                wait = self._last + self.idle_s - time.monotonic()
+                if wait <= 0 or not self._idle:
+                    idle, self._idle, self._expiring = self._idle, [], False
+                    break
+            time.sleep(wait)
+        for path, _ in idle:
+            _remove(path)
+
+
+def _remove(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
 
 
 class SegmentResponse(Response):
-    """A JSON answer sent straight from a worker's segment (no copy into the server's
-    memory), which is removed once sent or once the client has gone."""
+    """An answer sent straight from a worker's segment (no copy into the server's memory),
+    which is handed to ``keep`` (a Pool's ``give``) or removed once sent or once the client
+    has gone."""
 
-    def __init__(self, seg: Segment, headers: dict[str, str] | None = None, media_type: str = "application/json"
-                 ) -> None:
-        self.seg = seg
+    def __init__(self, seg: Segment, headers: dict[str, str] | None = None, media_type: str = "application/json",
+                 keep: Callable[[Segment], None] | None = None) -> None:
+        self.seg, self.keep = seg, keep
         super().__init__(b"", media_type=media_type, headers=headers)
         self.headers["content-length"] = str(seg.size)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
-            body: Any = memoryview(self.seg.mm)[: self.seg.size]
-            await send({"type": "http.response.body", "body": body})
+            await send({"type": "http.response.body", "body": memoryview(self.seg.mm)[: self.seg.size]})
         finally:
-            # Freeing tens of megabytes of pages takes milliseconds: not on the event loop.
-            await anyio.to_thread.run_sync(self.seg.unlink)
+            # Freeing tens of megabytes of pages takes milliseconds: not on the event loop. A
+            # view the transport still holds keeps the mapping: then the file is not reused.
+            await anyio.to_thread.run_sync(self.keep or Segment.unlink, self.seg)
 
 
 def aligning(header_length: int | None) -> int:

@@ -102,10 +102,12 @@ def _failure(problem: ProblemError, call: runner.Call) -> Failure:
 
 
 def shared_job(path: str, size: int, settings: Settings, deadline: float | None, owner: str,
-               call: runner.Call = runner.V1, offset: int = 0) -> runner.Outcome | Failure:
+               call: runner.Call = runner.V1, offset: int = 0, answer_path: str | None = None
+               ) -> runner.Outcome | Failure:
     """``job`` on a body in a shared-memory segment (from ``offset`` on), parsed in place; a
-    large answer goes back in a segment of its own (named for ``owner``, the server, which
-    removes it)."""
+    large answer goes back in a segment: ``answer_path``, a file the server kept from an
+    earlier request (its pages are there already), or a new one named for ``owner``, the
+    server, which removes it."""
     try:
         seg = shm.Segment.open(path, size, offset)
     except OSError as exc:
@@ -123,7 +125,7 @@ def shared_job(path: str, size: int, settings: Settings, deadline: float | None,
     # The answer's pieces go into the segment one after another: no joined copy of them.
     sizes = [memoryview(part).nbytes for part in result.parts]
     answer = sum(sizes)
-    out = shm.Segment.create(answer, owner) if answer >= shm.MIN_BYTES else None
+    out = _answer_segment(answer, owner, answer_path) if answer >= shm.MIN_BYTES else None
     if out is not None:
         try:
             at = 0
@@ -131,11 +133,23 @@ def shared_job(path: str, size: int, settings: Settings, deadline: float | None,
                 out.write(at, part)
                 at += size
         except OSError:  # /dev/shm filled up meanwhile: the pipe carries it
-            out.unlink()
+            if out.path == answer_path:
+                out.close()  # the server's kept file: the server decides
+            else:
+                out.unlink()
         else:
             out.close()
             return dataclasses.replace(result, parts=(), shared=(out.path, out.size))
     return dataclasses.replace(result, body=b"".join(result.parts), parts=())
+
+
+def _answer_segment(size: int, owner: str, kept: str | None) -> shm.Segment | None:
+    if kept is not None:
+        try:
+            return shm.Segment(kept, size, fd=os.open(kept, os.O_WRONLY))
+        except OSError:  # removed meanwhile (the server stopping): a new one
+            pass
+    return shm.Segment.create(size, owner)
 
 
 def discard(result: Any) -> None:
@@ -244,6 +258,8 @@ class ProcessWorkers:
         self._pool: ProcessPoolExecutor | None = None
         self._lock = threading.Lock()
         self.owner = shm.owner_tag()  # every shared-memory segment of these workers
+        # Segments of bodies and answers, reused: a body and an answer per check slot.
+        self.segments = shm.Pool(self.owner, 2 * settings.max_concurrent, heap.IDLE_S)
         self._ready = False  # the workers are started and answered
         self.deaths = 0
         self.on_death: Callable[[], None] = lambda: None
@@ -330,7 +346,7 @@ class ProcessWorkers:
         length = request.headers.get("content-length", "")
         if not length.isdigit() or int(length) < shm.MIN_BYTES:
             return await request.body()
-        seg = shm.Segment.create(int(length), self.owner, offset)  # statvfs and open: no need for a thread
+        seg = self.segments.take(int(length), offset)  # statvfs and open: no need for a thread
         if seg is None:  # no /dev/shm, or no room in it: the pipe still works
             return await request.body()
         stream = request.stream()
@@ -361,33 +377,37 @@ class ProcessWorkers:
         fingerprint = _fingerprint(body)
         pool = self.pool
         handed = False
+        # A kept file for a large answer, whose pages are there already (the worker writes it).
+        answer = self.segments.kept() if isinstance(body, shm.Segment) else None
         try:
             try:
-                future = self._submit(pool, body, deadline, call)
+                future = self._submit(pool, body, deadline, call, answer)
             except BrokenProcessPool:  # a worker died while idle: nothing of this check ran yet
                 self._replace(pool)
                 pool = self.pool
-                future = self._submit(pool, body, deadline, call)
+                future = self._submit(pool, body, deadline, call, answer)
             handed = True
-            return await self._wait(future, body, done)
+            return await self._wait(future, body, done, answer)
         except BrokenProcessPool:
             self._replace(pool)
             raise self._died(fingerprint) from None
         finally:
-            if not handed:  # nothing reached a worker: free the slot and the segment here
+            if not handed:  # nothing reached a worker: free the slot and the segments here
                 done()
                 if isinstance(body, shm.Segment):
                     body.unlink()
+                if answer is not None:
+                    self.segments.give(answer)
 
     def _submit(self, pool: ProcessPoolExecutor, body: bytes | shm.Segment, deadline: float,
-                call: runner.Call) -> Future[Any]:
+                call: runner.Call, answer: shm.Segment | None) -> Future[Any]:
         if isinstance(body, shm.Segment):
             return pool.submit(shared_job, body.path, body.size, self.settings, deadline, self.owner, call,
-                               body.offset)
+                               body.offset, answer.path if answer else None)
         return pool.submit(job, body, self.settings, deadline, call=call)
 
-    async def _wait(self, future: Future[Any], body: bytes | shm.Segment, done: Callable[[], None]
-                    ) -> runner.Outcome | Failure:
+    async def _wait(self, future: Future[Any], body: bytes | shm.Segment, done: Callable[[], None],
+                    answer: shm.Segment | None) -> runner.Outcome | Failure:
         seg = body if isinstance(body, shm.Segment) else None
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[Any] = loop.create_future()
@@ -410,9 +430,14 @@ class ProcessWorkers:
                 except RuntimeError:  # the loop has closed
                     discard(outcome[1])
             finally:
-                # Once the answer is on its way: freeing tens of megabytes of pages takes milliseconds.
+                # Once the answer is on its way: the worker no longer maps the body. A kept file
+                # the answer is not in comes back too (the one it is in, once it has been sent).
                 if seg is not None:
-                    seg.unlink()
+                    self.segments.give(seg)
+                result = outcome[1]
+                if answer is not None and not (isinstance(result, runner.Outcome) and result.shared is not None
+                                               and result.shared[0] == answer.path):
+                    self.segments.give(answer)
 
         future.add_done_callback(finished)
         return await waiter
@@ -423,6 +448,7 @@ class ProcessWorkers:
             if self._pool is not None:
                 self._pool.shutdown(wait=True)
                 self._pool = None
+        self.segments.clear()
         shm.remove_all(self.owner)  # answers that finished after the event loop stopped
 
 
