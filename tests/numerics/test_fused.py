@@ -36,6 +36,13 @@ def spy(monkeypatch):
     return counts
 
 
+@pytest.fixture
+def numpy_sums(monkeypatch):
+    """The reference's first-pass sums by NumPy either way (the compiled ones sum in another
+    order: tested on their own below), so that both paths judge the same scales."""
+    monkeypatch.setattr(fused, "reference_sums_apply", lambda *args: False)
+
+
 def _both(monkeypatch, fn):
     """fn() by NumPy's path, then by the kernel's."""
     monkeypatch.setenv("BNCHECK_FUSED", "0")
@@ -107,7 +114,7 @@ def test_many_blocks_on_both_threads_and_one(monkeypatch, spy):
     assert spy["judged"] >= 8
 
 
-def test_natural_scale_made_block_by_block(monkeypatch, spy):
+def test_natural_scale_made_block_by_block(monkeypatch, numpy_sums, spy):
     """dx's scale as a check makes it (scales.ElementScale), and compare_all's shared blocks."""
     rng = np.random.default_rng(3)
     shape = (8, 16, 24, 24)
@@ -176,7 +183,7 @@ def test_hand_checked_numbers_through_the_kernel(spy):
     assert [c.channel for c in m.worst_channels] == [2, 1]
 
 
-def test_a_whole_check_is_the_same_either_way(monkeypatch):
+def test_a_whole_check_is_the_same_either_way(monkeypatch, numpy_sums):
     """Without lowering any limit: 262,144 elements, a candidate, the calibrated verdict."""
     rng = np.random.default_rng(5)
     shape = (16, 16, 32, 32)
@@ -280,7 +287,7 @@ def test_natural_scales_are_numpys_bit_for_bit(monkeypatch, spy, form, dtypes):
     assert not np.isfinite(out[1, 2, 3 * 40 + 4])
 
 
-def test_a_whole_scale_made_in_the_references_pass_is_numpys(monkeypatch, spy):
+def test_a_whole_scale_made_in_the_references_pass_is_numpys(monkeypatch, numpy_sums, spy):
     """ElementScale.start_full (dx's scale kept whole for the finite differences), block by
     block into the one array, blocks split along s included: the same array either way."""
     rng = np.random.default_rng(12)
@@ -306,3 +313,117 @@ def test_a_whole_scale_made_in_the_references_pass_is_numpys(monkeypatch, spy):
     blocks = len(lay.blocks(backend.BLOCK_ELEMENTS))
     assert blocks > 2
     assert taken == [False] * blocks + [True] * blocks
+
+
+# ------------------------------------------------------------------ the reference's first-pass sums
+
+
+def _numpy_sums(x, dy, mean, invstd):
+    """The seven sums fused.reference_sums makes, written out in NumPy (float64)."""
+    m, iv = mean.reshape(1, -1, 1), invstd.reshape(1, -1, 1)
+    g, d = dy.astype(np.float64), x.astype(np.float64) - m
+    h = d * iv
+    return np.stack([(t).sum(axis=(0, 2)) for t in (g, g * d, g * g, np.abs(g), np.abs(g) * np.abs(h),
+                                                     np.abs(x.astype(np.float64)), g * h)])
+
+
+@pytest.mark.parametrize("sent", [np.float32, np.float64])
+@pytest.mark.parametrize(("shape", "axis"), [((4, 8, 16, 16), 1), ((3, 5, 7, 9), 1), ((6, 40, 17), 1)])
+def test_the_reference_sums_are_the_sums(sent, shape, axis):
+    """Every sum against NumPy's, and dbeta's and dgamma's against exact ones (integers times
+    a power of two, added exactly in Python): sums in another order, as accurate."""
+    rng = np.random.default_rng(21)
+    lay = Layout.of(shape, axis)
+    x3 = lay.view((rng.standard_normal(shape) * 4 + 3).astype(sent))
+    dy3 = lay.view(np.round(rng.standard_normal(shape) * 2**10).astype(sent) / 2**10)
+    mean, invstd = rng.standard_normal(lay.C), rng.uniform(0.5, 2.0, lay.C)
+    got, extents = fused.reference_sums(x3, dy3, mean, invstd)
+    want = _numpy_sums(x3, dy3, mean, invstd)
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12 * np.abs(want).max())
+    for e, w in zip(extents, (x3.max(axis=(0, 2)), x3.min(axis=(0, 2)), dy3.max(axis=(0, 2)), dy3.min(axis=(0, 2))),
+                    strict=True):
+        assert e.dtype == w.dtype
+        assert e.tolist() == w.tolist()
+    # sum dy exactly: every dy is k / 2^10 with |k| < 2^14, so any order adds them exactly
+    exact = [math.fsum(dy3[:, c, :].astype(np.float64).ravel()) for c in range(lay.C)]
+    assert got[0].tolist() == exact
+
+
+def test_the_reference_sums_make_the_reference_and_the_scales(monkeypatch):
+    """A whole check through the compiled first pass and through NumPy's: the same verdicts,
+    the same worst elements, every number within 1e-6 relative or 1e-10 absolute (sums in
+    another order move a reference by an ulp or so, and a relative error of a small reference
+    by more); and the
+    pass really ran, once per block, for the reference and its riders together."""
+    rng = np.random.default_rng(23)
+    shape = (16, 16, 32, 32)
+    x = (rng.standard_normal(shape) + 1).astype(np.float32)
+    dy = rng.standard_normal(shape).astype(np.float32)
+    gamma, beta = rng.uniform(0.5, 1.5, 16), rng.standard_normal(16)
+    out = backward(x, dy, gamma, beta, eps=1e-5)
+    cand = {k: np.ascontiguousarray(out[k], dtype=np.float32) for k in ("dx", "dgamma", "dbeta")}
+    cand["dx"][3, 5, 7, 9] *= 1.001
+    calls = []
+    real = fused.reference_sums
+    monkeypatch.setattr(fused, "reference_sums", lambda *a: calls.append(1) or real(*a))
+
+    def run():
+        return check(x, dy, gamma, beta, candidate=cand, finite_difference=FDOptions("stats"))
+
+    compiled = run()
+    assert len(calls) == len(backend.map_blocks(lambda b: b, Layout.of(shape, 1), np))  # one per block
+    monkeypatch.setattr(fused, "reference_sums_apply", lambda *args: False)
+    by_numpy = run()
+    assert not compiled.passed
+    a, b = dataclasses.asdict(compiled.checks), dataclasses.asdict(by_numpy.checks)
+    # The finite differences' errors are at float64's rounding (tens of ulps): any other order
+    # of a sum moves them, and only their verdicts can be the same.
+    fd_a, fd_b = a.pop("finite_difference"), b.pop("finite_difference")
+    verdicts = [{k: v["passed"] for k, v in fd.items() if isinstance(v, dict) and "passed" in v} for fd in (fd_a, fd_b)]
+    assert verdicts[0] == verdicts[1] == {"dx": True, "dgamma": True, "dbeta": True}
+    _close(a, b)
+    assert compiled.checks.candidate.tensors["dx"].worst_index == [3, 5, 7, 9]
+
+
+def _close(a, b, where="checks"):
+    """Equal structure, equal everything but floats, floats within 1e-6 relative or 1e-10
+    absolute (the values here are of order 1 to 1e3)."""
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for k in a:
+            _close(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, list):
+        assert len(a) == len(b), where
+        for i, (u, v) in enumerate(zip(a, b, strict=True)):
+            _close(u, v, f"{where}[{i}]")
+    elif isinstance(a, float) and isinstance(b, float):
+        assert b == pytest.approx(a, rel=1e-6, abs=1e-10), where
+    else:
+        assert a == b, where
+
+
+def test_the_reference_sums_apply_where_rows_run_along_s():
+    lay = Layout.of((4, 8, 16, 16), 1)
+    x = np.zeros((4, 8, 16, 16), np.float32)
+    assert fused.reference_sums_apply(lay.view(x), lay.view(x), lay) is (lay.M >= fused.MIN_ELEMENTS)
+    wide = Layout.of((512, 64), 1)  # S = 1: NumPy's path
+    assert not fused.reference_sums_apply(wide.view(np.zeros((512, 64))), wide.view(np.zeros((512, 64))), wide)
+
+
+@pytest.mark.parametrize("sent", [np.float32, np.float64])
+def test_the_extents_by_hand(sent):
+    """Largest and smallest per channel through the kernel's integer keys: negatives, a
+    subnormal, huge values, a channel that is one value throughout."""
+    shape = (2, 3, 20)
+    x = np.full(shape, -7.0, sent)  # channel 0: -7 throughout
+    x[:, 1, :] = -3.5
+    x[1, 1, 4], x[0, 1, 9] = -1e30, np.float32(1e-40)  # a float32 subnormal, also in float64
+    x[:, 2, :] = np.linspace(-2, 2, 40, dtype=sent).reshape(2, 20)
+    x[1, 2, 19] = 3e38
+    dy = -x[:, ::-1, :].copy()
+    _, (xmax, xmin, dmax, dmin) = fused.reference_sums(x, dy, np.zeros(3), np.ones(3))
+    tiny = float(np.float32(1e-40)) if sent is np.float32 else float(np.float64(np.float32(1e-40)))
+    assert xmax.tolist() == [-7.0, tiny, float(sent(3e38))]
+    assert xmin.tolist() == [-7.0, float(sent(-1e30)), -2.0]
+    assert dmax.tolist() == [2.0, float(sent(1e30)), 7.0]
+    assert dmin.tolist() == [float(sent(-3e38)), -tiny, 7.0]

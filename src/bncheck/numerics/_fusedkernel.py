@@ -44,7 +44,7 @@ from numba.extending import intrinsic
 
 from .tolerance import TINY as _TINY  # a compile-time constant: a floor passed in stops the loops vectorizing
 
-__all__ = ["judge", "judge_wide", "natural_scale"]
+__all__ = ["judge", "judge_wide", "natural_scale", "reference_sums"]
 
 _EXP = 0x7FF0000000000000
 _ABS = 0x7FFFFFFFFFFFFFFF
@@ -357,3 +357,93 @@ def natural_scale(x, xp, xc, dy, dp, dc, mean, invstd, k1, k2, w, k3, P, C, S, o
             i, j, o = p * xp + c * xc, p * dp + c * dc, p * op + c * oc
             _scale_row(x[i:i + S], dy[j:j + S], mean[c], invstd[c], k1[c], k2[c], w, k3[c], out[o:o + S])
     return True
+
+
+# ------------------------------------------------------------------ the reference's first pass
+# Sums in float64 of float32 or float64 rows; ``reassoc`` to vectorize (a sum in another order,
+# as any two sums are), nothing else: an infinity or a NaN goes where IEEE arithmetic takes it.
+
+
+@numba.njit(nogil=True, cache=True, fastmath={"reassoc"})
+def _own_sums(x, dy, mean):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
+    """sum dy, sum dy (x - mean), sum dy^2, sum |dy| of a row."""
+    s_dy = s_dyd = s_dy2 = s_ady = 0.0
+    for s in range(x.shape[0]):
+        g = np.float64(dy[s])
+        s_dy += g
+        s_dyd += g * (np.float64(x[s]) - mean)
+        s_dy2 += g * g
+        s_ady += abs(g)
+    return s_dy, s_dyd, s_dy2, s_ady
+
+
+@numba.njit(nogil=True, cache=True, fastmath={"reassoc"})
+def _scale_sums(x, dy, mean, invstd):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
+    """sum |dy| |xhat|, sum |x|, sum dy xhat of a row, xhat = (x - mean) * invstd."""
+    s_adyh = s_ax = s_dyh = 0.0
+    for s in range(x.shape[0]):
+        g, v = np.float64(dy[s]), np.float64(x[s])
+        h = (v - mean) * invstd
+        s_adyh += abs(g) * abs(h)
+        s_ax += abs(v)
+        s_dyh += g * h
+    return s_adyh, s_ax, s_dyh
+
+
+@intrinsic
+def _key(typingctx: Any, x: Any) -> Any:  # pragma: no cover - compiled
+    """An integer of x's width that orders as x does (for any x but a NaN): the bits, with
+    those but the sign flipped where the sign is set. Applied to a key it gives the bits back."""
+    width = x.bitwidth
+    ity = ir.IntType(width)
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        bits = builder.bitcast(args[0], ity)
+        flip = builder.and_(builder.ashr(bits, ir.Constant(ity, width - 1)), ir.Constant(ity, (1 << (width - 1)) - 1))
+        return builder.xor(bits, flip)
+
+    return getattr(t, f"int{width}")(x), codegen
+
+
+@numba.njit(nogil=True, cache=True)
+def _extents(x, dy):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
+    """The keys (``_key``) of the largest and smallest x and dy of a row."""
+    hx = lx = _key(x[0])
+    hd = ld = _key(dy[0])
+    for s in range(x.shape[0]):
+        k, m = _key(x[s]), _key(dy[s])
+        hx, lx, hd, ld = max(hx, k), min(lx, k), max(hd, m), min(ld, m)
+    return hx, lx, hd, ld
+
+
+_SUMS_SIGS = [t.void(_arr(xt), _I64, _I64, _arr(dt), _I64, _I64, _F64, _F64, _I64, _I64, _I64,
+                     _arr(t.float64, False), _OUT) for xt in (t.float32, t.float64) for dt in (t.float32, t.float64)]
+
+
+@numba.njit(_SUMS_SIGS, nogil=True, cache=True)
+def reference_sums(x, xp, xc, dy, dp, dc, mean, invstd, P, C, S, out, keys):  # type: ignore[no-untyped-def]
+    """reference.backward's first pass over a block and Scales.block_sums' sums, rows as in
+    ``judge``: into ``out`` ((7, C) flat, zeroed) sum dy, sum dy (x - mean), sum dy^2, sum |dy|,
+    sum |dy| |xhat|, sum |x| and sum dy xhat per channel; into ``keys`` ((4, C) flat) the keys
+    of the largest and smallest x and dy."""  # pragma: no cover - compiled
+    for p in range(P):
+        for c in range(C):
+            i, j = p * xp + c * xc, p * dp + c * dc
+            xr, dr = x[i:i + S], dy[j:j + S]
+            a = _own_sums(xr, dr, mean[c])
+            b = _scale_sums(xr, dr, mean[c], invstd[c])
+            e = _extents(xr, dr)
+            if p == 0:
+                keys[c], keys[C + c], keys[2 * C + c], keys[3 * C + c] = e[0], e[1], e[2], e[3]
+            else:
+                keys[c] = max(keys[c], e[0])
+                keys[C + c] = min(keys[C + c], e[1])
+                keys[2 * C + c] = max(keys[2 * C + c], e[2])
+                keys[3 * C + c] = min(keys[3 * C + c], e[3])
+            out[c] += a[0]
+            out[C + c] += a[1]
+            out[2 * C + c] += a[2]
+            out[3 * C + c] += a[3]
+            out[4 * C + c] += b[0]
+            out[5 * C + c] += b[1]
+            out[6 * C + c] += b[2]

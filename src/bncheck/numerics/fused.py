@@ -36,7 +36,7 @@ from .dtypes import ulp
 from .tolerance import TINY
 
 __all__ = ["MIN_ELEMENTS", "MIN_ROW", "Judged", "available", "judge", "natural_scale", "natural_scale_applies",
-           "reference_ok", "usable"]
+           "reference_ok", "reference_sums", "reference_sums_apply", "stat_vectors", "usable"]
 
 log = logging.getLogger("bncheck.fused")
 
@@ -131,6 +131,44 @@ def natural_scale(x: Any, dy: Any, coefficients: Callable[[], tuple[Any, ...]], 
 
     return bool(_fusedkernel.natural_scale(xr[0], xr[2], xr[3], dr[0], dr[2], dr[3], mean, invstd, k1, k2, float(w),
                                            k3, P, C, S, outr[0], outr[2], outr[3]))
+
+
+def reference_sums(x: Any, dy: Any, mean: Any, invstd: Any) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
+    """The sums of reference.backward's first pass and of Scales.block_sums for a (p, C, s)
+    block of x and dy, in one pass: (7, C) float64, sum dy, sum dy (x - mean), sum dy^2,
+    sum |dy|, sum |dy| |xhat|, sum |x|, sum dy xhat; and the largest and smallest x and dy per
+    channel, in their dtypes (the values NumPy's max and min give, but the sign of a zero).
+    ``mean`` and ``invstd`` (C,) float64. Only where ``reference_sums_apply`` says so."""
+    P, C, S = x.shape
+    xr, dr = _rows(x, x.shape, False), _rows(dy, dy.shape, False)
+    if xr is None or dr is None:
+        msg = "reference_sums takes blocks whose rows are contiguous along s (reference_sums_apply)"
+        raise ValueError(msg)
+    out, keys = np.zeros(7 * C), np.empty((4, C), np.int64)
+    from . import _fusedkernel
+
+    _fusedkernel.reference_sums(xr[0], xr[2], xr[3], dr[0], dr[2], dr[3], mean, invstd, P, C, S, out,
+                                keys.reshape(-1))
+    return out.reshape(7, C), tuple(_unkey(k, a.dtype) for k, a in zip(keys, (x, x, dy, dy), strict=True))
+
+
+def _unkey(keys: np.ndarray, dtype: np.dtype[Any]) -> np.ndarray:
+    """Values of ``dtype`` back from the kernel's order-keeping integers (``_fusedkernel._key``)."""
+    width = dtype.itemsize * 8
+    k: np.ndarray[Any, np.dtype[np.signedinteger[Any]]] = keys.astype(np.int32 if width == 32 else np.int64)
+    return (k ^ ((k >> (width - 1)) & ((1 << (width - 1)) - 1))).view(dtype)
+
+
+def stat_vectors(mean: Any, invstd: Any) -> tuple[np.ndarray, np.ndarray]:
+    """``reference_sums``' mean and invstd: (C,) float64, contiguous."""
+    return (np.ascontiguousarray(mean, dtype=np.float64).reshape(-1),
+            np.ascontiguousarray(invstd, dtype=np.float64).reshape(-1))
+
+
+def reference_sums_apply(x3: Any, dy3: Any, layout: Any) -> bool:
+    """Whether ``reference_sums`` takes the blocks of these (P, C, S) views of x and dy (the
+    same conditions as ``natural_scale``'s)."""
+    return natural_scale_applies(x3, dy3, layout)
 
 
 def natural_scale_applies(x3: Any, dy3: Any, layout: Any) -> bool:

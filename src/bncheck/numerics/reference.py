@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, Protocol
 
-from . import backend
+from . import backend, fused
 from .layout import Block, Layout
 from .variants import Grads
 
@@ -102,6 +102,8 @@ class Riders(Protocol):
 
     def block_sums(self, b: Block, d: Any, dy: Any) -> Any: ...
 
+    def block_sums_from(self, sums: Any, extents: Any) -> Any: ...
+
     def take_sums(self, parts: list[Any]) -> None: ...
 
     def second_pass(self) -> Callable[[Block], None] | None: ...
@@ -112,9 +114,14 @@ def backward(x3: Any, dy3: Any, gamma: Any, st: Stats, layout: Layout, *, traini
     """float64 gradients for statistics ``st`` (batch, saved or running); ``riders`` go along."""
     R = layout.R
     mean = layout.per_channel(st.mean)
+    # Where it applies, one compiled pass makes this pass's sums and the riders' (fused.py).
+    compiled = fused.stat_vectors(st.mean, st.invstd) if fused.reference_sums_apply(x3, dy3, layout) else None
 
     def sums(b: Block) -> tuple[Any, Any, Any]:
         x, dyb = x3[b[0], :, b[1]], dy3[b[0], :, b[1]]
+        if compiled is not None:
+            sums, extents = fused.reference_sums(x, dyb, *compiled)
+            return sums[0], sums[1], None if riders is None else riders.block_sums_from(sums, extents)
         d, dy64 = backend.scratch(2, x.shape, xp)
         xp.subtract(x, mean, out=d)
         dyb = backend.in_float64(dyb, dy64, xp)

@@ -166,8 +166,10 @@ class Scales:
         """One block's share of ``_sums``. The reference's first pass hands over its x - mean (in
         scratch slot 0, free again, which becomes xhat here) and its float64 dy."""
         xp, lay = self.xp, self.layout
-        invstd = lay.per_channel(self.st.invstd)
         x = self.x3[b[0], :, b[1]]
+        if d is None and self._compiled is not None:  # the sums the reference's compiled pass makes
+            return self.block_sums_from(*fused.reference_sums(x, self.dy3[b[0], :, b[1]], *self._compiled))
+        invstd = lay.per_channel(self.st.invstd)
         xhat, dy64, ady, work = backend.scratch(4, x.shape, xp)  # slots 0 and 1 as the reference's
         if d is None:
             dy = backend.in_float64(self.dy3[b[0], :, b[1]], dy64, xp)
@@ -183,6 +185,11 @@ class Scales:
                 backend.channel_max(x, xp), backend.channel_min(x, xp), backend.channel_max(dy, xp),
                 backend.channel_min(dy, xp)]
         return tuple(out)
+
+    def block_sums_from(self, sums: Any, extents: tuple[Any, ...]) -> tuple[Any, ...]:
+        """``block_sums`` from the compiled first pass (fused.reference_sums, whose xhat is the
+        reference's x - mean times this invstd: the same statistics)."""
+        return (sums[3], sums[4], sums[2], sums[5], sums[0], sums[6], *extents)
 
     def take_sums(self, parts: list[tuple[Any, ...]]) -> None:
         """``_sums`` from every block's ``block_sums``, in block order (the reference's first pass)."""
@@ -200,6 +207,13 @@ class Scales:
         if not self.keep_dx or fused.natural_scale_applies(self.x3, self.dy3, self.layout):
             return None
         return self.dx_field.start_full()
+
+    @cached_property
+    def _compiled(self) -> tuple[Any, Any] | None:
+        """(mean, invstd) as (C,) float64 where fused.reference_sums takes the blocks, else None."""
+        if not fused.reference_sums_apply(self.x3, self.dy3, self.layout):
+            return None
+        return fused.stat_vectors(self.st.mean, self.st.invstd)
 
     @cached_property
     def _sums(self) -> tuple[Any, ...]:
