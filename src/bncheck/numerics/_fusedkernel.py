@@ -44,7 +44,7 @@ from numba.extending import intrinsic
 
 from .tolerance import TINY as _TINY  # a compile-time constant: a floor passed in stops the loops vectorizing
 
-__all__ = ["judge", "judge_wide", "natural_scale", "reference_sums"]
+__all__ = ["judge", "judge_wide", "natural_scale", "reference_dx", "reference_sums"]
 
 _EXP = 0x7FF0000000000000
 _ABS = 0x7FFFFFFFFFFFFFFF
@@ -447,3 +447,29 @@ def reference_sums(x, xp, xc, dy, dp, dc, mean, invstd, P, C, S, out, keys):  # 
             out[4 * C + c] += b[0]
             out[5 * C + c] += b[1]
             out[6 * C + c] += b[2]
+
+
+# ------------------------------------------------------------------ the reference's dx
+# No fastmath: the operations of reference.backward's elementwise pass, in its order and rounding.
+
+
+@numba.njit(nogil=True, cache=True)
+def _dx_row(x, dy, mean, c_xmu, c_mean, scale, out):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
+    for s in range(x.shape[0]):
+        v = (np.float64(x[s]) - mean) * c_xmu
+        out[s] = ((np.float64(dy[s]) - v) - c_mean) * scale
+
+
+_DX_SIGS = [t.void(_arr(xt), _I64, _I64, _arr(dt), _I64, _I64, _F64, _F64, _F64, _F64, _I64, _I64, _I64,
+                   _arr(t.float64, False), _I64, _I64)
+            for xt in (t.float32, t.float64) for dt in (t.float32, t.float64)]
+
+
+@numba.njit(_DX_SIGS, nogil=True, cache=True)
+def reference_dx(x, xp, xc, dy, dp, dc, mean, c_xmu, c_mean, scale, P, C, S, out, op, oc):  # type: ignore[no-untyped-def]
+    """reference.backward's training dx for a block, ``((dy - (x - mean) c_xmu) - c_mean) scale``
+    per element with (C,) float64 coefficients, into ``out``; rows as in ``judge``."""  # pragma: no cover - compiled
+    for p in range(P):
+        for c in range(C):
+            i, j, o = p * xp + c * xc, p * dp + c * dc, p * op + c * oc
+            _dx_row(x[i:i + S], dy[j:j + S], mean[c], c_xmu[c], c_mean[c], scale[c], out[o:o + S])

@@ -36,7 +36,7 @@ from .dtypes import ulp
 from .tolerance import TINY
 
 __all__ = ["MIN_ELEMENTS", "MIN_ROW", "Judged", "available", "judge", "natural_scale", "natural_scale_applies",
-           "reference_ok", "reference_sums", "reference_sums_apply", "stat_vectors", "usable"]
+           "reference_dx", "reference_ok", "reference_sums", "reference_sums_apply", "stat_vectors", "usable"]
 
 log = logging.getLogger("bncheck.fused")
 
@@ -157,6 +157,23 @@ def _unkey(keys: np.ndarray, dtype: np.dtype[Any]) -> np.ndarray:
     width = dtype.itemsize * 8
     k: np.ndarray[Any, np.dtype[np.signedinteger[Any]]] = keys.astype(np.int32 if width == 32 else np.int64)
     return (k ^ ((k >> (width - 1)) & ((1 << (width - 1)) - 1))).view(dtype)
+
+
+def reference_dx(x: Any, dy: Any, coefficients: tuple[Any, ...], out: Any) -> bool:
+    """reference.backward's training dx for a (p, C, s) block into ``out`` (float64, rows along
+    s), the same operations in the same order, in one pass; ``coefficients`` (mean, c_xmu,
+    c_mean, scale), (C,) float64. False, with nothing written, where ``out``'s rows do not
+    suit (the caller's NumPy passes then make it); only where ``reference_sums_apply``."""
+    P, C, S = out.shape
+    xr, dr, outr = _rows(x, out.shape, False), _rows(dy, out.shape, False), _rows(out, out.shape, False)
+    if xr is None or dr is None or outr is None or out.dtype != np.float64 or not out.flags.writeable:
+        return False
+    from . import _fusedkernel
+
+    mean, c_xmu, c_mean, scale = coefficients
+    _fusedkernel.reference_dx(xr[0], xr[2], xr[3], dr[0], dr[2], dr[3], mean, c_xmu, c_mean, scale, P, C, S,
+                              outr[0], outr[2], outr[3])
+    return True
 
 
 def stat_vectors(mean: Any, invstd: Any) -> tuple[np.ndarray, np.ndarray]:
