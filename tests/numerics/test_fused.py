@@ -185,14 +185,7 @@ def test_hand_checked_numbers_through_the_kernel(spy):
 
 def test_a_whole_check_is_the_same_either_way(monkeypatch, numpy_sums):
     """Without lowering any limit: 262,144 elements, a candidate, the calibrated verdict."""
-    rng = np.random.default_rng(5)
-    shape = (16, 16, 32, 32)
-    x = (rng.standard_normal(shape) + 1).astype(np.float32)
-    dy = rng.standard_normal(shape).astype(np.float32)
-    gamma, beta = rng.uniform(0.5, 1.5, 16), rng.standard_normal(16)
-    out = backward(x, dy, gamma, beta, eps=1e-5)
-    cand = {k: np.ascontiguousarray(out[k], dtype=np.float32) for k in ("dx", "dgamma", "dbeta")}
-    cand["dx"][3, 5, 7, 9] *= 1.001
+    x, dy, gamma, beta, cand = _whole_case(5)
     calls = []
     real = fused.judge
     monkeypatch.setattr(fused, "judge", lambda *a, **k: calls.append(1) or real(*a, **k))
@@ -202,6 +195,19 @@ def test_a_whole_check_is_the_same_either_way(monkeypatch, numpy_sums):
     assert _without_rms(dataclasses.asdict(a.checks)) == _without_rms(dataclasses.asdict(b.checks))
     assert not b.passed
     assert b.checks.candidate.tensors["dx"].worst_index == [3, 5, 7, 9]
+
+
+def _whole_case(seed):
+    """262,144 float32 elements (NCHW, 16 channels) and a candidate with one element of dx off."""
+    rng = np.random.default_rng(seed)
+    shape = (16, 16, 32, 32)
+    x = (rng.standard_normal(shape) + 1).astype(np.float32)
+    dy = rng.standard_normal(shape).astype(np.float32)
+    gamma, beta = rng.uniform(0.5, 1.5, 16), rng.standard_normal(16)
+    out = backward(x, dy, gamma, beta, eps=1e-5)
+    cand = {k: np.ascontiguousarray(out[k], dtype=np.float32) for k in ("dx", "dgamma", "dbeta")}
+    cand["dx"][3, 5, 7, 9] *= 1.001
+    return x, dy, gamma, beta, cand
 
 
 def _without_rms(doc):
@@ -353,16 +359,10 @@ def test_the_reference_sums_make_the_reference_and_the_scales(monkeypatch):
     """A whole check through the compiled first pass and through NumPy's: the same verdicts,
     the same worst elements, every number within 1e-6 relative or 1e-10 absolute (sums in
     another order move a reference by an ulp or so, and a relative error of a small reference
-    by more); and the
-    pass really ran, once per block, for the reference and its riders together."""
-    rng = np.random.default_rng(23)
-    shape = (16, 16, 32, 32)
-    x = (rng.standard_normal(shape) + 1).astype(np.float32)
-    dy = rng.standard_normal(shape).astype(np.float32)
-    gamma, beta = rng.uniform(0.5, 1.5, 16), rng.standard_normal(16)
-    out = backward(x, dy, gamma, beta, eps=1e-5)
-    cand = {k: np.ascontiguousarray(out[k], dtype=np.float32) for k in ("dx", "dgamma", "dbeta")}
-    cand["dx"][3, 5, 7, 9] *= 1.001
+    by more); and the pass really ran, once per block, for the reference and its riders
+    together."""
+    x, dy, gamma, beta, cand = _whole_case(23)
+    shape = x.shape
     calls = []
     real = fused.reference_sums
     monkeypatch.setattr(fused, "reference_sums", lambda *a: calls.append(1) or real(*a))
