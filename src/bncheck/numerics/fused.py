@@ -35,8 +35,9 @@ import numpy as np
 from .dtypes import ulp
 from .tolerance import TINY
 
-__all__ = ["MIN_ELEMENTS", "MIN_ROW", "Judged", "available", "judge", "natural_scale", "natural_scale_applies",
-           "reference_dx", "reference_ok", "reference_sums", "reference_sums_apply", "stat_vectors", "usable"]
+__all__ = ["MIN_ELEMENTS", "MIN_ROW", "Judged", "available", "channel_vectors", "judge", "natural_scale",
+           "natural_scale_applies",
+           "reference_dx", "reference_ok", "reference_sums", "reference_sums_apply", "usable"]
 
 log = logging.getLogger("bncheck.fused")
 
@@ -176,10 +177,9 @@ def reference_dx(x: Any, dy: Any, coefficients: tuple[Any, ...], out: Any) -> bo
     return True
 
 
-def stat_vectors(mean: Any, invstd: Any) -> tuple[np.ndarray, np.ndarray]:
-    """``reference_sums``' mean and invstd: (C,) float64, contiguous."""
-    return (np.ascontiguousarray(mean, dtype=np.float64).reshape(-1),
-            np.ascontiguousarray(invstd, dtype=np.float64).reshape(-1))
+def channel_vectors(*values: Any) -> tuple[np.ndarray, ...]:
+    """Per-channel values ((C,) or (1, C, 1)) as the kernels take them: (C,) float64, contiguous."""
+    return tuple(np.ascontiguousarray(v, dtype=np.float64).reshape(-1) for v in values)
 
 
 def reference_sums_apply(x3: Any, dy3: Any, layout: Any) -> bool:

@@ -115,7 +115,7 @@ def backward(x3: Any, dy3: Any, gamma: Any, st: Stats, layout: Layout, *, traini
     R = layout.R
     mean = layout.per_channel(st.mean)
     # Where it applies, one compiled pass makes this pass's sums and the riders' (fused.py).
-    compiled = fused.stat_vectors(st.mean, st.invstd) if fused.reference_sums_apply(x3, dy3, layout) else None
+    compiled = fused.channel_vectors(st.mean, st.invstd) if fused.reference_sums_apply(x3, dy3, layout) else None
 
     def sums(b: Block) -> tuple[Any, Any, Any]:
         x, dyb = x3[b[0], :, b[1]], dy3[b[0], :, b[1]]
@@ -141,22 +141,22 @@ def backward(x3: Any, dy3: Any, gamma: Any, st: Stats, layout: Layout, *, traini
 
     rider = None if riders is None else riders.second_pass()
     # The compiled pass makes the same numbers (fused.reference_dx): the same operations, in order.
-    coef = None
-    if compiled is not None and training:
-        coef = (compiled[0], *(fused.stat_vectors(c_xmu, c_mean)), fused.stat_vectors(scale, scale)[0])
+    coef = None if compiled is None or not training else (compiled[0], *fused.channel_vectors(c_xmu, c_mean, scale))
+
+    def by_numpy(b: Block, out: Any) -> None:
+        if not training:
+            xp.multiply(dy3[b[0], :, b[1]], scale, out=out)
+            return
+        xp.subtract(x3[b[0], :, b[1]], mean, out=out)
+        out *= c_xmu
+        xp.subtract(dy3[b[0], :, b[1]], out, out=out)
+        out -= c_mean
+        out *= scale
 
     def elementwise(b: Block) -> None:
         out = dx[b[0], :, b[1]]
-        if coef is not None and fused.reference_dx(x3[b[0], :, b[1]], dy3[b[0], :, b[1]], coef, out):
-            pass  # made by the compiled pass
-        elif not training:
-            xp.multiply(dy3[b[0], :, b[1]], scale, out=out)
-        else:
-            xp.subtract(x3[b[0], :, b[1]], mean, out=out)
-            out *= c_xmu
-            xp.subtract(dy3[b[0], :, b[1]], out, out=out)
-            out -= c_mean
-            out *= scale
+        if coef is None or not fused.reference_dx(x3[b[0], :, b[1]], dy3[b[0], :, b[1]], coef, out):
+            by_numpy(b, out)
         if rider is not None:
             rider(b)
 

@@ -213,7 +213,8 @@ class Scales:
         """(mean, invstd) as (C,) float64 where fused.reference_sums takes the blocks, else None."""
         if not fused.reference_sums_apply(self.x3, self.dy3, self.layout):
             return None
-        return fused.stat_vectors(self.st.mean, self.st.invstd)
+        mean, invstd = fused.channel_vectors(self.st.mean, self.st.invstd)
+        return mean, invstd
 
     @cached_property
     def _sums(self) -> tuple[Any, ...]:

@@ -130,15 +130,17 @@ class Segment:
 
 
 class Pool:
-    """Body segments kept for the next bodies. Writing a body into a new file in /dev/shm
-    makes the kernel find and clear a page for every 4 KiB of it, on the event loop, while
-    the body arrives (a 32 MB body: 8,192 pages); a file written before has its pages, and
-    the body goes in as one copy. ``python -m bench.service`` measures the difference.
+    """Segments kept for the next bodies and answers. Writing a body into a new file in
+    /dev/shm makes the kernel find and clear a page for every 4 KiB of it, on the event loop,
+    while the body arrives (a 32 MB body: 8,192 pages), and a worker's answer the same; a
+    file written before has its pages, and the bytes go in as one copy. ``python -m
+    bench.service`` measures the difference (README, Benchmarks).
 
-    Up to ``keep`` files (a server reads at most one body per check slot at a time, so its
-    number of slots), each reused for a body that fits in it; they are removed after
-    ``idle_s`` without a body, so an idle server holds none, and at once when /dev/shm has
-    no room for a body that fits in none of them."""
+    Up to ``keep`` files (a check slot has at most one body and one answer at a time: twice
+    the slots), a body into the smallest it fits in (``take``), an answer into the largest
+    left (``kept``: its size is not known before); they are removed after ``idle_s`` without
+    a body, so an idle server holds none, and at once when /dev/shm has no room for a body
+    that fits in none of them. A file comes back (``give``) only once nobody maps it."""
 
     def __init__(self, owner: str, keep: int, idle_s: float = 10.0) -> None:
         self.owner, self.keep, self.idle_s = owner, keep, idle_s
