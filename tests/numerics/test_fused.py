@@ -334,7 +334,8 @@ def _numpy_sums(x, dy, mean, invstd):
 
 
 @pytest.mark.parametrize("sent", [np.float32, np.float64])
-@pytest.mark.parametrize(("shape", "axis"), [((4, 8, 16, 16), 1), ((3, 5, 7, 9), 1), ((6, 40, 17), 1)])
+@pytest.mark.parametrize(("shape", "axis"), [((4, 8, 16, 16), 1), ((3, 5, 7, 9), 1), ((6, 40, 17), 1),
+                                             ((300, 24), 1), ((2, 6, 7, 40), -1)])  # the last two: S = 1
 def test_the_reference_sums_are_the_sums(sent, shape, axis):
     """Every sum against NumPy's, and dbeta's and dgamma's against exact ones (integers times
     a power of two, added exactly in Python): sums in another order, as accurate."""
@@ -402,12 +403,33 @@ def _close(a, b, where="checks"):
         assert a == b, where
 
 
-def test_the_reference_sums_apply_where_rows_run_along_s():
-    lay = Layout.of((4, 8, 16, 16), 1)
-    x = np.zeros((4, 8, 16, 16), np.float32)
-    assert fused.reference_sums_apply(lay.view(x), lay.view(x), lay) is (lay.M >= fused.MIN_ELEMENTS)
-    wide = Layout.of((512, 64), 1)  # S = 1: NumPy's path
-    assert not fused.reference_sums_apply(wide.view(np.zeros((512, 64))), wide.view(np.zeros((512, 64))), wide)
+@pytest.mark.parametrize(("shape", "axis", "applies"), [
+    ((16, 16, 32, 32), 1, True), ((8192, 64), 1, True), ((4, 64, 32, 32), -1, True),
+    ((4, 8, 16, 16), 1, False),  # under MIN_ELEMENTS
+    ((32768, 8), 1, False),  # rows of 8 channels: under MIN_ROW
+    ((1024, 64, 2, 2), 1, False)])  # s-runs of 4
+def test_where_the_reference_passes_apply(shape, axis, applies):
+    lay = Layout.of(shape, axis)
+    x3 = lay.view(np.zeros(shape, np.float32))
+    assert fused.reference_sums_apply(x3, x3, lay) is applies
+    if applies:  # a view whose rows are not contiguous: NumPy's passes
+        lay2 = Layout.of((*shape[:-1], shape[-1] * 2), axis)
+        x2 = lay2.view(np.zeros(lay2.shape, np.float32))
+        step = x2[..., ::2] if lay.S > 1 else x2[:, ::2, :]
+        assert not fused.reference_sums_apply(step, step, lay)
+
+
+def test_a_whole_check_where_s_is_1_either_way(monkeypatch):
+    """(N, C), through the compiled first pass and through NumPy's: the same verdicts, every
+    number within 1e-6 relative or 1e-10 absolute."""
+    rng = np.random.default_rng(31)
+    x = (rng.standard_normal((16384, 32)) * 2 + 1).astype(np.float32)
+    dy = rng.standard_normal((16384, 32)).astype(np.float32)
+    compiled = check(x, dy, finite_difference=FDOptions("none"))
+    monkeypatch.setattr(fused, "reference_sums_apply", lambda *args: False)
+    by_numpy = check(x, dy, finite_difference=FDOptions("none"))
+    assert compiled.passed
+    _close(dataclasses.asdict(compiled.checks), dataclasses.asdict(by_numpy.checks))
 
 
 @pytest.mark.parametrize("sent", [np.float32, np.float64])
@@ -430,7 +452,8 @@ def test_the_extents_by_hand(sent):
 
 
 @pytest.mark.parametrize("sent", [np.float32, np.float64])
-@pytest.mark.parametrize(("shape", "axis"), [((16, 64, 32, 32), 1), ((2, 8, 160, 160), 1), ((8, 5, 3, 4000), 1)])
+@pytest.mark.parametrize(("shape", "axis"), [((16, 64, 32, 32), 1), ((2, 8, 160, 160), 1), ((8, 5, 3, 4000), 1),
+                                             ((8192, 64), 1), ((4, 64, 32, 32), -1)])  # the last two: S = 1
 def test_the_reference_dx_is_numpys_bit_for_bit(monkeypatch, sent, shape, axis):
     """reference.backward's dx through the compiled pass and through its NumPy passes, from
     the same sums: the same bits (blocks split along s included); and the pass really ran."""

@@ -44,7 +44,8 @@ from numba.extending import intrinsic
 
 from .tolerance import TINY as _TINY  # a compile-time constant: a floor passed in stops the loops vectorizing
 
-__all__ = ["judge", "judge_wide", "natural_scale", "reference_dx", "reference_sums"]
+__all__ = ["judge", "judge_wide", "natural_scale", "reference_dx", "reference_dx_wide", "reference_sums",
+           "reference_sums_wide"]
 
 _EXP = 0x7FF0000000000000
 _ABS = 0x7FFFFFFFFFFFFFFF
@@ -473,3 +474,73 @@ def reference_dx(x, xp, xc, dy, dp, dc, mean, c_xmu, c_mean, scale, P, C, S, out
         for c in range(C):
             i, j, o = p * xp + c * xc, p * dp + c * dc, p * op + c * oc
             _dx_row(x[i:i + S], dy[j:j + S], mean[c], c_xmu[c], c_mean[c], scale[c], out[o:o + S])
+
+
+# ------------------------------------------------------------------ the same, where S = 1
+# (N, C) and channels-last: a row is the channels of one position, and each channel's sums
+# and extents are updated element-wise (channel by channel, no reduction in a loop: each sum
+# adds its rows one after another, as NumPy's along a leading axis does).
+
+
+@numba.njit(nogil=True, cache=True)
+def _wide_own(x, dy, mean, s_dy, s_dyd, s_dy2, s_ady):  # type: ignore[no-untyped-def]  # pragma: no cover
+    for c in range(x.shape[0]):
+        g = np.float64(dy[c])
+        s_dy[c] += g
+        s_dyd[c] += g * (np.float64(x[c]) - mean[c])
+        s_dy2[c] += g * g
+        s_ady[c] += abs(g)
+
+
+@numba.njit(nogil=True, cache=True)
+def _wide_scale(x, dy, mean, invstd, s_adyh, s_ax, s_dyh):  # type: ignore[no-untyped-def]  # pragma: no cover
+    for c in range(x.shape[0]):
+        g, v = np.float64(dy[c]), np.float64(x[c])
+        h = (v - mean[c]) * invstd[c]
+        s_adyh[c] += abs(g) * abs(h)
+        s_ax[c] += abs(v)
+        s_dyh[c] += g * h
+
+
+@numba.njit(nogil=True, cache=True)
+def _wide_extents(x, dy, hx, lx, hd, ld):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
+    for c in range(x.shape[0]):
+        k, m = np.int64(_key(x[c])), np.int64(_key(dy[c]))
+        hx[c], lx[c], hd[c], ld[c] = max(hx[c], k), min(lx[c], k), max(hd[c], m), min(ld[c], m)
+
+
+_WIDE_SUMS_SIGS = [t.void(_arr(xt), _I64, _arr(dt), _I64, _F64, _F64, _I64, _I64, _arr(t.float64, False), _OUT)
+                   for xt in (t.float32, t.float64) for dt in (t.float32, t.float64)]
+
+
+@numba.njit(_WIDE_SUMS_SIGS, nogil=True, cache=True)
+def reference_sums_wide(x, xp, dy, dp, mean, invstd, P, C, out, keys):  # type: ignore[no-untyped-def]
+    """``reference_sums`` where S = 1: row p is x[p * xp:p * xp + C] (and dy's likewise)."""  # pragma: no cover
+    s = [out[k * C:(k + 1) * C] for k in range(7)]
+    e = [keys[k * C:(k + 1) * C] for k in range(4)]
+    for c in range(C):  # the extents start from the first row
+        e[0][c] = e[1][c] = np.int64(_key(x[c]))
+        e[2][c] = e[3][c] = np.int64(_key(dy[c]))
+    for p in range(P):
+        xr, dr = x[p * xp:p * xp + C], dy[p * dp:p * dp + C]
+        _wide_own(xr, dr, mean, s[0], s[1], s[2], s[3])
+        _wide_scale(xr, dr, mean, invstd, s[4], s[5], s[6])
+        _wide_extents(xr, dr, e[0], e[1], e[2], e[3])
+
+
+@numba.njit(nogil=True, cache=True)
+def _wide_dx(x, dy, mean, c_xmu, c_mean, scale, out):  # type: ignore[no-untyped-def]  # pragma: no cover
+    for c in range(x.shape[0]):
+        v = (np.float64(x[c]) - mean[c]) * c_xmu[c]
+        out[c] = ((np.float64(dy[c]) - v) - c_mean[c]) * scale[c]
+
+
+_WIDE_DX_SIGS = [t.void(_arr(xt), _I64, _arr(dt), _I64, _F64, _F64, _F64, _F64, _I64, _I64, _arr(t.float64, False),
+                        _I64) for xt in (t.float32, t.float64) for dt in (t.float32, t.float64)]
+
+
+@numba.njit(_WIDE_DX_SIGS, nogil=True, cache=True)
+def reference_dx_wide(x, xp, dy, dp, mean, c_xmu, c_mean, scale, P, C, out, op):  # type: ignore[no-untyped-def]
+    """``reference_dx`` where S = 1, rows along the channels."""  # pragma: no cover - compiled
+    for p in range(P):
+        _wide_dx(x[p * xp:p * xp + C], dy[p * dp:p * dp + C], mean, c_xmu, c_mean, scale, out[p * op:p * op + C])

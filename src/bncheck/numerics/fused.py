@@ -141,15 +141,19 @@ def reference_sums(x: Any, dy: Any, mean: Any, invstd: Any) -> tuple[np.ndarray,
     channel, in their dtypes (the values NumPy's max and min give, but the sign of a zero).
     ``mean`` and ``invstd`` (C,) float64. Only where ``reference_sums_apply`` says so."""
     P, C, S = x.shape
-    xr, dr = _rows(x, x.shape, False), _rows(dy, dy.shape, False)
+    wide = S == 1  # (N, C) and channels-last: rows along the channels
+    xr, dr = _rows(x, x.shape, wide), _rows(dy, dy.shape, wide)
     if xr is None or dr is None:
-        msg = "reference_sums takes blocks whose rows are contiguous along s (reference_sums_apply)"
+        msg = "reference_sums takes blocks whose rows are contiguous (reference_sums_apply)"
         raise ValueError(msg)
     out, keys = np.zeros(7 * C), np.empty((4, C), np.int64)
     from . import _fusedkernel
 
-    _fusedkernel.reference_sums(xr[0], xr[2], xr[3], dr[0], dr[2], dr[3], mean, invstd, P, C, S, out,
-                                keys.reshape(-1))
+    if wide:
+        _fusedkernel.reference_sums_wide(xr[0], xr[2], dr[0], dr[2], mean, invstd, P, C, out, keys.reshape(-1))
+    else:
+        _fusedkernel.reference_sums(xr[0], xr[2], xr[3], dr[0], dr[2], dr[3], mean, invstd, P, C, S, out,
+                                    keys.reshape(-1))
     return out.reshape(7, C), tuple(_unkey(k, a.dtype) for k, a in zip(keys, (x, x, dy, dy), strict=True))
 
 
@@ -166,14 +170,19 @@ def reference_dx(x: Any, dy: Any, coefficients: tuple[Any, ...], out: Any) -> bo
     c_mean, scale), (C,) float64. False, with nothing written, where ``out``'s rows do not
     suit (the caller's NumPy passes then make it); only where ``reference_sums_apply``."""
     P, C, S = out.shape
-    xr, dr, outr = _rows(x, out.shape, False), _rows(dy, out.shape, False), _rows(out, out.shape, False)
+    wide = S == 1
+    xr, dr, outr = _rows(x, out.shape, wide), _rows(dy, out.shape, wide), _rows(out, out.shape, wide)
     if xr is None or dr is None or outr is None or out.dtype != np.float64 or not out.flags.writeable:
         return False
     from . import _fusedkernel
 
     mean, c_xmu, c_mean, scale = coefficients
-    _fusedkernel.reference_dx(xr[0], xr[2], xr[3], dr[0], dr[2], dr[3], mean, c_xmu, c_mean, scale, P, C, S,
-                              outr[0], outr[2], outr[3])
+    if wide:
+        _fusedkernel.reference_dx_wide(xr[0], xr[2], dr[0], dr[2], mean, c_xmu, c_mean, scale, P, C, outr[0],
+                                       outr[2])
+    else:
+        _fusedkernel.reference_dx(xr[0], xr[2], xr[3], dr[0], dr[2], dr[3], mean, c_xmu, c_mean, scale, P, C, S,
+                                  outr[0], outr[2], outr[3])
     return True
 
 
@@ -183,9 +192,13 @@ def channel_vectors(*values: Any) -> tuple[np.ndarray, ...]:
 
 
 def reference_sums_apply(x3: Any, dy3: Any, layout: Any) -> bool:
-    """Whether ``reference_sums`` takes the blocks of these (P, C, S) views of x and dy (the
-    same conditions as ``natural_scale``'s)."""
-    return natural_scale_applies(x3, dy3, layout)
+    """Whether ``reference_sums`` (and ``reference_dx``) take the blocks of these (P, C, S) views
+    of x and dy: NumPy float32 or float64 arrays of MIN_ELEMENTS or more whose rows, of MIN_ROW
+    or more, are contiguous: along s, or along the channels where S = 1."""
+    wide = layout.S == 1
+    return ((layout.C if wide else layout.S) >= MIN_ROW and layout.M >= MIN_ELEMENTS and type(x3) is np.ndarray
+            and type(dy3) is np.ndarray and x3.dtype in _KINDS and dy3.dtype in _KINDS
+            and _rows(x3, x3.shape, wide) is not None and _rows(dy3, dy3.shape, wide) is not None and available())
 
 
 def natural_scale_applies(x3: Any, dy3: Any, layout: Any) -> bool:
