@@ -16,6 +16,12 @@ comparison of at least MIN_ELEMENTS elements, and no pictures. Anything else, an
 whose candidate holds a NaN or an infinity (the NumPy path names the first one), goes to
 NumPy: the same report. Without Numba, or with ``BNCHECK_FUSED=0``, every comparison does.
 
+The reference's two passes are compiled loops too (``reference_sums``: dbeta's and
+dgamma's sums and the natural scales' sums and extents, from x and dy as sent;
+``reference_dx``: dx, NumPy's operations in NumPy's order). The sums add in another order
+(they vectorize only so), so the reference's dgamma and dbeta and the scales may differ from
+NumPy's path in their last bits; everything else is NumPy's bit for bit.
+
 Numba compiles the kernel the first time a machine imports it and keeps it in its cache
 (``NUMBA_CACHE_DIR``, or ``__pycache__`` beside this file); a process pays the import and
 the cache's load, about half a second, at its first large comparison.
