@@ -143,16 +143,20 @@ def test_large_checks_in_worker_processes_go_through_shared_memory_and_leave_not
         assert 'bncheck_worker_transport_total{carrier="shared_memory",direction="request"} 1.0' in metrics
         assert 'bncheck_worker_transport_total{carrier="shared_memory",direction="answer"} 1.0' in metrics
         assert 'carrier="pipe"' not in metrics
-        # A smaller check on other data goes into the same two files, and nothing of the first
-        # shows through (the files are longer than its body and its answer).
+        # A smaller check on other data goes into the kept files, and nothing of the first shows
+        # through (the files are longer than its body and its answer).
         x2, dy2, body2 = _big_request(np.random.default_rng(1), rows=300)
         r = httpx.post(f"{server.url}/v1/check", json=body2, timeout=120)
         assert r.status_code == 200, r.text
         dx2 = np.frombuffer(base64.b64decode(r.json()["gradients"]["dx"]["b64"]), np.float32)
         np.testing.assert_array_equal(dx2.reshape(x2.shape),
                                       check(x2, dy2, finite_difference=FDOptions("none")).gradients["dx"])
-        assert len(created) == 1
-        assert _mine() == kept
+        assert len(created) == 1  # the body went into the kept file
+        # The answer into the other, unless the transport still held a view of it when it was
+        # sent (then it was removed and the worker made a new one: SegmentResponse's tests)
+        assert len(_mine()) == 2
+        assert set(_mine()) & set(kept)
+        kept = _mine()
         # A client that promises more than it sends: the half-written body's file is removed.
         with socket.create_connection(("127.0.0.1", server.port)) as s:
             s.sendall(b"POST /v1/check HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
@@ -272,6 +276,37 @@ def test_a_worker_writes_its_answer_in_pieces_that_make_the_whole(monkeypatch):
     assert os.path.exists(kept.path)
     seg.unlink()
     kept.unlink()
+    assert _mine() == []
+
+
+def test_an_answer_sent_comes_back_to_the_pool_unless_the_transport_holds_it():
+    import asyncio
+
+    pool = shm.Pool(shm.owner_tag(), keep=4, idle_s=60)
+    held = []
+
+    async def send_and_forget(message):
+        pass
+
+    async def send_and_hold(message):  # a transport still sending from the mapping
+        if message["type"] == "http.response.body":
+            held.append(message["body"])
+
+    for send in (send_and_forget, send_and_hold):
+        written = _pool_segment(pool, b"answer" * 100000)
+        response = shm.SegmentResponse(shm.Segment.open(written.path, 600000), keep=pool.give)
+        asyncio.run(response(None, None, send))
+        again = pool.kept()
+        if send is send_and_forget:
+            assert again is not None
+            assert again.path == written.path  # kept, for the next answer
+            pool.give(again)
+            pool.clear()
+        else:
+            assert again is None
+            assert not os.path.exists(written.path)  # removed: it may still be read
+            assert bytes(held[0][:12]) == b"answeranswer"
+    held.clear()
     assert _mine() == []
 
 
