@@ -455,10 +455,15 @@ def reference_sums(x, xp, xc, dy, dp, dc, mean, invstd, P, C, S, out, keys):  # 
 
 
 @numba.njit(nogil=True, cache=True)
+def _dx_value(x, dy, mean, c_xmu, c_mean, scale):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
+    """One element of reference.backward's training dx, its operations in its order."""
+    return ((np.float64(dy) - (np.float64(x) - mean) * c_xmu) - c_mean) * scale
+
+
+@numba.njit(nogil=True, cache=True)
 def _dx_row(x, dy, mean, c_xmu, c_mean, scale, out):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
     for s in range(x.shape[0]):
-        v = (np.float64(x[s]) - mean) * c_xmu
-        out[s] = ((np.float64(dy[s]) - v) - c_mean) * scale
+        out[s] = _dx_value(x[s], dy[s], mean, c_xmu, c_mean, scale)
 
 
 _DX_SIGS = [t.void(_arr(xt), _I64, _I64, _arr(dt), _I64, _I64, _F64, _F64, _F64, _F64, _I64, _I64, _I64,
@@ -531,8 +536,7 @@ def reference_sums_wide(x, xp, dy, dp, mean, invstd, P, C, out, keys):  # type: 
 @numba.njit(nogil=True, cache=True)
 def _wide_dx(x, dy, mean, c_xmu, c_mean, scale, out):  # type: ignore[no-untyped-def]  # pragma: no cover
     for c in range(x.shape[0]):
-        v = (np.float64(x[c]) - mean[c]) * c_xmu[c]
-        out[c] = ((np.float64(dy[c]) - v) - c_mean[c]) * scale[c]
+        out[c] = _dx_value(x[c], dy[c], mean[c], c_xmu[c], c_mean[c], scale[c])
 
 
 _WIDE_DX_SIGS = [t.void(_arr(xt), _I64, _arr(dt), _I64, _F64, _F64, _F64, _F64, _I64, _I64, _arr(t.float64, False),

@@ -208,10 +208,9 @@ def reference_sums_apply(x3: Any, dy3: Any, layout: Any) -> bool:
 
 
 def natural_scale_applies(x3: Any, dy3: Any, layout: Any) -> bool:
-    """Whether ``natural_scale`` takes the blocks of these (P, C, S) views of x and dy."""
-    return (layout.S >= MIN_ROW and layout.M >= MIN_ELEMENTS and type(x3) is np.ndarray
-            and type(dy3) is np.ndarray and x3.dtype in _KINDS and dy3.dtype in _KINDS
-            and _rows(x3, x3.shape, False) is not None and _rows(dy3, dy3.shape, False) is not None and available())
+    """Whether ``natural_scale`` takes the blocks of these (P, C, S) views of x and dy: where the
+    reference's passes do, along s (it has no loop along the channels)."""
+    return layout.S >= MIN_ROW and reference_sums_apply(x3, dy3, layout)
 
 
 def _rows(a: Any, shape: tuple[int, int, int], wide: bool) -> tuple[np.ndarray, int, int, int] | None:
@@ -232,7 +231,7 @@ def _operand(a: Any, shape: tuple[int, int, int], wide: bool) -> tuple[Any, ...]
     """A scale or an extra allowance: (1-D view, offset, p step, c step, full, per-channel values).
     Absent, or one value per channel: a row of zeros read with steps 0, and the values apart."""
     if a is None or a.shape != shape:
-        per = np.zeros(shape[1]) if a is None else np.ascontiguousarray(a, dtype=np.float64).reshape(-1)
+        per = np.zeros(shape[1]) if a is None else channel_vectors(a)[0]
         return _zeros(shape[1] if wide else shape[2]), 0, 0, 0, 0.0, per
     if a.dtype != np.float64:
         return None

@@ -82,6 +82,15 @@ class Segment:
             return None
         return cls(path, size, fd=fd, offset=offset)
 
+    @classmethod
+    def reopen(cls, path: str, size: int, offset: int = 0, capacity: int = 0) -> Segment | None:
+        """An existing file (a Pool's) opened to be written again, or None if it is gone."""
+        try:
+            fd = os.open(path, os.O_WRONLY)
+        except OSError:
+            return None
+        return cls(path, size, fd=fd, offset=offset, capacity=capacity)
+
     def write(self, at: int, data: bytes | memoryview) -> None:
         """Write ``data`` at ``at`` of the body; OSError (ENOSPC) when /dev/shm fills up meanwhile."""
         assert self.fd is not None
@@ -156,13 +165,10 @@ class Pool:
             self._last = time.monotonic()
             fits = [i for i, (_, capacity) in enumerate(self._idle) if capacity >= offset + size]
             kept = self._idle.pop(min(fits, key=lambda i: self._idle[i][1])) if fits else None
-        if kept is not None:
-            try:
-                fd = os.open(kept[0], os.O_WRONLY)
-            except OSError:  # removed meanwhile (the server's shutdown): make a new one
-                pass
-            else:
-                return Segment(kept[0], size, fd=fd, offset=offset, capacity=kept[1])
+        # A kept file removed meanwhile (the server's shutdown): a new one
+        seg = None if kept is None else Segment.reopen(kept[0], size, offset, kept[1])
+        if seg is not None:
+            return seg
         seg = Segment.create(size, self.owner, offset)
         if seg is None and self.clear():  # the kept files took the room this body needs
             seg = Segment.create(size, self.owner, offset)

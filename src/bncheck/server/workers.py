@@ -144,12 +144,9 @@ def shared_job(path: str, size: int, settings: Settings, deadline: float | None,
 
 
 def _answer_segment(size: int, owner: str, kept: str | None) -> shm.Segment | None:
-    if kept is not None:
-        try:
-            return shm.Segment(kept, size, fd=os.open(kept, os.O_WRONLY))
-        except OSError:  # removed meanwhile (the server stopping): a new one
-            pass
-    return shm.Segment.create(size, owner)
+    """The server's kept file, or a new one where there is none (or it was removed meanwhile)."""
+    seg = None if kept is None else shm.Segment.reopen(kept, size)
+    return seg if seg is not None else shm.Segment.create(size, owner)
 
 
 def discard(result: Any) -> None:
