@@ -18,13 +18,13 @@ from typing import Any
 
 import numpy as np
 
-from bncheck.numerics import VARIANTS, fd
+from bncheck.numerics import VARIANTS, FDOptions, fd
 from bncheck.numerics import reference as ref
 from bncheck.numerics.layout import Layout
 from bncheck.numerics.precision import make_arith
 from bncheck.numerics.variants import forward_cache
 
-from ._timing import table
+from ._timing import machine, table
 
 SHAPES = [((1048576, 32), "1,048,576 x 32"), ((65536, 256), "65,536 x 256"), ((4096, 4096), "4,096 x 4,096"),
           ((32, 256, 56, 56), "NCHW 32 x 256 x 56 x 56")]
@@ -113,7 +113,7 @@ def before_after(cp: Any, shape: tuple[int, ...], dtype: str) -> list[list[str]]
 
 def check_rows(shape: tuple[int, ...], dtype: str, device: str = "gpu") -> list[list[str]]:
     """A whole check() on the GPU, phase by phase (host arrays in, report out), best of 3."""
-    from bncheck.numerics import FDOptions, check
+    from bncheck.numerics import check
 
     rng = np.random.default_rng(2)
     x = (rng.standard_normal(shape) + 1).astype(dtype)
@@ -128,6 +128,55 @@ def check_rows(shape: tuple[int, ...], dtype: str, device: str = "gpu") -> list[
     return [[f"{shape}", dtype, phase, f"{ms:.1f}"] for phase, ms in best.timings_ms.items()]
 
 
+def whole_check_rows(cp: Any, torch: Any, device: str = "gpu") -> list[list[str]]:
+    """Issue 17's whole checks on the device: 4M float32 NCHW (16, 64, 64, 64), host arrays in,
+    report out, each phase at its fastest of five (bench.core's harness), as ratios to PyTorch's
+    float64 backward on the same data: on this machine's CPU (the issue's unit) and on the GPU.
+    FD off, the `stats` FD block, FD auto, and a candidate with the calibrated verdict; then the
+    same FD-off check on this machine's CPU for comparison. ``cp=None`` times PyTorch's CUDA
+    backward on the CPU instead (a dry run of this code without a GPU)."""
+    from tests.numerics.kernels import backward as kernel_backward
+
+    from ._timing import best_ms
+    from .core import _data, _phases, _torch_backward_ms
+
+    shape = (16, 64, 64, 64)
+    x, dy, gamma, beta = (a.astype(np.float32) if a.ndim > 1 else a for a in _data(shape))
+    cpu_torch = _torch_backward_ms(torch, x, dy, gamma)
+    lay = Layout.of(shape, 1)
+    st = ref.batch_stats(lay.view(x.astype(np.float64)), lay, EPS, np)
+    where = "cuda" if cp is not None else "cpu"
+    t = [torch.as_tensor(np.ascontiguousarray(a), dtype=torch.float64, device=where)
+         for a in (dy, x, gamma, st.mean, st.invstd)]
+
+    def torch_backward() -> object:
+        return torch.ops.aten.native_batch_norm_backward(t[0], t[1], t[2], None, None, t[3], t[4], True, EPS,
+                                                         [True, True, True])
+
+    gpu_torch = gpu_ms(cp, torch_backward) if cp is not None else best_ms(torch_backward)
+    off = _phases(x, dy, gamma, beta, device=device, finite_difference=FDOptions("none"))
+    stats = _phases(x, dy, gamma, beta, device=device, finite_difference=FDOptions("stats"))
+    auto = _phases(x, dy, gamma, beta, device=device)
+    out = kernel_backward(x, dy, gamma, beta, eps=EPS)
+    cand = _phases(x, dy, gamma, beta, device=device, finite_difference=FDOptions("none"),
+                   candidate={k: np.ascontiguousarray(out[k]) for k in ("dx", "dgamma", "dbeta")})
+    cpu_off = _phases(x, dy, gamma, beta, device="cpu", finite_difference=FDOptions("none"))
+
+    def row(what: str, ms: float, target: str, t: dict[str, float] | None) -> list[str]:
+        phases = ", ".join(f"{k} {v:.1f}" for k, v in t.items() if k != "total") if t else ""
+        return [what, f"{ms:.1f}", f"{ms / cpu_torch:.2f}", f"{ms / gpu_torch:.1f}", target, phases]
+
+    return [
+        row("PyTorch CPU float64 `native_batch_norm_backward` (this machine's cores)", cpu_torch, "", None),
+        row("PyTorch CUDA float64 `native_batch_norm_backward`", gpu_torch, "", None),
+        row(f"`check()` on the {device}, FD off", off["total"], "<= 6", off),
+        row("the `stats` FD block inside a check", stats["finite_difference"], "<= 5", None),
+        row(f"`check()` on the {device}, FD auto", auto["total"], "", auto),
+        row(f"`check()` on the {device} with a candidate, calibrated verdict, FD off", cand["total"], "<= 8", cand),
+        row("`check()` on this machine's CPU, FD off (for comparison)", cpu_off["total"], "", cpu_off),
+    ]
+
+
 def main() -> None:
     try:
         import cupy as cp
@@ -140,7 +189,10 @@ def main() -> None:
         sys.exit(0)
     start = time.perf_counter()
     name = cp.cuda.runtime.getDeviceProperties(0)["name"].decode()
-    print(f"# bncheck GPU path on {name} (CuPy {cp.__version__}, PyTorch {torch.__version__})\n")
+    print(f"# bncheck GPU path on {name} (CuPy {cp.__version__}, PyTorch {torch.__version__}; {machine()})\n")
+    print("A whole check() of 4M float32 elements, NCHW (16, 64, 64, 64), on the GPU (host arrays in, report out)\n")
+    print(table(["what", "ms", "÷ torch CPU f64", "÷ torch CUDA f64", "target (÷ CPU)", "phases, ms"],
+                whole_check_rows(cp, torch)), "\n", flush=True)
     rows = [row for shape, label in SHAPES for row in shape_rows(cp, torch, shape, label)]
     print(table(["shape", "dtype", "what", "ms", "÷ torch"], rows))
     worst = max(float(r[4]) for r in rows if "given its forward cache" in r[2])
