@@ -1,6 +1,7 @@
 """The CuPy path against PyTorch's CUDA batch-norm backward, on the same data.
 
     python -m bench.gpu          (needs CuPy, PyTorch with CUDA, and a GPU; runs in under 2 minutes)
+    python -m bench.gpu --profile   (cProfile of whole checks on the GPU; --cpu for the CPU's)
 
 For each shape and dtype: every variant's backward given its forward cache (what
 native_batch_norm_backward does given saved mean and invstd), the same with the
@@ -18,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from bncheck.numerics import VARIANTS, FDOptions, fd
+from bncheck.numerics import VARIANTS, FDOptions, check, fd
 from bncheck.numerics import reference as ref
 from bncheck.numerics.layout import Layout
 from bncheck.numerics.precision import make_arith
@@ -113,8 +114,6 @@ def before_after(cp: Any, shape: tuple[int, ...], dtype: str) -> list[list[str]]
 
 def check_rows(shape: tuple[int, ...], dtype: str, device: str = "gpu") -> list[list[str]]:
     """A whole check() on the GPU, phase by phase (host arrays in, report out), best of 3."""
-    from bncheck.numerics import check
-
     rng = np.random.default_rng(2)
     x = (rng.standard_normal(shape) + 1).astype(dtype)
     dy = rng.standard_normal(shape).astype(dtype)
@@ -177,7 +176,40 @@ def whole_check_rows(cp: Any, torch: Any, device: str = "gpu") -> list[list[str]
     ]
 
 
+def profile(device: str = "gpu", top: int = 30) -> None:
+    """cProfile of the whole checks of whole_check_rows (FD off, a candidate with the calibrated
+    verdict), after a warm-up: where the host waits (a transfer, a sync) and what it runs. On the
+    GPU, kernels run asynchronously: their time shows at the next call that waits for them."""
+    import cProfile
+    import pstats
+
+    from tests.numerics.kernels import backward as kernel_backward
+
+    from .core import _data
+
+    x, dy, gamma, beta = (a.astype(np.float32) if a.ndim > 1 else a for a in _data((16, 64, 64, 64)))
+    out = kernel_backward(x, dy, gamma, beta, eps=EPS)
+    cand = {k: np.ascontiguousarray(out[k]) for k in ("dx", "dgamma", "dbeta")}
+    for what, kw in (("FD off", {}), ("a candidate, calibrated verdict, FD off", {"candidate": cand})):
+        def run(kw: dict[str, Any] = kw) -> object:
+            return check(x, dy, gamma, beta, eps=EPS, device=device, finite_difference=FDOptions("none"), **kw)
+
+        run()
+        prof = cProfile.Profile()
+        prof.enable()
+        for _ in range(5):
+            run()
+        prof.disable()
+        print(f"\n## cProfile, five checks on the {device}: {what}\n")
+        stats = pstats.Stats(prof).strip_dirs()
+        stats.sort_stats("tottime").print_stats(top)
+        stats.sort_stats("cumulative").print_stats(top)
+
+
 def main() -> None:
+    if "--profile" in sys.argv:
+        profile("gpu" if "--cpu" not in sys.argv else "cpu")
+        return
     try:
         import cupy as cp
         import torch

@@ -171,3 +171,44 @@ def test_the_gpu_state_is_one_object_that_resets():
     assert state.raw_kernel_errors == []
     assert state.ones == {}
     assert backend.GpuState().raw_kernel_errors is not backend.GpuState().raw_kernel_errors
+
+
+class _Carried:
+    """What crossed to a fake device: the host array as handed to ``asarray``."""
+
+    def __init__(self, host: np.ndarray) -> None:
+        self.host = host
+
+    def astype(self, dtype: type) -> np.ndarray:  # the conversion on the device
+        return self.host.astype(dtype)
+
+
+class _FakeDevice:
+    """An array module that is not NumPy: records the arrays sent to it."""
+
+    float64 = np.float64
+
+    def __init__(self) -> None:
+        self.sent: list[np.ndarray] = []
+
+    def asarray(self, a: np.ndarray) -> _Carried:
+        self.sent.append(a)
+        return _Carried(a)
+
+
+@pytest.mark.parametrize(("dtype", "travels"), [(np.float16, np.float16), (np.float32, np.float32),
+                                                (ml_dtypes.bfloat16, np.float32), (np.float64, np.float64)])
+def test_arrays_travel_to_the_gpu_in_the_narrowest_exact_dtype_in_c_order(dtype, travels):
+    """Half or a quarter of float64's bytes cross the bus; bfloat16 (which CuPy cannot hold) as
+    float32; a transposed array arrives in C order; the float64 values made on the device are
+    exactly the host's conversion of the data (ml_dtypes' and NumPy's exact widening)."""
+    rng = np.random.default_rng(0)
+    host = (rng.standard_normal((6, 5)) * 100).astype(dtype).T  # a transposed view: not C-ordered
+    dev = _FakeDevice()
+    out = backend.as_float64(host, dev)  # type: ignore[arg-type]
+    (sent,) = dev.sent
+    assert sent.dtype == travels
+    assert sent.flags.c_contiguous
+    got = out if isinstance(out, np.ndarray) else out.host
+    assert got.dtype == np.float64
+    np.testing.assert_array_equal(got, np.asarray(host, dtype=np.float64))

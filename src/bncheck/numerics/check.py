@@ -409,7 +409,7 @@ def _device(ctx: _Ctx, value: np.ndarray) -> Any:
     which a transposed array would copy each time); CuPy cannot hold ml_dtypes' bfloat16."""
     if backend.is_numpy(ctx.xp):
         return np.ascontiguousarray(value)
-    return ctx.xp.asarray(value.astype(np.float64))
+    return backend.as_float64(value, ctx.xp)
 
 
 def _candidate_block(ctx: _Ctx, ar: Arith, tolerance: Tolerances, tick: Callable[[str], None],

@@ -74,11 +74,13 @@ def resolve_device(device: str) -> ModuleType:
 
 
 def as_float64(a: np.ndarray, xp: ModuleType) -> Any:
-    """A host array as float64 on ``xp``. For the GPU, float16 and float32 data travel as
-    they are and are converted there: half or a quarter of the bytes over PCIe."""
-    if is_numpy(xp) or a.dtype not in (np.float16, np.float32):
-        return xp.asarray(a.astype(np.float64, copy=False))
-    return xp.asarray(a).astype(xp.float64)
+    """A host array as float64 on ``xp``, in C order. For the GPU, float16 and float32 data
+    travel as they are and are converted there: half or a quarter of the bytes over PCIe, and
+    no host pass; bfloat16 (which CuPy cannot hold) travels as float32, exactly."""
+    if is_numpy(xp) or a.dtype not in (np.float16, np.float32, BFLOAT16):
+        return xp.asarray(np.ascontiguousarray(a, dtype=np.float64))
+    small = np.ascontiguousarray(a, dtype=np.float32 if a.dtype == BFLOAT16 else a.dtype)
+    return xp.asarray(small).astype(xp.float64)
 
 
 def to_numpy(a: Any) -> np.ndarray:
