@@ -335,10 +335,16 @@ def _numpy_sums(x, dy, mean, invstd):
 
 @pytest.mark.parametrize("sent", [np.float32, np.float64])
 @pytest.mark.parametrize(("shape", "axis"), [((4, 8, 16, 16), 1), ((3, 5, 7, 9), 1), ((6, 40, 17), 1),
-                                             ((300, 24), 1), ((2, 6, 7, 40), -1)])  # the last two: S = 1
+                                             ((300, 24), 1), ((2, 6, 7, 40), -1), ((256, 16), 1), ((40, 300), 1)])
 def test_the_reference_sums_are_the_sums(sent, shape, axis):
     """Every sum against NumPy's, and dbeta's and dgamma's against exact ones (integers times
-    a power of two, added exactly in Python): sums in another order, as accurate."""
+    a power of two, added exactly in Python): sums in another order, as accurate. The last
+    four have S = 1: tiles of rows (a ragged last tile, one short tile, whole tiles only), and
+    channels enough to go row by row."""
+    from bncheck.numerics import _fusedkernel
+
+    if len(shape) == 2:  # the cases are what the docstring says
+        assert (shape[1] < _fusedkernel.WIDE_TILED) == (shape != (40, 300))
     rng = np.random.default_rng(21)
     lay = Layout.of(shape, axis)
     x3 = lay.view((rng.standard_normal(shape) * 4 + 3).astype(sent))
@@ -453,7 +459,10 @@ def test_the_extents_by_hand(sent):
 
 @pytest.mark.parametrize("sent", [np.float32, np.float64])
 @pytest.mark.parametrize(("shape", "axis"), [((16, 64, 32, 32), 1), ((2, 8, 160, 160), 1), ((8, 5, 3, 4000), 1),
-                                             ((8192, 64), 1), ((4, 64, 32, 32), -1)])  # the last two: S = 1
+                                             ((8192, 64), 1), ((4, 64, 32, 32), -1), ((12000, 24), 1),
+                                             ((1000, 300), 1)])
+# the last four: S = 1; packed rows in runs of whole rows (12000 % (1024 // 24): a short last
+# run), and rows of 300 channels one by one
 def test_the_reference_dx_is_numpys_bit_for_bit(monkeypatch, sent, shape, axis):
     """reference.backward's dx through the compiled pass and through its NumPy passes, from
     the same sums: the same bits (blocks split along s included); and the pass really ran."""
