@@ -212,3 +212,19 @@ def test_arrays_travel_to_the_gpu_in_the_narrowest_exact_dtype_in_c_order(dtype,
     got = out if isinstance(out, np.ndarray) else out.host
     assert got.dtype == np.float64
     np.testing.assert_array_equal(got, np.asarray(host, dtype=np.float64))
+
+
+@pytest.mark.skipif(backend.gpu_available(), reason="this machine has a GPU")
+@pytest.mark.parametrize("device", ["cpu", "auto", "gpu"])
+def test_warming_does_nothing_without_a_gpu(monkeypatch, device):
+    """A worker of a CPU server, or of an `auto` or `gpu` one on a machine without a GPU, starts
+    as before: no check is run to warm anything (a check here would fail the test)."""
+    import importlib
+
+    mod = importlib.import_module("bncheck.numerics.check")
+
+    def no_check(*args, **kwargs):
+        raise AssertionError("warm_device ran a check")
+
+    monkeypatch.setattr(mod, "check", no_check)
+    assert mod.warm_device(device) is False

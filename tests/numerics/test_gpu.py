@@ -122,3 +122,19 @@ def test_calibrated_verdict_on_gpu_matches_the_cpu(dtype, shape, axis):
         for name, m in cpu.checks.candidate.tensors.items():
             g = gpu.checks.candidate.tensors[name].tolerance.envelope
             assert 0.5 * m.tolerance.envelope <= g <= 2 * m.tolerance.envelope, (name, g, m.tolerance.envelope)
+
+
+def test_warming_compiles_what_the_first_checks_need():
+    """After warm_device, the first checks of the warmed layouts, in every warmed dtype, compile
+    no kernel of their own (the generated ones and CuPy's fused fallbacks alike)."""
+    from bncheck.numerics import backend
+    from bncheck.numerics.check import WARM_DTYPES, WARM_SHAPES, warm_device
+
+    assert warm_device("gpu")
+    built = (len(backend.STATE.raw_kernels), len(backend.STATE.fused))
+    assert built[0] > 0
+    for shape in WARM_SHAPES:
+        case = make("normal", shape=shape, seed=3)
+        for dtype in WARM_DTYPES:
+            assert check(case.x, case.dy, **case.kwargs(), dtype=dtype, device="gpu").passed
+    assert (len(backend.STATE.raw_kernels), len(backend.STATE.fused)) == built

@@ -33,7 +33,8 @@ from .scales import Scales
 from .tolerance import Tolerance, default_tolerance, fd_tolerance, least_precise, user_tolerance
 from .variants import VARIANTS, Grads, forward_cache, inference_backward
 
-__all__ = ["FD_METHODS", "FDOptions", "Limits", "check", "reference_outputs"]  # FD_METHODS, FDOptions: request.py
+# FD_METHODS, FDOptions: request.py
+__all__ = ["FD_METHODS", "FDOptions", "Limits", "check", "reference_outputs", "warm_device"]
 
 GRAD_NAMES = ("dx", "dgamma", "dbeta")
 P = ParamSpec("P")
@@ -603,3 +604,23 @@ def reference_outputs(x: Any, dy: Any, gamma: Any = None, beta: Any = None, *, e
     y = reference.forward_y(ctx.x3, ctx.gamma, ctx.beta, ctx.exact, lay, np)
     return {"y": lay.restore(y), "mean": ctx.exact.mean, "invstd": ctx.exact.invstd,
             "dx": lay.restore(ctx.ref.dx), "dgamma": ctx.ref.dgamma, "dbeta": ctx.ref.dbeta}
+
+
+WARM_DTYPES = ("float32", "float16", "bfloat16", "float64")
+WARM_SHAPES = ((8, 16, 8, 8), (256, 32))  # an NCHW and an (N, C) case: the GPU kernels' two common layouts
+
+
+def warm_device(device: str) -> bool:
+    """Start the GPU and compile the kernels of common checks (every formula, each dtype, FD
+    auto, NCHW and (N, C)) before a first request needs them: on an H200 the first check in a
+    process took 15 s (README, The GPU path). False, doing nothing, where ``device`` is the CPU
+    or no GPU is there (``auto`` on a machine without one)."""
+    if device == "cpu" or not backend.gpu_available():
+        return False
+    from .stress import make
+
+    for shape in WARM_SHAPES:
+        case = make("normal", shape=shape)
+        for dtype in WARM_DTYPES:
+            check(case.x, case.dy, **case.kwargs(), variant="all", dtype=dtype, device="gpu")
+    return True

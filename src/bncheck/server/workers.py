@@ -222,12 +222,21 @@ def _leave_with_the_server(server: int) -> None:
     threading.Thread(target=watch, name="bncheck-orphan-watch", daemon=True).start()
 
 
-def _warm() -> int:
+def _warm(device: str = "cpu") -> int:
     from bncheck.numerics import check, fused  # noqa: F401  (import everything before the first request)
+    from bncheck.numerics.check import warm_device
 
     # The compiled comparison (Numba's import and its cache, about half a second) loads beside,
     # so that the worker is ready at once and its first large check does not wait for it.
     threading.Thread(target=fused.available, name="bncheck-warm", daemon=True).start()
+    # Where checks run on a GPU, the worker is ready once CUDA has started and the common
+    # kernels are compiled (15 s for a first check on an H200), not at its first request.
+    # A failure here is logged and left to the requests, which report it as theirs.
+    try:
+        if warm_device(device):
+            log.info("worker %d: GPU started and its kernels compiled", os.getpid())
+    except Exception:  # noqa: BLE001
+        log.exception("worker %d: warming the GPU failed; checks on it will say why", os.getpid())
     return os.getpid()
 
 
@@ -295,7 +304,7 @@ class ProcessWorkers:
         self._warm_up()
 
     def _warm_up(self) -> None:
-        futures = [self.pool.submit(_warm) for _ in range(self.settings.max_concurrent)]
+        futures = [self.pool.submit(_warm, self.settings.device) for _ in range(self.settings.max_concurrent)]
         pids = {f.result(timeout=120) for f in futures}
         self._ready = True
         log.info("started %d worker processes: %s", len(pids), sorted(pids))
