@@ -79,7 +79,7 @@ def _case(shape, axis, cand_dtype, seed=0, zeros=0.01, bad=3):
 
 
 # (512, 64), (2, 6, 7, 8) channels-last and (1000, 24): S = 1, packed rows judged in runs of
-# whole rows (_judge_runs): whole runs, one short run, and a short last run after whole ones.
+# whole rows (judge_wide): whole runs, one short run, and a short last run after whole ones.
 LAYOUTS = [((4, 8, 16, 16), 1), ((2, 8, 128, 160), 1), ((512, 64), 1), ((2, 6, 7, 8), -1), ((16, 5, 33), 1),
            ((1000, 24), 1)]
 TOLERANCES = [Tolerance(1e-6, 3e-6, "natural"), Tolerance(3e-7, 1e-6, "natural", abs_floor=1.5 * 2.0**-150),
@@ -105,7 +105,7 @@ def test_every_number_is_numpys(monkeypatch, spy, shape, axis, cand_dtype, tol):
 
 
 def test_ties_for_the_worst_element_go_to_the_first_in_memory_order(monkeypatch, spy):
-    """S = 1, rows judged 42 at a time (_judge_runs): the same largest error at four elements,
+    """S = 1, rows judged 42 at a time (judge_wide): the same largest error at four elements,
     in three runs and twice in one row; the worst is the first of them in memory order, by hand
     (row 60, channel 5) as by NumPy's argmax."""
     lay = Layout.of((1000, 24), 1)

@@ -52,7 +52,7 @@ _ABS = 0x7FFFFFFFFFFFFFFF
 _FM = {"nnan", "nsz"}
 # Where S = 1 (rows along the channels) and rows are short (under WIDE_TILED channels), loops
 # take WIDE_TILE rows column by column (the reference's sums), or, where rows are packed,
-# WIDE_RUN elements of whole rows at once (``_judge_runs``, the reference's dx).
+# WIDE_RUN elements of whole rows at once (``judge_wide``, the reference's dx).
 WIDE_TILED = 256
 WIDE_TILE = 128
 WIDE_RUN = 1024
@@ -302,18 +302,24 @@ def _repeated(row, k):  # type: ignore[no-untyped-def]  # pragma: no cover - com
     return out
 
 
-@numba.njit(nogil=True, cache=True, fastmath=_FM)
-def _judge_runs(cand, co, ref, ro, scale, so, sp, extra, eo, ep, s_full, s_per, e_full, e_per, P, C,  # type: ignore[no-untyped-def]
-                rtol, atol_n, atol_a, floor, tiny_floor, inv_spacing, least_index, ch_abs, ch_ratio, ch_bad, ch_scale,
-                result):  # pragma: no cover - compiled
-    """``judge_wide`` where rows are packed (cand and ref C apart, scale and extra C or 0 apart):
-    runs of k = WIDE_RUN // C whole rows at once through the same row loops, against the
-    per-channel values repeated k times, into per-channel maxima and counts k times as long,
-    folded at the end. A short row is a loop of its own otherwise (a 512K-element block of 16
-    channels: 7.1-9.6 ms, 3.0-4.1 in runs; of 64 channels: 4.0-5.5, 2.9-4.0; A/B, three rounds).
-    The worst element is still the first in memory order of the largest ratio: the first run
-    that holds it (runs go in order of p), then its first element there."""
-    k = WIDE_RUN // C
+@numba.njit(_SIGS, nogil=True, cache=True, fastmath=_FM)
+def judge_wide(cand, co, cp, cc, ref, ro, rp, rc, scale, so, sp, sc, extra, eo, ep, ec,  # type: ignore[no-untyped-def]
+               s_full, s_per, e_full, e_per, P, C, S, rtol, atol_n, atol_a, floor, tiny_floor, inv_spacing,
+               least_index, ch_abs, ch_ratio, ch_bad, ch_scale, result):  # pragma: no cover - compiled
+    """``judge`` for S = 1 ((N, C), channels-last): row p is the C channels of one position,
+    contiguous (every c step 1; an operand given per channel, or absent, is a row of C zeros
+    read with p step 0, its values in ``per``). Arguments and ``result`` as ``judge``'s.
+
+    Rows go k at a time through the row loops: where they are packed (cand and ref C apart,
+    scale and extra C or 0 apart) and fewer than WIDE_TILED channels long, k = WIDE_RUN // C
+    whole rows, against the per-channel values repeated k times and into per-channel maxima
+    and counts k times as long, folded at the end; else one row at a time. A short row is a
+    loop of its own otherwise (a 512K-element block of 16 channels: 7.1-9.6 ms row by row,
+    3.0-4.1 in runs; of 64 channels: 4.0-5.5, 2.9-4.0; A/B, three rounds). The worst element
+    is still the first in memory order of the largest ratio: the first run that holds it (runs
+    go in order of p), then its first element there."""
+    packed = cp == C and rp == C and (sp == 0 or sp == C) and (ep == 0 or ep == C)
+    k = WIDE_RUN // C if packed and C < WIDE_TILED and WIDE_RUN // C > 1 else 1
     n = k * C
     sp_t, ep_t = _repeated(s_per, k), _repeated(e_per, k)
     abs_t, ratio_t = np.zeros(n, np.int64), np.zeros(n, np.int64)
@@ -327,7 +333,7 @@ def _judge_runs(cand, co, ref, ro, scale, so, sp, extra, eo, ep, s_full, s_per, 
     sumsq = 0.0
     for p0 in range(0, P, k):
         m = min(k, P - p0) * C
-        i, j, u, v = co + p0 * C, ro + p0 * C, so + p0 * sp, eo + p0 * ep
+        i, j, u, v = co + p0 * cp, ro + p0 * rp, so + p0 * sp, eo + p0 * ep
         cr, rr = cand[i:i + m], ref[j:j + m]
         sr = scale[u:u + m] if sp else s_row[:m]
         er = extra[v:v + m] if ep else e_row[:m]
@@ -346,74 +352,24 @@ def _judge_runs(cand, co, ref, ro, scale, so, sp, extra, eo, ep, s_full, s_per, 
         if q > best:
             best, bp = q, p0
     n_bad = 0
-    for r in range(k):
-        for c in range(C):
-            x = r * C + c
-            ch_abs[c], ch_ratio[c] = max(ch_abs[c], abs_t[x]), max(ch_ratio[c], ratio_t[x])
-            ch_scale[c] = max(ch_scale[c], scale_t[x])
-            ch_bad[c] += bad_t[x]
-            n_bad += bad_t[x]
+    for x in range(n):
+        c = x % C
+        ch_abs[c], ch_ratio[c] = max(ch_abs[c], abs_t[x]), max(ch_ratio[c], ratio_t[x])
+        ch_scale[c] = max(ch_scale[c], scale_t[x])
+        ch_bad[c] += bad_t[x]
+        n_bad += bad_t[x]
     for c in range(C):
         top_e = max(top_e, ch_abs[c])
     if not _finish(result, n_bad, top_a, top_r, top_rel, top_ulp, best, sumsq, top_e, low_r, least_index):
         return
     m = min(k, P - bp) * C
-    i, j, u, v = co + bp * C, ro + bp * C, so + bp * sp, eo + bp * ep
+    i, j, u, v = co + bp * cp, ro + bp * rp, so + bp * sp, eo + bp * ep
     at, a = _first(cand[i:i + m], ref[j:j + m], scale[u:u + m] if sp else s_row[:m],
                    extra[v:v + m] if ep else e_row[:m], s_full, sp_t, e_full, ep_t, 1, rtol, atol_n, atol_a, floor,
                    tiny_floor, best)
     result[6], result[7], result[8], result[9] = bp + at // C, at % C, 0, a
     if at < 0:
         result[11] = 3  # not found: cannot happen; the caller takes the NumPy path
-
-
-@numba.njit(_SIGS, nogil=True, cache=True, fastmath=_FM)
-def judge_wide(cand, co, cp, cc, ref, ro, rp, rc, scale, so, sp, sc, extra, eo, ep, ec,  # type: ignore[no-untyped-def]
-               s_full, s_per, e_full, e_per, P, C, S, rtol, atol_n, atol_a, floor, tiny_floor, inv_spacing,
-               least_index, ch_abs, ch_ratio, ch_bad, ch_scale, result):  # pragma: no cover - compiled
-    """``judge`` for S = 1 ((N, C), channels-last): row p is the C channels of one position,
-    contiguous (every c step 1; an operand given per channel, or absent, is a row of C zeros
-    read with p step 0, its values in ``per``). Arguments and ``result`` as ``judge``'s.
-    Packed rows under WIDE_TILED channels go to ``_judge_runs``."""
-    if C < WIDE_TILED and WIDE_RUN // C > 1 and cp == C and rp == C and sp in (0, C) and ep in (0, C):
-        _judge_runs(cand, co, ref, ro, scale, so, sp, extra, eo, ep, s_full, s_per, e_full, e_per, P, C, rtol,
-                    atol_n, atol_a, floor, tiny_floor, inv_spacing, least_index, ch_abs, ch_ratio, ch_bad, ch_scale,
-                    result)
-        return
-    top_a = top_r = top_rel = top_ulp = top_e = 0
-    low_r = _ABS
-    best = -1
-    bp = 0
-    sumsq = 0.0
-    for p in range(P):
-        i, j, k, m = co + p * cp, ro + p * rp, so + p * sp, eo + p * ep
-        cr, rr, sr, er = cand[i:i + C], ref[j:j + C], scale[k:k + C], extra[m:m + C]
-        if not _finite(cr, rr, sr, er):
-            result[11] = 1
-            return
-        _wide_counts(cr, rr, sr, er, s_full, s_per, e_full, e_per, rtol, atol_n, atol_a, floor, tiny_floor,
-                     ch_ratio, ch_bad)
-        q, a = _wide_tops(cr, rr, sr, er, s_full, s_per, e_full, e_per, rtol, atol_n, atol_a, floor, tiny_floor)
-        _wide_maxima(cr, rr, sr, s_full, s_per, ch_abs, ch_scale)
-        rel, r, low = _magnitudes(cr, rr)
-        ulp = _ulps(cr, rr, inv_spacing)
-        sumsq += _sumsq(cr, rr)
-        top_a, top_r, low_r = max(top_a, a), max(top_r, r), min(low_r, low)
-        top_rel, top_ulp = max(top_rel, rel), max(top_ulp, ulp)
-        if q > best:
-            best, bp = q, p
-    n_bad = 0
-    for c in range(C):
-        top_e = max(top_e, ch_abs[c])
-        n_bad += ch_bad[c]
-    if not _finish(result, n_bad, top_a, top_r, top_rel, top_ulp, best, sumsq, top_e, low_r, least_index):
-        return
-    i, j, k, m = co + bp * cp, ro + bp * rp, so + bp * sp, eo + bp * ep
-    at, a = _first(cand[i:i + C], ref[j:j + C], scale[k:k + C], extra[m:m + C], s_full, s_per, e_full, e_per, 1,
-                   rtol, atol_n, atol_a, floor, tiny_floor, best)
-    result[6], result[7], result[8], result[9] = bp, at, 0, a
-    if at < 0:
-        result[11] = 3
 
 
 @numba.njit(nogil=True, cache=True, fastmath={"reassoc"})
