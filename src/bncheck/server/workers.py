@@ -231,7 +231,8 @@ def _warm(device: str = "cpu") -> int:
     threading.Thread(target=fused.available, name="bncheck-warm", daemon=True).start()
     # Where checks run on a GPU, the worker is ready once CUDA has started and the common
     # kernels are compiled (15 s for a first check on an H200), not at its first request.
-    # A failure here is logged and left to the requests, which report it as theirs.
+    # A failure here is logged, and the worker starts anyway: a check on the GPU then meets the
+    # same failure and reports it.
     try:
         if warm_device(device):
             log.info("worker %d: GPU started and its kernels compiled", os.getpid())
