@@ -80,8 +80,9 @@ def _case(shape, axis, cand_dtype, seed=0, zeros=0.01, bad=3):
 
 # (512, 64), (2, 6, 7, 8) channels-last and (1000, 24): S = 1, packed rows judged in runs of
 # whole rows (judge_wide): whole runs, one short run, and a short last run after whole ones.
+# (48, 300): rows of 300 channels, judged one by one.
 LAYOUTS = [((4, 8, 16, 16), 1), ((2, 8, 128, 160), 1), ((512, 64), 1), ((2, 6, 7, 8), -1), ((16, 5, 33), 1),
-           ((1000, 24), 1)]
+           ((1000, 24), 1), ((48, 300), 1)]
 TOLERANCES = [Tolerance(1e-6, 3e-6, "natural"), Tolerance(3e-7, 1e-6, "natural", abs_floor=1.5 * 2.0**-150),
               Tolerance(1e-5, 1e-8, "absolute"), user_tolerance(0.0, 0.0)]
 
@@ -118,6 +119,20 @@ def test_ties_for_the_worst_element_go_to_the_first_in_memory_order(monkeypatch,
     _same(a, b)
     assert b.worst_index == [60, 5]
     assert b.mismatched == 4
+    assert spy["judged"] == 1
+
+
+def test_rows_that_are_not_packed_are_judged_one_by_one(monkeypatch, spy):
+    """S = 1 with a candidate and a scale that are column slices of wider arrays (rows 2C
+    apart): every number NumPy's, and the kernel judged them."""
+    lay, cand, ref, rng = _case((700, 24), 1, np.float32, bad=5)
+    wide_cand = np.zeros((700, 48), np.float32)
+    wide_cand[:, :24] = cand
+    wide_scale = np.abs(rng.standard_normal((700, 48))) + 0.5
+    a, b = _both(monkeypatch, lambda: compare(wide_cand[:, :24], ref, tol=Tolerance(1e-6, 1e-6, "natural"), lay=lay,
+                                             out_dtype=np.float32, scale=wide_scale[:, :24]))
+    _same(a, b)
+    assert b.mismatched >= 5
     assert spy["judged"] == 1
 
 
