@@ -516,3 +516,114 @@ def test_the_reference_dx_is_numpys_bit_for_bit(monkeypatch, sent, shape, axis):
     by_numpy = reference.backward(x3, dy3, gamma, st, lay, training=True, xp=np)
     assert by_numpy.dx.tobytes() == compiled.dx.tobytes()
     assert by_numpy.dgamma.tobytes() == compiled.dgamma.tobytes()
+
+
+def _exact_loss(x3, dy3, gamma, beta, st):
+    """Per channel sum dy * y, y by the forward's own NumPy operations, added exactly (fsum)."""
+    from bncheck.numerics import fd as _fd  # noqa: F401
+
+    coef = reference.y_coefficients(gamma, beta, st, Layout(x3.shape, 1, *x3.shape))
+    y = reference.forward_y_into(np.empty(x3.shape), x3.astype(np.float64), coef, np)
+    prod = dy3.astype(np.float64) * y
+    return np.array([math.fsum(prod[:, c, :].ravel()) for c in range(x3.shape[1])])
+
+
+@pytest.mark.parametrize("sent", [np.float32, np.float64])
+@pytest.mark.parametrize("moved", [None, (1, 157), (0, 3)])
+def test_the_compiled_loss_is_the_loss(monkeypatch, sent, moved):
+    """fd.Problem.loss through the compiled pass: within its own error estimate of the exact
+    loss (fsum of the forward's products) of x with the moved elements written into a float64
+    copy; sum dy exact (k / 2^10 values); blocks split along s ((2, 8, 160, 160): the moved
+    element in the first block of its row, or in a later one); and the pass ran for every block."""
+    from bncheck.numerics import fd
+
+    rng = np.random.default_rng(37)
+    shape = (2, 8, 160, 160)
+    lay = Layout.of(shape, 1)
+    x3 = lay.view((rng.standard_normal(shape) * 3 + 2).astype(sent))
+    dy3 = lay.view((np.round(rng.standard_normal(shape) * 2**10) / 2**10).astype(sent))
+    gamma, beta = rng.uniform(0.5, 1.5, lay.C), rng.standard_normal(lay.C)
+    pr = fd.Problem(x3, dy3, gamma, beta, 1e-5, True, None, lay, np)
+    patch, written = None, x3.astype(np.float64)
+    if moved is not None:
+        values = x3[moved[0], :, moved[1]].astype(np.float64) + rng.uniform(0.1, 1.0, lay.C)
+        patch = reference.Patch(moved[0], moved[1], values)
+        written[moved[0], :, moved[1]] = values
+    calls = []
+    real = fused.loss_sums
+    monkeypatch.setattr(fused, "loss_sums", lambda *a: calls.append(real(*a)) or calls[-1])
+    total, err = pr.loss(x3, patch)
+    assert len(calls) == len(backend.map_blocks(lambda b: b, lay, np)) > 1
+    assert all(c is not None for c in calls)
+    st = reference.batch_stats(written, lay, 1e-5, np)
+    exact = _exact_loss(written, dy3, gamma, beta, st)
+    assert np.all(np.abs(total - exact) <= err)
+    assert np.all(np.abs(total - exact) <= 1e-12 * np.abs(exact).max() * lay.R)
+    dysum = sum(c[2] for c in calls)
+    assert dysum.tolist() == [math.fsum(dy3[:, c, :].astype(np.float64).ravel()) for c in range(lay.C)]
+
+
+def test_brute_force_differences_either_way(monkeypatch):
+    """Brute-force differences (every channel at five positions, blocks split along s) with the
+    loss by the compiled pass and by NumPy's: each within its own error of the analytic dx of
+    the reference backward, and of each other within their two errors; and checks with
+    brute-force and auto differences pass either way."""
+    from bncheck.numerics import fd
+
+    rng = np.random.default_rng(41)
+    shape = (2, 8, 160, 160)
+    lay = Layout.of(shape, 1)
+    x3 = lay.view((rng.standard_normal(shape) * 2 + 1).astype(np.float32))
+    dy3 = lay.view(rng.standard_normal(shape).astype(np.float32))
+    gamma, beta = rng.uniform(0.5, 1.5, lay.C), rng.standard_normal(lay.C)
+    pr = fd.Problem(x3, dy3, gamma, beta, 1e-5, True, None, lay, np)
+    st = reference.batch_stats(x3, lay, 1e-5, np)
+    ref = reference.backward(x3, dy3, gamma, st, lay, training=True, xp=np)
+    pos = fd.positions(lay.R, 5, 0)
+    p_idx, s_idx = np.divmod(pos, lay.S)
+    analytic = ref.dx[p_idx[:, None], np.arange(lay.C)[None, :], s_idx[:, None]]
+
+    def brute():
+        return fd.brute_dx(pr, st, ref.dbeta, ref.dgamma / st.invstd, pos, 1e-4)
+
+    compiled = brute()
+    monkeypatch.setattr(fused, "loss_sums", lambda *a: None)
+    by_numpy = brute()
+    monkeypatch.undo()
+    for num in (compiled, by_numpy):
+        assert np.all(np.abs(num.values - analytic) <= num.error)
+    assert np.all(np.abs(compiled.values - by_numpy.values) <= compiled.error + by_numpy.error)
+    x, dy = lay.restore(x3), lay.restore(dy3)
+    for opts in (FDOptions("brute", samples=3), FDOptions("auto")):
+        assert check(x, dy, gamma, beta, finite_difference=opts).passed
+        monkeypatch.setattr(fused, "loss_sums", lambda *a: None)
+        assert check(x, dy, gamma, beta, finite_difference=opts).passed
+        monkeypatch.undo()
+
+
+def test_batch_statistics_keep_the_sums_of_blocks_a_patch_leaves_alone(monkeypatch):
+    """The brute-force differences' patched statistics with the first pass's sums kept: the
+    same bits as without (and, the first time, as x3's own), and a later call sums again only
+    the block its patch moves."""
+    rng = np.random.default_rng(43)
+    shape = (2, 8, 160, 160)  # blocks split along s
+    lay = Layout.of(shape, 1)
+    x3 = lay.view((rng.standard_normal(shape) * 2 + 1).astype(np.float32))
+    blocks = len(backend.map_blocks(lambda b: b, lay, np))
+    kept = {}
+    own = reference.batch_stats(x3, lay, 1e-5, np, None, kept)
+    assert len(kept) == blocks
+    plain = reference.batch_stats(x3, lay, 1e-5, np)
+    assert own.mean.tobytes() == plain.mean.tobytes()
+    assert own.var.tobytes() == plain.var.tobytes()
+    calls = []
+    real = backend.channel_sum
+    monkeypatch.setattr(backend, "channel_sum", lambda *a: calls.append(1) or real(*a))
+    for p, s in ((0, 3), (1, 25000)):
+        patch = reference.Patch(p, s, x3[p, :, s].astype(np.float64) + 0.5)
+        calls.clear()
+        with_kept = reference.batch_stats(x3, lay, 1e-5, np, patch, kept)
+        assert len(calls) == 1 + blocks  # the moved block's first pass, then every block's second
+        without = reference.batch_stats(x3, lay, 1e-5, np, patch)
+        for a, b in ((with_kept.mean, without.mean), (with_kept.var, without.var), (with_kept.invstd, without.invstd)):
+            assert a.tobytes() == b.tobytes()

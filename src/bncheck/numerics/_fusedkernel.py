@@ -44,8 +44,8 @@ from numba.extending import intrinsic
 
 from .tolerance import TINY as _TINY  # a compile-time constant: a floor passed in stops the loops vectorizing
 
-__all__ = ["judge", "judge_wide", "natural_scale", "reference_dx", "reference_dx_wide", "reference_sums",
-           "reference_sums_wide"]
+__all__ = ["judge", "judge_wide", "loss_sums", "natural_scale", "reference_dx", "reference_dx_wide",
+           "reference_sums", "reference_sums_wide"]
 
 _EXP = 0x7FF0000000000000
 _ABS = 0x7FFFFFFFFFFFFFFF
@@ -629,3 +629,51 @@ def reference_dx_wide(x, xp, dy, dp, mean, c_xmu, c_mean, scale, P, C, out, op):
         return
     for p in range(P):
         _wide_dx(x[p * xp:p * xp + C], dy[p * dp:p * dp + C], mean, c_xmu, c_mean, scale, out[p * op:p * op + C])
+
+
+# ------------------------------------------------------------------ the finite differences' loss
+# fd.Problem.loss: y = (x - mean) * scale + shift by the forward's own operations (no fastmath:
+# NumPy's bits), written to a row buffer; then per channel sum dy y, sum |dy y| and sum dy from
+# it, added in another order (reassoc, as the reference's sums; the loss's error estimate
+# covers a sum in any order of the kind).
+
+
+@numba.njit(nogil=True, cache=True)
+def _y_row(x, mean, scale, shift, out):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
+    for s in range(out.shape[0]):
+        out[s] = (np.float64(x[s]) - mean) * scale + shift
+
+
+@numba.njit(nogil=True, cache=True, fastmath={"reassoc"})
+def _loss_row(y, dy):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
+    """sum dy y, sum |dy y|, sum dy of a row."""
+    t = a = g = 0.0
+    for s in range(y.shape[0]):
+        d = np.float64(dy[s])
+        v = d * y[s]
+        t += v
+        a += abs(v)
+        g += d
+    return t, a, g
+
+
+_LOSS_SIGS = [t.void(_arr(xt), _I64, _I64, _arr(dt), _I64, _I64, _F64, _F64, _F64, _I64, _I64, _I64, _I64, _I64,
+                     _F64, _arr(t.float64, False)) for xt in (t.float32, t.float64) for dt in (t.float32, t.float64)]
+
+
+@numba.njit(_LOSS_SIGS, nogil=True, cache=True)
+def loss_sums(x, xp, xc, dy, dp, dc, mean, scale, shift, P, C, S, pp, ps, pv, out):  # type: ignore[no-untyped-def]
+    """fd.Problem.loss's sums for a block, rows as in ``judge``: into ``out`` ((3, C) flat,
+    zeroed) sum dy y, sum |dy y| and sum dy per channel, y the forward of x with the elements
+    at (pp, :, ps) of the block moved to ``pv`` ((C,) float64; pp = -1: none moved)."""  # pragma: no cover
+    y = np.empty(S)
+    for p in range(P):
+        for c in range(C):
+            i, j = p * xp + c * xc, p * dp + c * dc
+            _y_row(x[i:i + S], mean[c], scale[c], shift[c], y)
+            if p == pp:
+                y[ps] = (pv[c] - mean[c]) * scale[c] + shift[c]
+            a = _loss_row(y, dy[j:j + S])
+            out[c] += a[0]
+            out[C + c] += a[1]
+            out[2 * C + c] += a[2]

@@ -38,13 +38,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any, TypeVar
 
 import numpy as np
 
-from . import backend, reference
+from . import backend, fused, reference
 from .layout import Block, Layout
 from .reference import Stats
 from .scales import Scales
@@ -70,12 +70,15 @@ class Problem:
     running: Stats | None  # the constants of inference mode
     layout: Layout
     xp: ModuleType
+    # the first pass's block sums of x3 itself, kept for the brute-force differences' patched x
+    kept: dict[tuple[Any, ...], Any] = field(default_factory=dict, compare=False, repr=False)
 
     def stats(self, x3: Any, patch: reference.Patch | None = None) -> Stats:
         if not self.training:
             assert self.running is not None
             return self.running
-        return reference.batch_stats(x3, self.layout, self.eps, self.xp, patch)
+        return reference.batch_stats(x3, self.layout, self.eps, self.xp, patch,
+                                     self.kept if x3 is self.x3 else None)
 
     def loss(self, x3: Any, patch: reference.Patch | None = None) -> tuple[Any, Any]:
         """Per-channel L = sum(dy * y) through the real forward, and an estimate of its
@@ -85,15 +88,24 @@ class Problem:
         xp, lay = self.xp, self.layout
         st = self.stats(x3, patch)
         coef = reference.y_coefficients(self.gamma, self.beta, st, lay)
+        # One compiled pass per block where it applies (fused.loss_sums: y by the same
+        # operations, its sums in another order); else NumPy's passes.
+        compiled = fused.channel_vectors(*coef) if lay.M >= fused.MIN_ELEMENTS and backend.is_numpy(xp) else None
 
         def part(b: Block) -> tuple[Any, Any, Any]:
             x, dy = x3[b[0], :, b[1]], self.dy3[b[0], :, b[1]]
+            at = None if patch is None else patch.at(b, lay)
+            if compiled is not None:
+                moved = None if at is None else (at[0], at[2], patch.values)  # type: ignore[union-attr]
+                sums = fused.loss_sums(x, dy, compiled, moved)
+                if sums is not None:
+                    return sums
             y, dy64 = backend.scratch(2, x.shape, xp)
             dy = backend.in_float64(dy, dy64, xp)
             reference.forward_y_into(y, x, coef, xp)
-            if patch is not None and (at := patch.at(b, lay)) is not None:
+            if at is not None:  # the moved elements' forward, the same operations
                 mean, scale, shift = (c.reshape(-1) for c in coef)
-                y[at] = (patch.values - mean) * scale + shift  # the moved elements' forward, same operations
+                y[at] = (patch.values - mean) * scale + shift  # type: ignore[union-attr]
             total = backend.channel_dot(dy, y, xp)
             y *= dy
             xp.abs(y, out=y)

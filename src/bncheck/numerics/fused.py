@@ -192,6 +192,28 @@ def reference_dx(x: Any, dy: Any, coefficients: tuple[Any, ...], out: Any) -> bo
     return True
 
 
+def loss_sums(x: Any, dy: Any, coefficients: tuple[Any, ...], moved: tuple[int, int, Any] | None
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """fd.Problem.loss's sums for a (p, C, s) block in one pass: sum dy y, sum |dy y| and sum dy
+    per channel, (C,) float64 each, y the forward by its own operations with ``coefficients``
+    (mean, gamma invstd, beta), (C,) float64; ``moved``: (p, s, values) of the block's patched
+    elements, or None. None where the block does not suit (rows not contiguous along s, or S
+    under MIN_ROW); the caller's NumPy passes then make them."""
+    P, C, S = x.shape
+    if S < MIN_ROW or x.dtype not in _KINDS or dy.dtype not in _KINDS or not available():
+        return None
+    xr, dr = _rows(x, x.shape, False), _rows(dy, dy.shape, False)
+    if xr is None or dr is None:
+        return None
+    from . import _fusedkernel
+
+    mean, scale, shift = coefficients
+    pp, ps, pv = (-1, 0, _zeros(C)) if moved is None else (int(moved[0]), int(moved[1]), channel_vectors(moved[2])[0])
+    out = np.zeros(3 * C)
+    _fusedkernel.loss_sums(xr[0], xr[2], xr[3], dr[0], dr[2], dr[3], mean, scale, shift, P, C, S, pp, ps, pv, out)
+    return out[:C], out[C:2 * C], out[2 * C:]
+
+
 def channel_vectors(*values: Any) -> tuple[np.ndarray, ...]:
     """Per-channel values ((C,) or (1, C, 1)) as the kernels take them: (C,) float64, contiguous."""
     return tuple(np.ascontiguousarray(v, dtype=np.float64).reshape(-1) for v in values)

@@ -67,14 +67,24 @@ class Patch:
         return None
 
 
-def batch_stats(x3: Any, layout: Layout, eps: float, xp: ModuleType, patch: Patch | None = None) -> Stats:
+def batch_stats(x3: Any, layout: Layout, eps: float, xp: ModuleType, patch: Patch | None = None,
+                kept: dict[tuple[Any, ...], Any] | None = None) -> Stats:
+    """Mean and variance per channel (two passes: the mean, then the mean and the square of the
+    deviations from it). ``kept``: the first pass's sums of the blocks a patch leaves alone, by
+    block, reused by later calls on the same x3 (a brute-force difference moves a few elements
+    of one block each time) and filled by the first: the same numbers."""
     R = layout.R
 
     def first(b: Block) -> Any:
         x = x3[b[0], :, b[1]]
         (into,) = backend.scratch(1, x.shape, xp)
         if patch is None or (at := patch.at(b, layout)) is None:
-            return backend.channel_sum(backend.in_float64(x, into, xp), xp)
+            if kept is None:
+                return backend.channel_sum(backend.in_float64(x, into, xp), xp)
+            key = (b[0].start, b[0].stop, b[1].start, b[1].stop)
+            if key not in kept:
+                kept[key] = backend.channel_sum(backend.in_float64(x, into, xp), xp)
+            return kept[key]
         xp.copyto(into, x)
         into[at] = patch.values
         return backend.channel_sum(into, xp)
