@@ -20,7 +20,9 @@ The reference's two passes are compiled loops too (``reference_sums``: dbeta's a
 dgamma's sums and the natural scales' sums and extents, from x and dy as sent;
 ``reference_dx``: dx, NumPy's operations in NumPy's order). The sums add in another order
 (they vectorize only so), so the reference's dgamma and dbeta and the scales may differ from
-NumPy's path in their last bits; everything else is NumPy's bit for bit.
+NumPy's path in their last bits; everything else is NumPy's bit for bit. The finite
+differences' loss is a compiled pass too (``loss_sums``: the forward's y by its own
+operations); its sums, too, add in another order, within the loss's own error estimate.
 
 Numba compiles the kernel the first time a machine imports it and keeps it in its cache
 (``NUMBA_CACHE_DIR``, or ``__pycache__`` beside this file); a process pays the import and
@@ -41,8 +43,8 @@ import numpy as np
 from .dtypes import ulp
 from .tolerance import TINY
 
-__all__ = ["MIN_ELEMENTS", "MIN_ROW", "Judged", "available", "channel_vectors", "judge", "natural_scale",
-           "natural_scale_applies",
+__all__ = ["MIN_ELEMENTS", "MIN_ROW", "Judged", "available", "channel_vectors", "judge", "loss_sums",
+           "natural_scale", "natural_scale_applies",
            "reference_dx", "reference_ok", "reference_sums", "reference_sums_apply", "usable"]
 
 log = logging.getLogger("bncheck.fused")
