@@ -328,6 +328,39 @@ def test_natural_scales_are_numpys_bit_for_bit(monkeypatch, spy, form, dtypes):
     assert not np.isfinite(out[1, 2, 3 * 40 + 4])
 
 
+@pytest.mark.parametrize("form", ["dx_field", "y_field"])
+@pytest.mark.parametrize(("shape", "axis"), [((3000, 24), 1), ((4, 10, 20, 40), -1), ((600, 300), 1)])
+def test_natural_scales_where_s_is_1_are_numpys_bit_for_bit(monkeypatch, spy, form, shape, axis):
+    """S = 1: packed rows in runs of whole rows (a short last run: 3000 % (1024 // 24)), channels-
+    last, rows of 300 channels one by one, and a block of rows that are not packed (a column
+    slice): NumPy's passes against the compiled one, bit for bit; a non-finite dy goes back."""
+    rng = np.random.default_rng(13)
+    lay = Layout.of(shape, axis)
+    x3 = lay.view((rng.standard_normal(shape) * 1e-2 + 20.0).astype(np.float32))
+    dy3 = lay.view(rng.standard_normal(shape).astype(np.float32))
+    st = reference.batch_stats(x3, lay, 1e-5, np)
+    field = getattr(Scales(x3, dy3, rng.uniform(0.5, 1.5, lay.C), rng.standard_normal(lay.C), st, lay, np), form)
+    taken = []
+    real = fused.natural_scale
+    monkeypatch.setattr(fused, "natural_scale", lambda *a: taken.append(real(*a)) or taken[-1])
+    half = lay.C // 2
+    for b in [(slice(0, lay.P), slice(0, 1)), (slice(5, lay.P - 7), slice(0, 1))]:
+        n = x3[b[0], :, b[1]].shape
+        monkeypatch.setenv("BNCHECK_FUSED", "0")
+        by_numpy = field.block(b, np.empty(n), np.empty(n)).copy()
+        monkeypatch.setenv("BNCHECK_FUSED", "1")
+        compiled = field.block(b, np.empty(n), np.empty(n))
+        np.testing.assert_array_equal(compiled, by_numpy)
+        # the same block into a column slice of a wider array: rows 2C apart, not packed
+        wide = np.empty((n[0], 2 * lay.C, 1))
+        assert fused.natural_scale(x3[b[0], :, b[1]], dy3[b[0], :, b[1]], lambda: field.coefficients, lay.M,
+                                   wide[:, :lay.C])
+        np.testing.assert_array_equal(wide[:, :lay.C], by_numpy)
+    assert taken == [False, True, True] * 2  # NumPy's path, the block's compiled pass, the column slice
+    dy3[7, half, 0] = np.nan
+    assert not fused.natural_scale(x3, dy3, lambda: field.coefficients, lay.M, np.empty(lay.view_shape))
+
+
 def test_a_whole_scale_made_in_the_references_pass_is_numpys(monkeypatch, numpy_sums, spy):
     """ElementScale.start_full (dx's scale kept whole for the finite differences), block by
     block into the one array, blocks split along s included: the same array either way."""

@@ -44,8 +44,8 @@ from numba.extending import intrinsic
 
 from .tolerance import TINY as _TINY  # a compile-time constant: a floor passed in stops the loops vectorizing
 
-__all__ = ["judge", "judge_wide", "loss_sums", "natural_scale", "reference_dx", "reference_dx_wide",
-           "reference_sums", "reference_sums_wide"]
+__all__ = ["judge", "judge_wide", "loss_sums", "natural_scale", "natural_scale_wide", "reference_dx",
+           "reference_dx_wide", "reference_sums", "reference_sums_wide"]
 
 _EXP = 0x7FF0000000000000
 _ABS = 0x7FFFFFFFFFFFFFFF
@@ -287,9 +287,22 @@ def _wide_maxima(cand, ref, scale, s_full, s_per, ch_abs, ch_scale):  # type: ig
 
 
 @numba.njit(nogil=True, cache=True, fastmath=_FM)
+def _scale_value(x, dy, mean, invstd, k1, k2, w, k3):  # type: ignore[no-untyped-def]  # pragma: no cover
+    """One element's natural scale, scales.ElementScale's operations in their order."""
+    return (abs((np.float64(x) - mean) * invstd) * k1 + k2 + abs(np.float64(dy)) * w) * k3
+
+
+@numba.njit(nogil=True, cache=True, fastmath=_FM)
 def _scale_row(x, dy, mean, invstd, k1, k2, w, k3, out):  # type: ignore[no-untyped-def]  # pragma: no cover
     for s in range(out.shape[0]):
-        out[s] = (abs((np.float64(x[s]) - mean) * invstd) * k1 + k2 + abs(np.float64(dy[s])) * w) * k3
+        out[s] = _scale_value(x[s], dy[s], mean, invstd, k1, k2, w, k3)
+
+
+@numba.njit(nogil=True, cache=True, fastmath=_FM)
+def _scale_wide(x, dy, mean, invstd, k1, k2, w, k3, out):  # type: ignore[no-untyped-def]  # pragma: no cover
+    """``_scale_row`` along channels: the per-channel values one per element."""
+    for c in range(out.shape[0]):
+        out[c] = _scale_value(x[c], dy[c], mean[c], invstd[c], k1[c], k2[c], w, k3[c])
 
 
 @numba.njit(nogil=True, cache=True)
@@ -400,6 +413,38 @@ def natural_scale(x, xp, xc, dy, dp, dc, mean, invstd, k1, k2, w, k3, P, C, S, o
         for c in range(C):
             i, j, o = p * xp + c * xc, p * dp + c * dc, p * op + c * oc
             _scale_row(x[i:i + S], dy[j:j + S], mean[c], invstd[c], k1[c], k2[c], w, k3[c], out[o:o + S])
+    return True
+
+
+_SCALE_WIDE_SIGS = [t.boolean(_arr(xt), _I64, _arr(dt), _I64, _F64, _F64, _F64, _F64, _F, _F64, _I64, _I64,
+                              _arr(t.float64, False), _I64) for xt in (t.float32, t.float64)
+                    for dt in (t.float32, t.float64)]
+
+
+@numba.njit(_SCALE_WIDE_SIGS, nogil=True, cache=True)
+def natural_scale_wide(x, xp, dy, dp, mean, invstd, k1, k2, w, k3, P, C, out, op):  # type: ignore[no-untyped-def]
+    """``natural_scale`` where S = 1: row p is x[p * xp:p * xp + C]. Packed rows under
+    WIDE_TILED channels go WIDE_RUN // C at a time against the per-channel values repeated as
+    often, as the reference's dx does."""  # pragma: no cover - compiled
+    for p in range(P):
+        if not _finite_pair(x[p * xp:p * xp + C], dy[p * dp:p * dp + C]):
+            return False
+    k = WIDE_RUN // C
+    if C < WIDE_TILED and xp == C and dp == C and op == C and k > 1:
+        co = np.empty((5, k * C))
+        for r in range(k):
+            co[0, r * C:(r + 1) * C] = mean
+            co[1, r * C:(r + 1) * C] = invstd
+            co[2, r * C:(r + 1) * C] = k1
+            co[3, r * C:(r + 1) * C] = k2
+            co[4, r * C:(r + 1) * C] = k3
+        for p0 in range(0, P, k):
+            i, n = p0 * C, min(k, P - p0) * C
+            _scale_wide(x[i:i + n], dy[i:i + n], co[0, :n], co[1, :n], co[2, :n], co[3, :n], w, co[4, :n],
+                        out[i:i + n])
+        return True
+    for p in range(P):
+        _scale_wide(x[p * xp:p * xp + C], dy[p * dp:p * dp + C], mean, invstd, k1, k2, w, k3, out[p * op:p * op + C])
     return True
 
 

@@ -123,21 +123,26 @@ def judge(cand: Any, ref: Any, scale: Any, extra: Any, *, rtol: float, atol: flo
 
 
 def natural_scale(x: Any, dy: Any, coefficients: Callable[[], tuple[Any, ...]], elements: int, out: Any) -> bool:
-    """A block's natural scale (scales.ElementScale) into ``out`` ((p, C, s), float64, rows along s)
-    in one pass, from x and dy of the block and ``coefficients()``, (C,) vectors made once for
-    every block (ElementScale.coefficients; asked for only when the kernel takes the block);
+    """A block's natural scale (scales.ElementScale) into ``out`` ((p, C, s), float64, rows along s,
+    or along the channels where s = 1) in one pass, from x and dy of the block and
+    ``coefficients()``, (C,) vectors made once for every block (ElementScale.coefficients;
+    asked for only when the kernel takes the block);
     False, with nothing written, where the kernel does not take it (the dtypes of x and dy,
     their rows, a tensor under MIN_ELEMENTS, or a NaN or an infinity)."""
     P, C, S = out.shape
-    if (S < MIN_ROW or elements < MIN_ELEMENTS or type(x) is not np.ndarray or type(dy) is not np.ndarray
-            or x.dtype not in _KINDS or dy.dtype not in _KINDS or not available()):
+    wide = S == 1  # (N, C) and channels-last: rows along the channels
+    if ((C if wide else S) < MIN_ROW or elements < MIN_ELEMENTS or type(x) is not np.ndarray
+            or type(dy) is not np.ndarray or x.dtype not in _KINDS or dy.dtype not in _KINDS or not available()):
         return False
-    xr, dr, outr = _rows(x, out.shape, False), _rows(dy, out.shape, False), _rows(out, out.shape, False)
+    xr, dr, outr = _rows(x, out.shape, wide), _rows(dy, out.shape, wide), _rows(out, out.shape, wide)
     if xr is None or dr is None or outr is None or out.dtype != np.float64 or not out.flags.writeable:
         return False
     mean, invstd, k1, k2, w, k3 = coefficients()
     from . import _fusedkernel
 
+    if wide:
+        return bool(_fusedkernel.natural_scale_wide(xr[0], xr[2], dr[0], dr[2], mean, invstd, k1, k2, float(w), k3,
+                                                    P, C, outr[0], outr[2]))
     return bool(_fusedkernel.natural_scale(xr[0], xr[2], xr[3], dr[0], dr[2], dr[3], mean, invstd, k1, k2, float(w),
                                            k3, P, C, S, outr[0], outr[2], outr[3]))
 
@@ -233,8 +238,8 @@ def reference_sums_apply(x3: Any, dy3: Any, layout: Any) -> bool:
 
 def natural_scale_applies(x3: Any, dy3: Any, layout: Any) -> bool:
     """Whether ``natural_scale`` takes the blocks of these (P, C, S) views of x and dy: where the
-    reference's passes do, along s (it has no loop along the channels)."""
-    return layout.S >= MIN_ROW and reference_sums_apply(x3, dy3, layout)
+    reference's passes do (along s, or along the channels where S = 1)."""
+    return reference_sums_apply(x3, dy3, layout)
 
 
 def _rows(a: Any, shape: tuple[int, int, int], wide: bool) -> tuple[np.ndarray, int, int, int] | None:
