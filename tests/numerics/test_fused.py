@@ -297,6 +297,17 @@ def test_the_floor_decides_where_the_reference_is_zero(monkeypatch, spy):
     assert spy["judged"] == 1
 
 
+def _scale_block_both_ways(monkeypatch, field, x3, b):
+    """A block's natural scale by NumPy's passes and by the compiled one: the same bits; NumPy's."""
+    n = x3[b[0], :, b[1]].shape
+    monkeypatch.setenv("BNCHECK_FUSED", "0")
+    by_numpy = field.block(b, np.empty(n), np.empty(n)).copy()
+    monkeypatch.setenv("BNCHECK_FUSED", "1")
+    compiled = field.block(b, np.empty(n), np.empty(n))
+    np.testing.assert_array_equal(compiled, by_numpy)
+    return by_numpy
+
+
 @pytest.mark.parametrize("form", ["dx_field", "y_field"])
 @pytest.mark.parametrize("dtypes", [(np.float32, np.float32), (np.float64, np.float32), (np.float64, np.float64)])
 def test_natural_scales_are_numpys_bit_for_bit(monkeypatch, spy, form, dtypes):
@@ -314,12 +325,7 @@ def test_natural_scales_are_numpys_bit_for_bit(monkeypatch, spy, form, dtypes):
     real = fused.natural_scale
     monkeypatch.setattr(fused, "natural_scale", lambda *a: taken.append(real(*a)) or taken[-1])
     for b in [(slice(0, 4), slice(0, 1600)), (slice(1, 3), slice(100, 900))]:
-        n = x3[b[0], :, b[1]].shape
-        monkeypatch.setenv("BNCHECK_FUSED", "0")
-        by_numpy = field.block(b, np.empty(n), np.empty(n)).copy()
-        monkeypatch.setenv("BNCHECK_FUSED", "1")
-        compiled = field.block(b, np.empty(n), np.empty(n))
-        np.testing.assert_array_equal(compiled, by_numpy)
+        _scale_block_both_ways(monkeypatch, field, x3, b)
     assert taken == [False, True, False, True]
     x[1, 2, 3, 4] = np.inf  # a non-finite x: NumPy's path, which carries it as it did
     monkeypatch.setenv("BNCHECK_FUSED", "1")
@@ -345,14 +351,9 @@ def test_natural_scales_where_s_is_1_are_numpys_bit_for_bit(monkeypatch, spy, fo
     monkeypatch.setattr(fused, "natural_scale", lambda *a: taken.append(real(*a)) or taken[-1])
     half = lay.C // 2
     for b in [(slice(0, lay.P), slice(0, 1)), (slice(5, lay.P - 7), slice(0, 1))]:
-        n = x3[b[0], :, b[1]].shape
-        monkeypatch.setenv("BNCHECK_FUSED", "0")
-        by_numpy = field.block(b, np.empty(n), np.empty(n)).copy()
-        monkeypatch.setenv("BNCHECK_FUSED", "1")
-        compiled = field.block(b, np.empty(n), np.empty(n))
-        np.testing.assert_array_equal(compiled, by_numpy)
+        by_numpy = _scale_block_both_ways(monkeypatch, field, x3, b)
         # the same block into a column slice of a wider array: rows 2C apart, not packed
-        wide = np.empty((n[0], 2 * lay.C, 1))
+        wide = np.empty((by_numpy.shape[0], 2 * lay.C, 1))
         assert fused.natural_scale(x3[b[0], :, b[1]], dy3[b[0], :, b[1]], lambda: field.coefficients, lay.M,
                                    wide[:, :lay.C])
         np.testing.assert_array_equal(wide[:, :lay.C], by_numpy)

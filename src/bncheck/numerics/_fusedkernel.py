@@ -431,17 +431,10 @@ def natural_scale_wide(x, xp, dy, dp, mean, invstd, k1, k2, w, k3, P, C, out, op
             return False
     k = WIDE_RUN // C
     if C < WIDE_TILED and xp == C and dp == C and op == C and k > 1:
-        co = np.empty((5, k * C))
-        for r in range(k):
-            co[0, r * C:(r + 1) * C] = mean
-            co[1, r * C:(r + 1) * C] = invstd
-            co[2, r * C:(r + 1) * C] = k1
-            co[3, r * C:(r + 1) * C] = k2
-            co[4, r * C:(r + 1) * C] = k3
-        for p0 in range(0, P, k):
-            i, n = p0 * C, min(k, P - p0) * C
-            _scale_wide(x[i:i + n], dy[i:i + n], co[0, :n], co[1, :n], co[2, :n], co[3, :n], w, co[4, :n],
-                        out[i:i + n])
+        m, v, a, b, f = _repeated(mean, k), _repeated(invstd, k), _repeated(k1, k), _repeated(k2, k), _repeated(k3, k)
+        for i in range(0, P * C, k * C):
+            n = min(k * C, P * C - i)
+            _scale_wide(x[i:i + n], dy[i:i + n], m[:n], v[:n], a[:n], b[:n], w, f[:n], out[i:i + n])
         return True
     for p in range(P):
         _scale_wide(x[p * xp:p * xp + C], dy[p * dp:p * dp + C], mean, invstd, k1, k2, w, k3, out[p * op:p * op + C])
@@ -662,15 +655,10 @@ def reference_dx_wide(x, xp, dy, dp, mean, c_xmu, c_mean, scale, P, C, out, op):
     coefficients repeated as often: one loop per run of rows, not per short row."""  # pragma: no cover
     k = WIDE_RUN // C
     if C < WIDE_TILED and xp == C and dp == C and op == C and k > 1:
-        co = np.empty((4, k * C))
-        for r in range(k):
-            co[0, r * C:(r + 1) * C] = mean
-            co[1, r * C:(r + 1) * C] = c_xmu
-            co[2, r * C:(r + 1) * C] = c_mean
-            co[3, r * C:(r + 1) * C] = scale
-        for p0 in range(0, P, k):
-            i, n = p0 * C, min(k, P - p0) * C
-            _wide_dx(x[i:i + n], dy[i:i + n], co[0, :n], co[1, :n], co[2, :n], co[3, :n], out[i:i + n])
+        m, a, b, f = _repeated(mean, k), _repeated(c_xmu, k), _repeated(c_mean, k), _repeated(scale, k)
+        for i in range(0, P * C, k * C):
+            n = min(k * C, P * C - i)
+            _wide_dx(x[i:i + n], dy[i:i + n], m[:n], a[:n], b[:n], f[:n], out[i:i + n])
         return
     for p in range(P):
         _wide_dx(x[p * xp:p * xp + C], dy[p * dp:p * dp + C], mean, c_xmu, c_mean, scale, out[p * op:p * op + C])
