@@ -37,6 +37,19 @@ def _data(shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray, n
     return rng.standard_normal(shape) + 1, rng.standard_normal(shape), rng.uniform(0.5, 1.5, C), rng.standard_normal(C)
 
 
+def _data32(shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``_data`` with x and dy in float32, as a float32 kernel's tensors arrive."""
+    x, dy, gamma, beta = _data(shape)
+    return x.astype(np.float32), dy.astype(np.float32), gamma, beta
+
+
+def _candidate(x: np.ndarray, dy: np.ndarray, gamma: np.ndarray, beta: np.ndarray) -> dict[str, np.ndarray]:
+    """A correct float32 kernel's dx, dgamma and dbeta (the tests' kernel), in C order: the test
+    kernel hands back a transposed view, and a kernel writes its dx in its own memory order."""
+    out = kernel_backward(x, dy, gamma, beta, eps=EPS)
+    return {k: np.ascontiguousarray(out[k]) for k in ("dx", "dgamma", "dbeta")}
+
+
 def _variant_ms(name: str, x: np.ndarray, dy: np.ndarray, gamma: np.ndarray, dtype: str) -> float:
     lay = Layout.of(x.shape, 1)
     ar = make_arith(dtype, None, shape=lay.view_shape, xp=np)
@@ -99,12 +112,9 @@ def _shape_rows(shape: tuple[int, ...], label: str, torch) -> list[list[str]]:  
 
 def _candidate_rows(shape: tuple[int, ...], label: str, torch) -> list[list[str]]:  # type: ignore[no-untyped-def]
     """A whole check of a float32 kernel's dx, dgamma and dbeta, FD off: the calibrated verdict
-    beside the same check with the caller's tolerances (no calibration). The test kernel computes
-    in (R, C) rows and hands back a transposed view; a kernel writes its dx in its own memory
-    order, so the candidate goes in C order."""
-    x, dy, gamma, beta = (a.astype(np.float32) if a.ndim > 1 else a for a in _data(shape))
-    out = kernel_backward(x, dy, gamma, beta, eps=EPS)
-    cand = {k: np.ascontiguousarray(out[k]) for k in ("dx", "dgamma", "dbeta")}  # as a kernel writes them
+    beside the same check with the caller's tolerances (no calibration)."""
+    x, dy, gamma, beta = _data32(shape)
+    cand = _candidate(x, dy, gamma, beta)
     kw = {"candidate": cand, "finite_difference": FDOptions("none"), "eps": EPS}
     user = {k: (0.0, 1.0) for k in cand}
     calibrated_ms = best_ms(lambda: check(x, dy, gamma, beta, **kw), repeat=3)
@@ -181,14 +191,12 @@ def whole_check_rows(torch) -> list[list[str]]:  # type: ignore[no-untyped-def]
     candidate and the calibrated verdict (<= 8); with each phase. And a check as by default
     (FD auto), which the issue sets no target for."""
     shape = (16, 64, 64, 64)
-    x, dy, gamma, beta = (a.astype(np.float32) if a.ndim > 1 else a for a in _data(shape))
+    x, dy, gamma, beta = _data32(shape)
     torch_ms = _torch_backward_ms(torch, x, dy, gamma)
     off = _phases(x, dy, gamma, beta, finite_difference=FDOptions("none"))
     stats = _phases(x, dy, gamma, beta, finite_difference=FDOptions("stats"))
     auto = _phases(x, dy, gamma, beta)  # the default: stats and auto's brute cross-check
-    out = kernel_backward(x, dy, gamma, beta, eps=EPS)
-    cand = _phases(x, dy, gamma, beta, finite_difference=FDOptions("none"),
-                   candidate={k: np.ascontiguousarray(out[k]) for k in ("dx", "dgamma", "dbeta")})
+    cand = _phases(x, dy, gamma, beta, finite_difference=FDOptions("none"), candidate=_candidate(x, dy, gamma, beta))
 
     def phases(t: dict[str, float]) -> str:
         return ", ".join(f"{k} {v:.0f}" for k, v in t.items() if k != "total")
@@ -213,7 +221,7 @@ def scaling_rows(torch) -> list[list[str]]:  # type: ignore[no-untyped-def]
     rows = []
     for n in (1, 4, 16, 64, 256):  # 64K .. 16M elements
         shape = (n, 64, 32, 32)
-        x, dy, gamma, beta = (a.astype(np.float32) if a.ndim > 1 else a for a in _data(shape))
+        x, dy, gamma, beta = _data32(shape)
         M = x.size
         ms = _phases(x, dy, gamma, beta, finite_difference=FDOptions("none"))["total"]
         tracemalloc.start()

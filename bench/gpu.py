@@ -134,13 +134,11 @@ def whole_check_rows(cp: Any, torch: Any, device: str = "gpu") -> list[list[str]
     FD off, the `stats` FD block, FD auto, and a candidate with the calibrated verdict; then the
     same FD-off check on this machine's CPU for comparison. ``cp=None`` times PyTorch's CUDA
     backward on the CPU instead (a dry run of this code without a GPU)."""
-    from tests.numerics.kernels import backward as kernel_backward
-
     from ._timing import best_ms
-    from .core import _data, _phases, _torch_backward_ms
+    from .core import _candidate, _data32, _phases, _torch_backward_ms
 
     shape = (16, 64, 64, 64)
-    x, dy, gamma, beta = (a.astype(np.float32) if a.ndim > 1 else a for a in _data(shape))
+    x, dy, gamma, beta = _data32(shape)
     cpu_torch = _torch_backward_ms(torch, x, dy, gamma)
     lay = Layout.of(shape, 1)
     st = ref.batch_stats(lay.view(x.astype(np.float64)), lay, EPS, np)
@@ -156,9 +154,8 @@ def whole_check_rows(cp: Any, torch: Any, device: str = "gpu") -> list[list[str]
     off = _phases(x, dy, gamma, beta, device=device, finite_difference=FDOptions("none"))
     stats = _phases(x, dy, gamma, beta, device=device, finite_difference=FDOptions("stats"))
     auto = _phases(x, dy, gamma, beta, device=device)
-    out = kernel_backward(x, dy, gamma, beta, eps=EPS)
     cand = _phases(x, dy, gamma, beta, device=device, finite_difference=FDOptions("none"),
-                   candidate={k: np.ascontiguousarray(out[k]) for k in ("dx", "dgamma", "dbeta")})
+                   candidate=_candidate(x, dy, gamma, beta))
     cpu_off = _phases(x, dy, gamma, beta, device="cpu", finite_difference=FDOptions("none"))
 
     def row(what: str, ms: float, target: str, t: dict[str, float] | None) -> list[str]:
@@ -183,13 +180,10 @@ def profile(device: str = "gpu", top: int = 30) -> None:
     import cProfile
     import pstats
 
-    from tests.numerics.kernels import backward as kernel_backward
+    from .core import _candidate, _data32
 
-    from .core import _data
-
-    x, dy, gamma, beta = (a.astype(np.float32) if a.ndim > 1 else a for a in _data((16, 64, 64, 64)))
-    out = kernel_backward(x, dy, gamma, beta, eps=EPS)
-    cand = {k: np.ascontiguousarray(out[k]) for k in ("dx", "dgamma", "dbeta")}
+    x, dy, gamma, beta = _data32((16, 64, 64, 64))
+    cand = _candidate(x, dy, gamma, beta)
     for what, kw in (("FD off", {}), ("a candidate, calibrated verdict, FD off", {"candidate": cand})):
         def run(kw: dict[str, Any] = kw) -> object:
             return check(x, dy, gamma, beta, eps=EPS, device=device, finite_difference=FDOptions("none"), **kw)

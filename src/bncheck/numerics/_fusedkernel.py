@@ -306,6 +306,14 @@ def _scale_wide(x, dy, mean, invstd, k1, k2, w, k3, out):  # type: ignore[no-unt
 
 
 @numba.njit(nogil=True, cache=True)
+def _run_rows(C, packed):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
+    """Rows per run where S = 1: WIDE_RUN // C whole rows where rows are ``packed`` (every
+    operand's rows C apart) and shorter than WIDE_TILED channels, else one."""
+    k = WIDE_RUN // C
+    return k if packed and C < WIDE_TILED and k > 1 else 1
+
+
+@numba.njit(nogil=True, cache=True)
 def _repeated(row, k):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
     """``row`` k times over, one after another."""
     n = row.shape[0]
@@ -331,8 +339,7 @@ def judge_wide(cand, co, cp, cc, ref, ro, rp, rc, scale, so, sp, sc, extra, eo, 
     3.0-4.1 in runs; of 64 channels: 4.0-5.5, 2.9-4.0; A/B, three rounds). The worst element
     is still the first in memory order of the largest ratio: the first run that holds it (runs
     go in order of p), then its first element there."""
-    packed = cp == C and rp == C and (sp == 0 or sp == C) and (ep == 0 or ep == C)
-    k = WIDE_RUN // C if packed and C < WIDE_TILED and WIDE_RUN // C > 1 else 1
+    k = _run_rows(C, cp == C and rp == C and (sp == 0 or sp == C) and (ep == 0 or ep == C))
     n = k * C
     sp_t, ep_t = _repeated(s_per, k), _repeated(e_per, k)
     abs_t, ratio_t = np.zeros(n, np.int64), np.zeros(n, np.int64)
@@ -423,21 +430,18 @@ _SCALE_WIDE_SIGS = [t.boolean(_arr(xt), _I64, _arr(dt), _I64, _F64, _F64, _F64, 
 
 @numba.njit(_SCALE_WIDE_SIGS, nogil=True, cache=True)
 def natural_scale_wide(x, xp, dy, dp, mean, invstd, k1, k2, w, k3, P, C, out, op):  # type: ignore[no-untyped-def]
-    """``natural_scale`` where S = 1: row p is x[p * xp:p * xp + C]. Packed rows under
-    WIDE_TILED channels go WIDE_RUN // C at a time against the per-channel values repeated as
-    often, as the reference's dx does."""  # pragma: no cover - compiled
-    for p in range(P):
-        if not _finite_pair(x[p * xp:p * xp + C], dy[p * dp:p * dp + C]):
+    """``natural_scale`` where S = 1: row p is x[p * xp:p * xp + C]. Rows go ``_run_rows`` at a
+    time against the per-channel values repeated as often, as the reference's dx does."""  # pragma: no cover
+    k = _run_rows(C, xp == C and dp == C and op == C)
+    for p0 in range(0, P, k):
+        n = min(k, P - p0) * C
+        if not _finite_pair(x[p0 * xp:p0 * xp + n], dy[p0 * dp:p0 * dp + n]):
             return False
-    k = WIDE_RUN // C
-    if C < WIDE_TILED and xp == C and dp == C and op == C and k > 1:
-        m, v, a, b, f = _repeated(mean, k), _repeated(invstd, k), _repeated(k1, k), _repeated(k2, k), _repeated(k3, k)
-        for i in range(0, P * C, k * C):
-            n = min(k * C, P * C - i)
-            _scale_wide(x[i:i + n], dy[i:i + n], m[:n], v[:n], a[:n], b[:n], w, f[:n], out[i:i + n])
-        return True
-    for p in range(P):
-        _scale_wide(x[p * xp:p * xp + C], dy[p * dp:p * dp + C], mean, invstd, k1, k2, w, k3, out[p * op:p * op + C])
+    m, v, a, b, f = _repeated(mean, k), _repeated(invstd, k), _repeated(k1, k), _repeated(k2, k), _repeated(k3, k)
+    for p0 in range(0, P, k):
+        n = min(k, P - p0) * C
+        _scale_wide(x[p0 * xp:p0 * xp + n], dy[p0 * dp:p0 * dp + n], m[:n], v[:n], a[:n], b[:n], w, f[:n],
+                    out[p0 * op:p0 * op + n])
     return True
 
 
@@ -650,18 +654,13 @@ _WIDE_DX_SIGS = [t.void(_arr(xt), _I64, _arr(dt), _I64, _F64, _F64, _F64, _F64, 
 
 @numba.njit(_WIDE_DX_SIGS, nogil=True, cache=True)
 def reference_dx_wide(x, xp, dy, dp, mean, c_xmu, c_mean, scale, P, C, out, op):  # type: ignore[no-untyped-def]
-    """``reference_dx`` where S = 1, rows along the channels. Rows packed one after another (x,
-    dy and out all C apart) and under WIDE_TILED channels go WIDE_RUN // C at a time, against the
+    """``reference_dx`` where S = 1, rows along the channels, ``_run_rows`` at a time against the
     coefficients repeated as often: one loop per run of rows, not per short row."""  # pragma: no cover
-    k = WIDE_RUN // C
-    if C < WIDE_TILED and xp == C and dp == C and op == C and k > 1:
-        m, a, b, f = _repeated(mean, k), _repeated(c_xmu, k), _repeated(c_mean, k), _repeated(scale, k)
-        for i in range(0, P * C, k * C):
-            n = min(k * C, P * C - i)
-            _wide_dx(x[i:i + n], dy[i:i + n], m[:n], a[:n], b[:n], f[:n], out[i:i + n])
-        return
-    for p in range(P):
-        _wide_dx(x[p * xp:p * xp + C], dy[p * dp:p * dp + C], mean, c_xmu, c_mean, scale, out[p * op:p * op + C])
+    k = _run_rows(C, xp == C and dp == C and op == C)
+    m, a, b, f = _repeated(mean, k), _repeated(c_xmu, k), _repeated(c_mean, k), _repeated(scale, k)
+    for p0 in range(0, P, k):
+        n = min(k, P - p0) * C
+        _wide_dx(x[p0 * xp:p0 * xp + n], dy[p0 * dp:p0 * dp + n], m[:n], a[:n], b[:n], f[:n], out[p0 * op:p0 * op + n])
 
 
 # ------------------------------------------------------------------ the finite differences' loss

@@ -44,8 +44,7 @@ from .dtypes import ulp
 from .tolerance import TINY
 
 __all__ = ["MIN_ELEMENTS", "MIN_ROW", "Judged", "available", "channel_vectors", "judge", "loss_sums",
-           "natural_scale", "natural_scale_applies",
-           "reference_dx", "reference_ok", "reference_sums", "reference_sums_apply", "usable"]
+           "natural_scale", "reference_dx", "reference_ok", "reference_sums", "reference_sums_apply", "usable"]
 
 log = logging.getLogger("bncheck.fused")
 
@@ -227,7 +226,7 @@ def channel_vectors(*values: Any) -> tuple[np.ndarray, ...]:
 
 
 def reference_sums_apply(x3: Any, dy3: Any, layout: Any) -> bool:
-    """Whether ``reference_sums`` (and ``reference_dx``) take the blocks of these (P, C, S) views
+    """Whether ``reference_sums`` (and ``reference_dx`` and ``natural_scale``) take the blocks of these (P, C, S) views
     of x and dy: NumPy float32 or float64 arrays of MIN_ELEMENTS or more whose rows, of MIN_ROW
     or more, are contiguous: along s, or along the channels where S = 1."""
     wide = layout.S == 1
@@ -235,11 +234,6 @@ def reference_sums_apply(x3: Any, dy3: Any, layout: Any) -> bool:
             and type(dy3) is np.ndarray and x3.dtype in _KINDS and dy3.dtype in _KINDS
             and _rows(x3, x3.shape, wide) is not None and _rows(dy3, dy3.shape, wide) is not None and available())
 
-
-def natural_scale_applies(x3: Any, dy3: Any, layout: Any) -> bool:
-    """Whether ``natural_scale`` takes the blocks of these (P, C, S) views of x and dy: where the
-    reference's passes do (along s, or along the channels where S = 1)."""
-    return reference_sums_apply(x3, dy3, layout)
 
 
 def _rows(a: Any, shape: tuple[int, int, int], wide: bool) -> tuple[np.ndarray, int, int, int] | None:

@@ -204,7 +204,7 @@ class Scales:
         and NumPy would make it: where the compiled pass makes a block's scale (fused.py), making
         it again for each reader costs less than a 32 MB array of it (measured: a default check
         206-228 ms against 217-269, its reference phase 37-41 ms against 43-83)."""
-        if not self.keep_dx or fused.natural_scale_applies(self.x3, self.dy3, self.layout):
+        if not self.keep_dx or fused.reference_sums_apply(self.x3, self.dy3, self.layout):
             return None
         return self.dx_field.start_full()
 
