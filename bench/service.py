@@ -5,7 +5,8 @@
 1. /v1/check over real HTTP (b64 float32, 4M elements) against the same check
    in-process (target: at most 1.5x), timed in turn over 9 rounds after a warm-up; the
    ratio is the best over the best, and the median of each round's own ratio. The body is
-   built once and sent as bncheck's client sends it (a megabyte at a time, with its length);
+   built once and sent as bncheck's client sends it (a megabyte at a time, with its length),
+   and its answer read as the client reads it (client/_transport.py: up to a megabyte a read);
    the last row is the client itself, encoding the arrays and decoding the answer too.
 2. Parsing 1M elements sent as nested lists against orjson.loads of the same
    text (target: at most 1.3x).
@@ -15,8 +16,9 @@
 5. Issue 17's HTTP target: a whole check with FD off on 4M float32 NCHW elements over
    /v1 (b64), v2 (binary) and v2 with the tensors in /dev/shm (system shared memory), as a
    ratio to PyTorch's CPU float64 backward timed in the same run (target: at most 8; the
-   same check in-process at most 6); and the floor under the socket rows: the same bytes
-   through httpx and a bare uvicorn app that does nothing with them.
+   same check in-process at most 6); /v1 once more through httpx's own transport (64 KiB
+   reads); and the floor under the socket rows: the same bytes through httpx and a bare
+   uvicorn app that does nothing with them.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import orjson
 
 from bncheck.client import Client, build_request
 from bncheck.client._client import _json_headers, _pieces  # how the client sends a large body
+from bncheck.client._transport import transport  # and how it reads a large answer
 from bncheck.numerics import FDOptions, check
 from bncheck.server import Settings, runner
 
@@ -43,6 +46,11 @@ from ._server import Server
 from ._timing import best_ms, interleaved_ms, machine, median, round_ratio, table
 
 SHAPE = (65536, 64)
+
+
+def _http(url: str) -> httpx.Client:
+    """An httpx client that reads answers as bncheck's Client does (client/_transport.py)."""
+    return httpx.Client(base_url=url, timeout=300, transport=transport())
 
 
 def _row(ms: dict[str, list[float]], what: str, key: str) -> list[str]:
@@ -62,7 +70,7 @@ def transport_rows(rounds: int = 9) -> list[list[str]]:
     runs are by theirs; the three are timed in turn, round after round."""
     x, dy = _data(SHAPE)
     body = orjson.dumps(build_request(x, dy))
-    with (Server(max_concurrent="1") as server, httpx.Client(base_url=server.url, timeout=300) as http,
+    with (Server(max_concurrent="1") as server, _http(server.url) as http,
           Client(base_url=server.url, timeout=300) as bn):
         def post() -> None:
             r = http.post("/v1/check", content=_pieces([body]), headers=_json_headers([body]))
@@ -120,7 +128,7 @@ def v2_rows(rounds: int = 7) -> list[list[str]]:
     v1_body = orjson.dumps(build_request(x, dy, candidate={"dx": dx}))
     v2_body, header = _v2_body({"x": x, "dy": dy, "candidate_dx": dx}, {"finite_difference": "auto"})
     with (Server(max_concurrent="1", max_body_bytes=str(256 << 20), client_shm="true") as server,
-          httpx.Client(base_url=server.url, timeout=300) as http, contextlib.ExitStack() as regions):
+          _http(server.url) as http, contextlib.ExitStack() as regions):
         post_v1, post_v2 = _posts(http, v1_body, v2_body, header)
 
         timings = {"check": lambda: check(x, dy, candidate={"dx": dx}, finite_difference=FDOptions("auto")),
@@ -250,9 +258,10 @@ def whole_check_http_rows(rounds: int = 7) -> list[list[str]]:
     v2_body, header = _v2_body({"x": x, "dy": dy}, {"finite_difference": "none"})
     echo_command = ["-m", "uvicorn", "bench._echo:app", "--log-level", "warning"]
     with (Server(max_concurrent="1", max_body_bytes=str(256 << 20), client_shm="true") as server,
-          Server(echo_command) as echo, httpx.Client(base_url=server.url, timeout=300) as http,
-          httpx.Client(base_url=echo.url, timeout=300) as bare, _Regions(http, x) as regions):
+          Server(echo_command) as echo, _http(server.url) as http, _http(echo.url) as bare,
+          httpx.Client(base_url=server.url, timeout=300) as plain, _Regions(http, x) as regions):
         post_v1, post_v2 = _posts(http, v1_body, v2_body, header)
+        post_v1_plain = _posts(plain, v1_body, v2_body, header)[0]
         dx = check(x, dy, finite_difference=FDOptions("none")).gradients["dx"]  # type: ignore[index]
         if not np.array_equal(regions.post(x, dy), dx):
             msg = "dx through shared memory differs from the check's"
@@ -264,7 +273,8 @@ def whole_check_http_rows(rounds: int = 7) -> list[list[str]]:
             r.raise_for_status()
 
         ms = interleaved_ms({"check": lambda: check(x, dy, finite_difference=FDOptions("none")),
-                             "v1": post_v1, "v2": post_v2, "shm": lambda: regions.post(x, dy), "bare": post_bare},
+                             "v1": post_v1, "v1 plain": post_v1_plain, "v2": post_v2,
+                             "shm": lambda: regions.post(x, dy), "bare": post_bare},
                             rounds=rounds)
 
     def row(what: str, key: str, target: str) -> list[str]:
@@ -273,6 +283,7 @@ def whole_check_http_rows(rounds: int = 7) -> list[list[str]]:
     return [["PyTorch CPU float64 `native_batch_norm_backward`", f"{torch_ms:.1f}", "", "1.0", ""],
             row("`check()` in-process, FD off", "check", "<= 6"),
             row(f"POST /v1/check, b64 ({len(v1_body) / 2**20:.0f} MiB), FD off, dx returned", "v1", "<= 8"),
+            row("the same, read by httpx's own transport (64 KiB reads, not bncheck's client's 1 MiB)", "v1 plain", ""),
             row(f"POST /v2/models/qianfeng/infer, binary ({len(v2_body) / 2**20:.0f} MiB), FD off", "v2", "<= 8"),
             row("the same infer through system shared memory (the client's copies in and out included)", "shm",
                 "<= 8"),

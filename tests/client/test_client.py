@@ -276,6 +276,61 @@ def test_a_large_check_is_sent_in_pieces_as_one_body_of_known_length(asynchronou
     assert 'bncheck_worker_transport_total{carrier="shared_memory",direction="request"} 1.0' in metrics
 
 
+@pytest.mark.parametrize("asynchronous", [False, True], ids=["sync", "async"])
+def test_a_large_answer_is_read_a_megabyte_at_a_time_and_a_given_client_is_left_alone(monkeypatch, asynchronous):
+    """httpcore reads 64 KiB at a time; the client's own transport asks the network for up to
+    READ_BYTES (client/_transport.py), and the answer is the same. What httpcore's streams are
+    asked for is recorded where they read the socket."""
+    import asyncio
+
+    from httpcore._backends.anyio import AnyIOStream
+    from httpcore._backends.sync import SyncStream
+
+    from bncheck.client._transport import READ_BYTES
+
+    asked = []
+    stream = AnyIOStream if asynchronous else SyncStream
+    real = stream.read
+    if asynchronous:
+        async def read(self, max_bytes, timeout=None):
+            asked.append(max_bytes)
+            return await real(self, max_bytes, timeout)
+    else:
+        def read(self, max_bytes, timeout=None):
+            asked.append(max_bytes)
+            return real(self, max_bytes, timeout)
+    monkeypatch.setattr(stream, "read", read)
+    rng = np.random.default_rng(5)
+    x = (rng.standard_normal((512, 1024)) + 1).astype(np.float32)  # an answer of 2.7 MB
+    dy = rng.standard_normal((512, 1024)).astype(np.float32)
+    want = check(x, dy, finite_difference=None).gradients["dx"].tobytes()
+
+    def run(plain):
+        asked.clear()
+        if asynchronous:
+            async def go():
+                given = {"http_client": httpx.AsyncClient(base_url=server.url)} if plain else {"base_url": server.url}
+                async with AsyncClient(**given) as bn:
+                    result = await bn.check(x, dy, finite_difference="none")
+                if plain:
+                    await given["http_client"].aclose()
+                return result
+
+            result = asyncio.run(go())
+        else:
+            given = {"http_client": httpx.Client(base_url=server.url)} if plain else {"base_url": server.url}
+            with Client(**given) as bn:
+                result = bn.check(x, dy, finite_difference="none")
+            if plain:
+                given["http_client"].close()
+        assert result.gradients["dx"].tobytes() == want
+        return set(asked)
+
+    with LiveServer() as server:
+        assert run(plain=False) == {READ_BYTES}
+        assert run(plain=True) == {64 * 1024}  # an httpx client given is used as it is
+
+
 def test_public_api_is_exactly_all():
     public = {name for name in dir(client) if not name.startswith("_")}
     assert public == set(client.__all__)
@@ -302,7 +357,8 @@ def test_client_never_imports_the_server():
                         f"{path.name} imports {name}"
                     continue
                 assert top in {"httpx", "numpy", "ml_dtypes", "base64", "json", "secrets", "pybase64", "orjson",
-                               "collections", "contextlib", "dataclasses", "typing", "__future__", "asyncio", "time"}, \
+                               "collections", "contextlib", "dataclasses", "typing", "__future__", "asyncio", "time",
+                               "httpcore"}, \
                     f"{path.name} imports {name}"
 
 

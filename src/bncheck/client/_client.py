@@ -16,6 +16,8 @@ from bncheck.numerics.request import INPUT_NAMES, WIRE_OUTPUT, CheckOptions
 from . import _codec
 from ._exceptions import RequestTimeout, TransportError, raise_for_problem
 from ._models import CheckResult
+from ._transport import async_transport
+from ._transport import transport as sync_transport
 
 __all__ = ["AsyncClient", "Client"]
 
@@ -162,8 +164,8 @@ class Client:
         over the time budget) or a reset connection, waiting as Retry-After says, but never
         past ``retry_within`` seconds from the first try; 0 turns retries off."""
         self._owns = http_client is None
-        self._http = http_client or httpx.Client(base_url=base_url, timeout=timeout, transport=transport,
-                                                 headers=_headers(token))
+        self._http = http_client or httpx.Client(base_url=base_url, timeout=timeout,
+                                                 transport=transport or sync_transport(), headers=_headers(token))
         self.retries, self.retry_within = retries, retry_within
 
     def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
@@ -223,8 +225,8 @@ class AsyncClient:
                  http_client: httpx.AsyncClient | None = None, retries: int = DEFAULT_RETRIES,
                  retry_within: float = DEFAULT_RETRY_WITHIN) -> None:
         self._owns = http_client is None
-        self._http = http_client or httpx.AsyncClient(base_url=base_url, timeout=timeout, transport=transport,
-                                                      headers=_headers(token))
+        self._http = http_client or httpx.AsyncClient(base_url=base_url, timeout=timeout,
+                                                      transport=transport or async_transport(), headers=_headers(token))
         self.retries, self.retry_within = retries, retry_within
 
     async def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
