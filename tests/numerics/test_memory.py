@@ -19,7 +19,7 @@ CASES = {
     # enough for NumPy's, along s and along the channels (S = 1, channels-last)
     "NCHW, FD off, compiled": ((8, 16, 64, 64), 1, {"finite_difference": FDOptions("none")}),
     "NCHW, the stats FD": ((8, 16, 32, 32), 1, {}),
-    "NCHW, every element's FD": ((2, 3, 4, 5), 1, {"finite_difference": FDOptions("brute")}),
+    "NCHW, the brute-force FD": ((2, 3, 4, 5), 1, {"finite_difference": FDOptions("brute")}),
     "(N, C), FD off": ((65536, 8), 1, {"finite_difference": FDOptions("none")}),
     "channels-last, all variants, plots": ((4, 8, 8, 16), 3, {"variant": "all", "plots": True}),
     "float16": ((4, 6, 9), 1, {"dtype": "float16"}),

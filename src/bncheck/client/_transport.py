@@ -1,11 +1,11 @@
 """httpx transports that read an answer a megabyte at a time.
 
 httpcore reads a response 64 KiB at a time (``HTTP11Connection.READ_NUM_BYTES``), and h11
-copies every piece into its buffer and out again: receiving a 4M-element check's /v1 answer
-(22 MiB of b64) cost httpx 80-120 ms on the benchmark machine, against 11-24 ms for the same
-bytes read from a plain socket; the floor of every large check over HTTP
-(``python -m bench.service``, README Benchmarks). A read of up to ``READ_BYTES`` instead
-returns what the socket has, however much that is, and the pieces are as many times fewer.
+copies every piece into its buffer and out again: reading a 4M-element check's /v1 answer
+(22 MiB of b64) took httpx 56-138 ms on the benchmark machine, 34-59 ms with reads of up to
+``READ_BYTES`` (a plain socket: 11-24 ms), and it is part of every large check over HTTP
+(``python -m bench.service``, README Benchmarks). Such a read returns what the socket has,
+however much that is, and the pieces are as many times fewer.
 
 It is done where httpcore lets it be done: a network backend (httpcore's public interface)
 whose streams read more than they are asked to, given to the connection pool of an httpx
