@@ -39,7 +39,7 @@ import orjson
 
 from bncheck.client import Client, build_request
 from bncheck.client._client import _json_headers, _pieces  # how the client sends a large body
-from bncheck.client._transport import transport  # and how it reads a large answer
+from bncheck.client._transport import widen  # and how it reads a large answer
 from bncheck.numerics import FDOptions, check
 from bncheck.server import Settings, runner
 
@@ -51,7 +51,7 @@ SHAPE = (65536, 64)
 
 def _http(url: str) -> httpx.Client:
     """An httpx client that reads answers as bncheck's Client does (client/_transport.py)."""
-    return httpx.Client(base_url=url, timeout=300, transport=transport())
+    return widen(httpx.Client(base_url=url, timeout=300))
 
 
 def _row(ms: dict[str, list[float]], what: str, key: str) -> list[str]:

@@ -331,6 +331,48 @@ def test_a_large_answer_is_read_a_megabyte_at_a_time_and_a_given_client_is_left_
         assert run(plain=True) == {64 * 1024}  # an httpx client given is used as it is
 
 
+@pytest.mark.parametrize("asynchronous", [False, True], ids=["sync", "async"])
+def test_the_environments_proxy_is_still_used(monkeypatch, asynchronous):
+    """httpx ignores HTTP_PROXY when it is given a transport: the client lets httpx make its
+    own and widens its reads afterwards, so a proxy from the environment still carries the
+    requests. A fake proxy records the request line it is sent."""
+    import asyncio
+    import socket
+    import threading
+
+    seen = []
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve():
+        conn, _ = listener.accept()
+        with conn:
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += conn.recv(4096)
+            seen.append(head.split(b"\r\n")[0].decode())
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy", "HTTPS_PROXY", "https_proxy", "http_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{listener.getsockname()[1]}")
+    try:
+        if asynchronous:
+            async def go():
+                async with AsyncClient(base_url="http://bncheck.invalid:8000") as bn:
+                    return await bn.live()
+
+            assert asyncio.run(go())
+        else:
+            with Client(base_url="http://bncheck.invalid:8000") as bn:
+                assert bn.live()
+        thread.join(10)
+    finally:
+        listener.close()
+    assert seen == ["GET http://bncheck.invalid:8000/livez HTTP/1.1"]
+
+
 def test_public_api_is_exactly_all():
     public = {name for name in dir(client) if not name.startswith("_")}
     assert public == set(client.__all__)

@@ -16,8 +16,7 @@ from bncheck.numerics.request import INPUT_NAMES, WIRE_OUTPUT, CheckOptions
 from . import _codec
 from ._exceptions import RequestTimeout, TransportError, raise_for_problem
 from ._models import CheckResult
-from ._transport import async_transport
-from ._transport import transport as sync_transport
+from ._transport import widen
 
 __all__ = ["AsyncClient", "Client"]
 
@@ -164,8 +163,12 @@ class Client:
         over the time budget) or a reset connection, waiting as Retry-After says, but never
         past ``retry_within`` seconds from the first try; 0 turns retries off."""
         self._owns = http_client is None
-        self._http = http_client or httpx.Client(base_url=base_url, timeout=timeout,
-                                                 transport=transport or sync_transport(), headers=_headers(token))
+        # httpx's own transport, made by httpx (so the environment's proxies apply), reading
+        # answers a megabyte at a time (_transport.py); one passed in is used as it is
+        self._http = http_client or httpx.Client(base_url=base_url, timeout=timeout, transport=transport,
+                                                 headers=_headers(token))
+        if http_client is None and transport is None:
+            widen(self._http)
         self.retries, self.retry_within = retries, retry_within
 
     def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
@@ -225,8 +228,10 @@ class AsyncClient:
                  http_client: httpx.AsyncClient | None = None, retries: int = DEFAULT_RETRIES,
                  retry_within: float = DEFAULT_RETRY_WITHIN) -> None:
         self._owns = http_client is None
-        self._http = http_client or httpx.AsyncClient(base_url=base_url, timeout=timeout,
-                                                      transport=transport or async_transport(), headers=_headers(token))
+        self._http = http_client or httpx.AsyncClient(base_url=base_url, timeout=timeout, transport=transport,
+                                                      headers=_headers(token))
+        if http_client is None and transport is None:
+            widen(self._http)
         self.retries, self.retry_within = retries, retry_within
 
     async def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:

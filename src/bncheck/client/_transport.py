@@ -8,9 +8,9 @@ copies every piece into its buffer and out again: reading a 4M-element check's /
 however much that is, and the pieces are as many times fewer.
 
 It is done where httpcore lets it be done: a network backend (httpcore's public interface)
-whose streams read more than they are asked to, given to the connection pool of an httpx
-transport made as httpx makes its own. httpx has no parameter for the backend, so the pool's
-is replaced after the fact; where that attribute is not there (another httpx or httpcore),
+whose streams read more than they are asked to, given to the connection pool of the
+transport httpx made for a client. httpx has no parameter for the backend, so the pool's is
+replaced after the fact; where those attributes are not there (another httpx or httpcore),
 the transport is httpx's own, unchanged.
 """
 
@@ -21,7 +21,7 @@ from typing import Any
 import httpcore
 import httpx
 
-__all__ = ["READ_BYTES", "async_transport", "transport"]
+__all__ = ["READ_BYTES", "widen"]
 
 READ_BYTES = 1 << 20
 
@@ -94,19 +94,21 @@ class _AsyncBackend(httpcore.AsyncNetworkBackend):
         await self.inner.sleep(seconds)
 
 
-def _widen(made: Any, pool_type: type[Any], backend: type[Any]) -> Any:
+def widen(client: Any) -> Any:
+    """``client`` (an ``httpx.Client`` or ``AsyncClient``), its own transport (the one httpx
+    made for it; a proxy's, from the environment, is left alone) reading up to ``READ_BYTES``
+    at a time. The client is made by httpx as usual, so that its environment's proxies still
+    apply: httpx ignores them when it is given a transport."""
+    made = getattr(client, "_transport", None)
+    if isinstance(made, httpx.HTTPTransport):
+        _widen(made, httpcore.ConnectionPool, _Backend)
+    elif isinstance(made, httpx.AsyncHTTPTransport):
+        _widen(made, httpcore.AsyncConnectionPool, _AsyncBackend)
+    return client
+
+
+def _widen(made: Any, pool_type: type[Any], backend: type[Any]) -> None:
     pool: Any = getattr(made, "_pool", None)
     inner = getattr(pool, "_network_backend", None)
     if type(pool) is pool_type and inner is not None:  # exactly httpcore's pool: no proxy in between
         pool._network_backend = backend(inner)
-    return made
-
-
-def transport(**kwargs: Any) -> httpx.HTTPTransport:
-    """``httpx.HTTPTransport(**kwargs)`` reading up to ``READ_BYTES`` at a time."""
-    return _widen(httpx.HTTPTransport(**kwargs), httpcore.ConnectionPool, _Backend)
-
-
-def async_transport(**kwargs: Any) -> httpx.AsyncHTTPTransport:
-    """``httpx.AsyncHTTPTransport(**kwargs)`` reading up to ``READ_BYTES`` at a time."""
-    return _widen(httpx.AsyncHTTPTransport(**kwargs), httpcore.AsyncConnectionPool, _AsyncBackend)
