@@ -124,7 +124,15 @@ def _count(monkeypatch, name):
 
 
 def test_large_checks_in_worker_processes_go_through_shared_memory_and_leave_nothing(monkeypatch, caplog):
-    created, opened = _count(monkeypatch, "create"), _count(monkeypatch, "open")
+    created = _count(monkeypatch, "create")
+    sent = []
+
+    class Counted(shm.SegmentResponse):
+        def __init__(self, seg, *args, **kwargs):
+            sent.append(seg)
+            super().__init__(seg, *args, **kwargs)
+
+    monkeypatch.setattr(shm, "SegmentResponse", Counted)
     x, dy, body = _big_request(np.random.default_rng(0))
     want = check(x, dy, finite_difference=FDOptions("none"))
     with LiveServer(executor="process", max_concurrent=1) as server:
@@ -136,7 +144,7 @@ def test_large_checks_in_worker_processes_go_through_shared_memory_and_leave_not
         dx = np.frombuffer(base64.b64decode(got["b64"]), np.float32).reshape(x.shape)
         np.testing.assert_array_equal(dx, want.gradients["dx"])
         assert len(created) == 1  # the request, written by the server as it arrived
-        assert len(opened) == 1  # the answer, written by the worker
+        assert len(sent) == 1  # the answer, written by the worker, sent from its segment
         kept = _mine()
         assert len(kept) == 2  # the body's file and the answer's, kept for the next check (shm.Pool)
         metrics = httpx.get(f"{server.url}/metrics").text
@@ -290,8 +298,7 @@ def test_an_answer_goes_out_in_pieces_and_its_file_comes_back_even_if_the_transp
             held.append(message)
 
         written = _pool_segment(pool, answer, offset)
-        response = shm.SegmentResponse(shm.Segment.open(written.path, len(answer), offset, mapped=False),
-                                       keep=pool.give)
+        response = shm.SegmentResponse(shm.Segment(written.path, len(answer), offset=offset), keep=pool.give)
         asyncio.run(response(None, None, send_and_hold))
         again = pool.kept()
         assert again is not None

@@ -235,7 +235,6 @@ def reference_sums_apply(x3: Any, dy3: Any, layout: Any) -> bool:
             and _rows(x3, x3.shape, wide) is not None and _rows(dy3, dy3.shape, wide) is not None and available())
 
 
-
 def _rows(a: Any, shape: tuple[int, int, int], wide: bool) -> tuple[np.ndarray, int, int, int] | None:
     """An array of the block's shape as the kernel reads it: a 1-D view from its first element
     on, 0, and the steps of p and c in elements; None unless its rows are contiguous (along s,

@@ -126,8 +126,7 @@ async def _run_check(request: Request, call: runner.Call) -> Response:
     _count_transport(request, "answer", result.shared is not None,
                      result.shared[1] if result.shared else len(result.body))
     if result.shared is not None:
-        answer = shm.Segment.open(*result.shared, mapped=False)
-        return shm.SegmentResponse(answer, dict(result.headers), result.media_type,
+        return shm.SegmentResponse(shm.Segment(*result.shared), dict(result.headers), result.media_type,
                                    keep=request.app.state.workers.segments.give)
     return Response(result.body, media_type=result.media_type, headers=dict(result.headers))
 

@@ -105,11 +105,10 @@ class Segment:
             os.close(fd)
 
     @classmethod
-    def open(cls, path: str, size: int, offset: int = 0, *, mapped: bool = True) -> Segment:
-        """The segment at ``path``, to be read: mapped, or (``mapped=False``) only sized."""
+    def open(cls, path: str, size: int, offset: int = 0) -> Segment:
         fd = os.open(path, os.O_RDONLY)
         try:
-            mm = mmap.mmap(fd, offset + size, prot=mmap.PROT_READ) if size and mapped else None
+            mm = mmap.mmap(fd, offset + size, prot=mmap.PROT_READ) if size else None
             capacity = os.fstat(fd).st_size
         finally:
             os.close(fd)
@@ -233,8 +232,9 @@ SEND_PIECE = 1 << 20  # bytes of an answer read out of its segment and sent at a
 
 
 class SegmentResponse(Response):
-    """An answer sent from a worker's segment, which is handed to ``keep`` (a Pool's
-    ``give``) or removed once sent or once the client has gone.
+    """An answer sent from a worker's segment (``Segment(path, size)``: its file is read, never
+    mapped), which is handed to ``keep`` (a Pool's ``give``) or removed once sent or once the
+    client has gone.
 
     It goes out in pieces read from the file (``SEND_PIECE``), not as a view of a mapping:
     the transport keeps what it has not sent yet, and a view would keep the mapping, so the
@@ -251,9 +251,11 @@ class SegmentResponse(Response):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
             fd = os.open(self.seg.path, os.O_RDONLY)
             try:
+                # what the file holds: a kept file longer than this answer goes back as long
+                self.seg.capacity = max(self.seg.capacity, os.fstat(fd).st_size)
+                await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
                 at, end = self.seg.offset, self.seg.offset + self.seg.size
                 while True:
                     piece = os.pread(fd, min(SEND_PIECE, end - at), at)
